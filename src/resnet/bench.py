@@ -1,0 +1,69 @@
+"""`resnet benchmark`: images per second through the same code paths that train and predict use."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from . import data as D
+from .models import create_model
+from .train import amp_dtype, param_groups, pick_device
+from .transforms import EvalTransform, normalize
+
+
+def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int = 64,
+               cache: bool = False, cache_dir: str | None = None) -> dict[str, Any]:
+    """The eval pipeline (decode -> resize -> crop -> uint8 batch -> normalised floats) over every
+    image under `root`; with `cache`, from the decoded cache (built first when missing, not timed)."""
+    split = D.discover(root, val_split=0)
+    tf = EvalTransform.for_size(img_size)
+    store = D.build_cache(split.train, cache_dir or D.default_cache_dir(), tf.resize_size) if cache else None
+    loader = D.make_loader(D.ImageDataset(split.train, tf, store), batch_size, False, workers)
+    n, t = 0, time.perf_counter()
+    for batch in loader:
+        n += len(normalize(batch.images))
+    seconds = time.perf_counter() - t
+    return {"task": "data", "images": n, "seconds": seconds, "images_per_second": n / seconds,
+            "workers": workers, "img_size": img_size, "cache": cache}
+
+
+def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_size: int = 32,
+                steps: int = 10, device: str = "auto", amp: str = "auto", channels_last: bool = True
+                ) -> dict[str, Any]:
+    """Training steps (forward, backward, SGD) or inference on random data, after 3 warm-up steps."""
+    dev = pick_device(device)
+    dtype = amp_dtype(amp, dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model(arch, num_classes=1000).to(dev, memory_format=fmt)
+    x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
+    y = torch.randint(0, 1000, (batch_size,), device=dev)
+    opt = torch.optim.SGD(param_groups(model, 5e-5), lr=0.01, momentum=0.9)
+    model.train(task == "train")
+
+    def step() -> None:
+        inp = normalize(x, device=dev, channels_last=channels_last)
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            if task == "train":
+                loss = torch.nn.functional.cross_entropy(model(inp).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            else:
+                with torch.inference_mode():
+                    model(inp)
+
+    for _ in range(3):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    return {"task": task, "arch": arch, "img_size": img_size, "batch_size": batch_size,
+            "device": dev.type, "amp": str(dtype).replace("torch.", "") if dtype else "off",
+            "images_per_second": batch_size * steps / seconds, "seconds": seconds}

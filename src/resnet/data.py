@@ -1,0 +1,502 @@
+"""From files on disk to batches: find images, split, decode robustly, cache, load.
+
+A real folder has broken files. They are found at scan time where that is cheap (empty, not an
+image, a decompression bomb: Pillow reads only the header) and otherwise when they are decoded
+(truncated data): the dataset then hands back a failure instead of raising, the collate function
+drops it from the batch and reports it, and the epoch goes on. Every skipped file is listed with
+its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .transforms import EvalTransform, TrainTransform, resize_size_for, shorter_side_size
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+VAL_DIR_NAMES = ("val", "valid", "validation", "test")
+
+
+class DataError(ValueError):
+    """Data that cannot make a dataset (no images, an empty class, mismatched class sets...)."""
+
+
+class UnreadableImage(OSError):
+    """A file already known to be bad (its reason recorded in the decoded cache)."""
+
+
+@dataclass
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass
+class DataSplit:
+    """What `discover` found: samples per split, the class names (sorted, as ImageFolder does)
+    and every file that was passed over, with the reason."""
+
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding files
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def _walk_images(root: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in sorted(filenames) if is_image_name(f)]
+    return found
+
+
+def check_header(path: str | Path) -> str | None:
+    """The reason a file cannot be an image, from its size and header alone (cheap), or None."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+        if w <= 0 or h <= 0:
+            return "image has no pixels"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"decompression bomb: {e}"
+    except UnidentifiedImageError:
+        return "not an image (unknown format)"
+    except (OSError, ValueError, SyntaxError) as e:
+        return f"unreadable: {e}"
+    return None
+
+
+def label_from_name(name: str, pattern: str | None) -> str | None:
+    """Kaggle style `cat.123.jpg` -> `cat` (text before the first dot), or the first group (or the
+    group named `label`) of `pattern` searched in the file name."""
+    if pattern is None:
+        return name.split(".", 1)[0] or None
+    m = re.search(pattern, name)
+    if not m:
+        return None
+    return m.group("label") if "label" in m.re.groupindex else (m.group(1) if m.groups() else m.group(0))
+
+
+def _labelled_files(source: Path, label_pattern: str | None) -> list[tuple[str, str]]:
+    """(path, class name) for one source: a CSV, a folder of class folders, or a flat folder."""
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise DataError(f"{source}: a data source is a folder or a CSV of path,label")
+        rows = []
+        with open(source, newline="") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if not row or (i == 0 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{source}:{i + 1}: expected path,label")
+                p = Path(row[0].strip())
+                rows.append((str(p if p.is_absolute() else source.parent / p), row[1].strip()))
+        return rows
+    class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if class_dirs:
+        return [(str(p), d.name) for d in class_dirs for p in _walk_images(d)]
+    files = [p for p in sorted(source.iterdir()) if p.is_file() and is_image_name(p.name)]
+    out = []
+    for p in files:
+        label = label_from_name(p.name, label_pattern)
+        if label is None:
+            raise DataError(f"{p}: no label in the file name (pattern {label_pattern!r})")
+        out.append((str(p), label))
+    return out
+
+
+class Scan(NamedTuple):
+    good: list[tuple[str, str]]      # (path, class) of files whose header reads
+    skipped: list[tuple[str, str]]   # (path, reason)
+    labels: set[str]                 # every class named, readable files or not
+
+
+def scan(source: str | Path, label_pattern: str | None = None) -> Scan:
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"data not found: {source}")
+    good, skipped, labels = [], [], set()
+    for path, label in _labelled_files(source, label_pattern):
+        labels.add(label)
+        reason = "file not found" if not os.path.isfile(path) else check_header(path)
+        (skipped.append((path, reason)) if reason else good.append((path, label)))
+    if not labels:
+        raise DataError(f"no images found in {source} (extensions: {', '.join(IMG_EXTENSIONS)})")
+    return Scan(good, skipped, labels)
+
+
+def _split_roots(root: Path) -> tuple[Path, Path] | None:
+    if not root.is_dir() or not (root / "train").is_dir():
+        return None
+    for name in VAL_DIR_NAMES:
+        if (root / name).is_dir():
+            return root / "train", root / name
+    return None
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, val), the same class proportions in both, reproducible from the seed."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise DataError(f"--val-split must be between 0 and 1, not {fraction}")
+    idx = np.arange(len(labels))
+    try:
+        tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as e:
+        raise DataError(f"cannot split {len(labels)} images stratified by class: {e}") from e
+    return sorted(tr.tolist()), sorted(va.tolist())
+
+
+def discover(data: str | Path, val: str | Path | None = None, val_split: float | None = None,
+             seed: int = 0, label_pattern: str | None = None) -> DataSplit:
+    """Resolve DATA (and an optional --val source) into train/val samples per DESIGN.md.
+    Without a validation source, `val_split` (default 0.2) of DATA is held out; 0 keeps none."""
+    data = Path(data)
+    roots = _split_roots(data) if val is None else None
+    train_src, val_src = roots if roots else (data, Path(val) if val is not None else None)
+    train_files, skipped, all_classes = scan(train_src, label_pattern)
+    val_files: list[tuple[str, str]] = []
+    if val_src is not None:
+        val_files, more, _ = scan(val_src, label_pattern)
+        skipped += more
+    classes = sorted({c for _, c in train_files})
+    if val_src is not None:
+        val_classes = sorted({c for _, c in val_files})
+        if val_classes != classes:
+            only_t = sorted(set(classes) - set(val_classes))
+            only_v = sorted(set(val_classes) - set(classes))
+            raise DataError(f"train and validation classes differ: only in train {only_t}, "
+                            f"only in validation {only_v}")
+    empty = sorted(all_classes - set(classes))
+    if empty:
+        raise DataError(f"no readable image in class(es): {', '.join(empty)}")
+    index = {c: i for i, c in enumerate(classes)}
+    train = [Sample(p, index[c]) for p, c in train_files]
+    vals = [Sample(p, index[c]) for p, c in val_files]
+    fraction = 0.2 if val_split is None else val_split
+    if val_src is None and fraction > 0:
+        tr, va = stratified_split([s.label for s in train], fraction, seed)
+        train, vals = [train[i] for i in tr], [train[i] for i in va]
+    return DataSplit(classes, train, vals, skipped)
+
+
+def load_samples(source: str | Path, classes: Sequence[str], label_pattern: str | None = None
+                 ) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """A labelled source scored against a model's classes (for evaluate): a `train/`+`val/` root
+    means its validation part. Labels the model does not know are an error naming them."""
+    source = Path(source)
+    roots = _split_roots(source)
+    files, skipped, _ = scan(roots[1] if roots else source, label_pattern)
+    unknown = sorted({c for _, c in files} - set(classes))
+    if unknown:
+        raise DataError(f"labels not among the model's classes {list(classes)}: {unknown}")
+    index = {c: i for i, c in enumerate(classes)}
+    return [Sample(p, index[c]) for p, c in files], skipped
+
+
+def write_samples(path: str | Path, samples: Sequence[Sample], classes: Sequence[str]) -> None:
+    """A `path,label` CSV: itself a valid DATA source, so a run's split can be scored again."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows((os.path.abspath(s.path), classes[s.label]) for s in samples)
+
+
+def write_skipped(path: str | Path, skipped: Sequence[tuple[str, str]]) -> None:
+    with open(path, "w") as f:
+        f.writelines(f"{p}\t{reason}\n" for p, reason in skipped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB. Transparency is composited on white (what a viewer shows);
+    16/32-bit grey is scaled to 8 bits instead of clipped."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P" and "transparency" in im.info or im.mode in ("PA", "LA", "La", "RGBa"):
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            a = a * 255.0 if a.max(initial=0) <= 1.0 else a
+        elif a.max(initial=0) > 255:
+            a = a / 257.0  # 16-bit range to 8-bit
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def decode(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Open by content (not extension), let a JPEG decode at 1/2, 1/4 or 1/8 scale in the DCT
+    domain when the shorter side it needs (`draft_size`) is at most half the source (much less
+    work, a slightly softer image), apply the EXIF orientation and convert to RGB."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if draft_size and im.format == "JPEG" and min(im.size) >= 2 * draft_size:
+                im.draft(im.mode, (draft_size, draft_size))
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: rotate/flip as a viewer would
+                im = ImageOps.exif_transpose(im)
+            im.load()  # decode now, inside the `with` (exif_transpose alone would copy every image)
+            return to_rgb(im)
+
+
+def read_error(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, UnreadableImage):
+        return text
+    if isinstance(e, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"decompression bomb: {text}"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image (unknown format)"
+    return f"unreadable: {text}"
+
+
+def read_images(paths: Sequence[str | Path], draft_size: int | None = None
+                ) -> list[Image.Image | str]:
+    """Decode a list of files; an entry is the RGB image or the reason it could not be read."""
+    out: list[Image.Image | str] = []
+    for p in paths:
+        reason = "file not found" if not os.path.isfile(p) else check_header(p)
+        if reason:
+            out.append(reason)
+            continue
+        try:
+            out.append(decode(p, draft_size))
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, reported
+            out.append(read_error(e))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoded cache
+
+
+class DecodedCache:
+    """Every image decoded once and resized (shorter side `size`, the long side capped at twice
+    that by a centre crop) into one uint8 memory-mapped file: later epochs and evaluations read
+    pixels instead of decoding JPEGs. Keyed by the file list, sizes, mtimes and `size`, so any
+    change to the files makes a new cache."""
+
+    def __init__(self, root: str | Path, paths: Sequence[str], size: int):
+        self.size = size
+        key = hashlib.sha256(json.dumps([size] + [
+            [p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]).encode()).hexdigest()[:16]
+        self.dir = Path(root) / key
+        self.index_file = self.dir / "index.json"
+        self.paths = list(paths)
+        self._array: np.ndarray | None = None
+        self.entries: list[list] = []  # [offset, h, w] per path, or [-1, reason]
+        if self.index_file.exists():
+            self.entries = json.loads(self.index_file.read_text())["entries"]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.entries)
+
+    def _fit(self, im: Image.Image) -> np.ndarray:
+        w, h = im.size
+        rw, rh = shorter_side_size(w, h, self.size)
+        im = im.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != (w, h) else im
+        cap = 2 * self.size
+        if rw > cap or rh > cap:
+            left, top = (rw - min(rw, cap)) // 2, (rh - min(rh, cap)) // 2
+            im = im.crop((left, top, left + min(rw, cap), top + min(rh, cap)))
+        return np.asarray(im, dtype=np.uint8)
+
+    def build(self, progress: Callable[[Iterator], Iterator] = iter) -> None:
+        """Decode everything once (failures recorded, not raised); written to a temporary name and
+        renamed, so an interrupted build is simply rebuilt."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"pixels.{os.getpid()}.tmp"
+        entries, offset = [], 0
+        with open(tmp, "wb") as f:
+            for img in progress(_decode_all(self.paths, self.size)):
+                if isinstance(img, str):
+                    entries.append([-1, img])
+                    continue
+                a = self._fit(img)
+                f.write(a.tobytes())
+                entries.append([offset, a.shape[0], a.shape[1]])
+                offset += a.size
+        os.replace(tmp, self.dir / "pixels.u8")
+        index_tmp = self.dir / f"index.{os.getpid()}.tmp"
+        index_tmp.write_text(json.dumps({"size": self.size, "entries": entries}))
+        os.replace(index_tmp, self.index_file)
+        self.entries = entries
+
+    def get(self, i: int) -> Image.Image:
+        entry = self.entries[i]
+        if entry[0] < 0:
+            raise UnreadableImage(entry[1])
+        if self._array is None:  # opened lazily, so each DataLoader worker maps it itself
+            self._array = np.memmap(self.dir / "pixels.u8", dtype=np.uint8, mode="r")
+        offset, h, w = entry
+        return Image.fromarray(np.asarray(self._array[offset:offset + h * w * 3]).reshape(h, w, 3))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+
+def _decode_all(paths: Sequence[str], size: int) -> Iterator[Image.Image | str]:
+    for p in paths:
+        yield read_images([p], draft_size=size)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset, sampler, loader
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor          # uint8 NCHW; `transforms.normalize` makes it model input
+    labels: torch.Tensor
+    indices: torch.Tensor         # positions in the dataset, to name files
+    failures: list[tuple[int, str]]  # (dataset index, reason) of samples dropped from this batch
+
+
+class ImageDataset(Dataset):
+    """Samples -> uint8 tensors. An item is `(index, seed)`: the seed (from `EpochSampler`) drives
+    that sample's augmentation, so results do not depend on workers, and resuming repeats them."""
+
+    def __init__(self, samples: Sequence[Sample], transform: EvalTransform | TrainTransform,
+                 cache: DecodedCache | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+        self.cache = cache
+        exact = isinstance(transform, EvalTransform) and transform.exact
+        resize = transform.resize_size if isinstance(transform, EvalTransform) else transform.img_size
+        self.draft_size = None if exact else resize
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        index, seed = item if isinstance(item, tuple) else (item, 0)
+        sample = self.samples[index]
+        try:
+            img = self.cache.get(index) if self.cache else decode(sample.path, self.draft_size)
+            g = torch.Generator().manual_seed(seed)
+            return self.transform(img, g), sample.label, index, None
+        except Exception as e:  # noqa: BLE001 - a bad file must not stop the epoch
+            return None, sample.label, index, read_error(e)
+
+
+def collate(items: list) -> Batch:
+    good = [it for it in items if it[3] is None]
+    failures = [(it[2], it[3]) for it in items if it[3] is not None]
+    if not good:
+        empty = torch.empty(0, dtype=torch.uint8)
+        return Batch(empty, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), failures)
+    return Batch(torch.stack([it[0] for it in good]),
+                 torch.tensor([it[1] for it in good], dtype=torch.long),
+                 torch.tensor([it[2] for it in good], dtype=torch.long), failures)
+
+
+class EpochSampler(Sampler):
+    """A permutation fixed by (seed, epoch), sharded over `world_size` ranks as DistributedSampler
+    does (padded to equal length), yielding `(index, per-sample seed)`. `start` skips the first
+    samples of the epoch: a run resumed mid-epoch continues with exactly the batches it missed."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+        self.per_rank = -(-n // world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        order = order.tolist()
+        order += order[: self.per_rank * self.world_size - self.n]
+        mine = order[self.rank::self.world_size]
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        for index in mine[self.start:]:
+            yield index, (base + index) % (2**63)
+
+
+def default_workers(device: str) -> int:
+    """On a GPU, decoding is the bottleneck: use the cores. On a CPU the same cores also train, so
+    a worker or two only overlaps decoding with compute."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(1, cpus - 1)) if device == "cuda" else max(1, min(2, cpus // 2))
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+    random.seed(seed)
+
+
+def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: int,
+                seed: int = 0, pin_memory: bool = False, rank: int = 0, world_size: int = 1,
+                drop_last: bool = False) -> DataLoader:
+    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
+                      persistent_workers=workers > 0, worker_init_fn=_seed_worker,
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def build_cache(samples: Sequence[Sample], cache_root: str | Path, size: int,
+                progress: Callable[[Iterator], Iterator] = iter) -> DecodedCache:
+    cache = DecodedCache(cache_root, [s.path for s in samples], size)
+    if not cache.ready:
+        cache.build(progress)
+    return cache
+
+
+def cache_size_for(img_size: int) -> int:
+    return resize_size_for(img_size)
+
+
+# Training caches its decoded images by itself when the copy is at most this large: decoding then
+# happens once instead of every epoch, which on a 2-core machine is CPU taken from training.
+AUTO_CACHE_BYTES = 2 * 1024**3
+
+
+def cache_bytes(n_images: int, size: int) -> int:
+    """Estimated size of a cache: shorter side `size`, typical 4:3 photos."""
+    return int(n_images * size * size * 4 / 3 * 3)
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "resnet", "decoded")

@@ -1,0 +1,183 @@
+"""Honest evaluation: accuracy with per-class precision / recall / F1 and the confusion matrix
+(scikit-learn), top-5 when there are enough classes, the loss, optional flip TTA, and a report
+(plots + markdown) a person can read."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+from .checkpoint import load_checkpoint
+from .train import amp_dtype, pick_device, run_eval
+from .transforms import EvalTransform
+
+
+def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    y, pred = labels.numpy(), logits.argmax(1).numpy()
+    k = range(len(classes))
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=list(k), zero_division=0)
+    result: dict[str, Any] = {
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "num_images": int(len(y)),
+        "loss": float(F.cross_entropy(logits, labels).item()) if len(y) else float("nan"),
+        "classes": list(classes),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
+                          "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)},
+        "confusion_matrix": confusion_matrix(y, pred, labels=list(k)).tolist(),
+    }
+    if len(classes) >= 5 and len(y):
+        top5 = logits.topk(5, dim=1).indices
+        result["top5_accuracy"] = float((top5 == labels[:, None]).any(1).float().mean())
+    return result
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, tta: bool = False, batch_size: int = 64,
+             workers: int | None = None, device: str = "auto", label_pattern: str | None = None
+             ) -> tuple[dict[str, Any], list[D.Sample], torch.Tensor]:
+    """Score a checkpoint on a labelled source. Returns (the JSON result, the samples that were
+    scored, in order, and their probabilities)."""
+    model, meta = load_checkpoint(checkpoint)
+    dev = pick_device(device)
+    samples, skipped = D.load_samples(data, meta["classes"], label_pattern)
+    cfg = meta.get("config", {})
+    channels_last = bool(cfg.get("channels_last", False))
+    model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    loader = D.make_loader(D.ImageDataset(samples, EvalTransform.for_size(meta["img_size"])), batch_size,
+                           False, D.default_workers(dev.type) if workers is None else workers)
+    logits, labels, indices, failures = run_eval(model, loader, dev, amp_dtype(cfg.get("amp", "off"), dev),
+                                                 channels_last, meta["mean"], meta["std"], tta)
+    skipped += [(samples[i].path, reason) for i, reason in failures]
+    result = compute_metrics(logits, labels, meta["classes"])
+    result["tta"] = tta
+    result["checkpoint"] = str(checkpoint)
+    result["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
+    scored = [samples[i] for i in indices.tolist()]
+    probs = logits.softmax(1) if len(labels) else logits
+    return result, scored, probs
+
+
+def write_json(path: str | Path, result: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_confusion(result: dict[str, Any], path: Path) -> None:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _plt()
+    n = len(result["classes"])
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * n + 2), max(4, 0.6 * n + 2)))
+    ConfusionMatrixDisplay(np.array(result["confusion_matrix"]), display_labels=result["classes"]).plot(
+        ax=ax, colorbar=False, cmap="Blues", xticks_rotation=45 if n > 4 else "horizontal")
+    ax.set_title(f"accuracy {result['accuracy']:.2%} on {result['num_images']} images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(metrics_csv: Path, path: Path) -> bool:
+    if not metrics_csv.is_file():
+        return False
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return False
+    plt = _plt()
+    ep = [int(r["epoch"]) for r in rows]
+    val = lambda key: [float(r[key]) for r in rows]  # noqa: E731
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, val("train_loss"), "o-", label="train")
+    a.plot(ep, val("val_loss"), "o-", label="validation")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    b.plot(ep, val("train_acc"), "o-", label="train")
+    b.plot(ep, val("val_acc"), "o-", label="validation")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_mistakes(samples: Sequence[D.Sample], probs: torch.Tensor, classes: Sequence[str], path: Path,
+                  count: int = 16) -> int:
+    """The most confidently wrong images, with their true label and the prediction."""
+    if not len(samples):
+        return 0
+    pred = probs.argmax(1)
+    labels = torch.tensor([s.label for s in samples])
+    wrong = (pred != labels).nonzero().flatten()
+    if not len(wrong):
+        return 0
+    order = wrong[probs[wrong, pred[wrong]].argsort(descending=True)][:count].tolist()
+    plt = _plt()
+    cols = min(4, len(order))
+    rows = math.ceil(len(order) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order):
+        img = D.read_images([samples[i].path], draft_size=256)[0]
+        if not isinstance(img, str):
+            img.thumbnail((256, 256))
+            ax.imshow(img)
+        ax.set_title(f"true {classes[labels[i]]}\npred {classes[pred[i]]} ({probs[i, pred[i]]:.0%})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return len(order)
+
+
+def write_report(out: str | Path, result: dict[str, Any], samples: Sequence[D.Sample], probs: torch.Tensor,
+                 metrics_csv: str | Path | None = None) -> Path:
+    """confusion_matrix.png, training_curves.png (when there is a metrics.csv), mistakes.png and a
+    report.md that ties them together. Returns the report's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = result["classes"]
+    plot_confusion(result, out / "confusion_matrix.png")
+    curves = plot_curves(Path(metrics_csv), out / "training_curves.png") if metrics_csv else False
+    shown = plot_mistakes(samples, probs, classes, out / "mistakes.png")
+    lines = [f"# Evaluation of `{result.get('checkpoint', '')}`", "",
+             f"- accuracy: **{result['accuracy']:.2%}** on {result['num_images']} images"
+             + (" (flip TTA)" if result.get("tta") else ""),
+             f"- loss: {result['loss']:.4f}"]
+    if "top5_accuracy" in result:
+        lines.append(f"- top-5 accuracy: {result['top5_accuracy']:.2%}")
+    lines.append(f"- skipped files: {len(result['skipped'])}")
+    lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+              for c, m in result["per_class"].items()]
+    lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)"]
+    if curves:
+        lines += ["", "## Training curves", "", "![training curves](training_curves.png)"]
+    if shown:
+        lines += ["", f"## The {shown} most confidently wrong images", "", "![mistakes](mistakes.png)"]
+    if result["skipped"]:
+        lines += ["", "## Skipped files", ""] + [f"- `{s['path']}`: {s['reason']}" for s in result["skipped"]]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

@@ -1,0 +1,391 @@
+"""The ResNet family (He et al., 2015) with torchvision's exact `state_dict` layout.
+
+A residual block computes H(x) = F(x) + x. The shortcut is the identity where shapes agree; where
+stride or width changes it is a 1x1 convolution + BN ("option B", the ImageNet nets) or, for the
+paper's CIFAR nets, a parameter-free subsample-and-zero-pad ("option A"). `residual=False` builds
+the paper's "plain" twin: the same layers with no shortcut at all.
+
+Names of modules are a public contract: they must match torchvision's so that its checkpoints load
+with `load_state_dict(strict=True)`. Weight loading (files, URLs, torchvision's ImageNet weights)
+lives here too, because it is about what a model's keys mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """Weights that do not fit the model (or cannot be read): a user error, not a bug."""
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+
+class PadShortcut(nn.Module):
+    """The paper's option A: subsample spatially, zero-pad the new channels; no parameters, so the
+    CIFAR nets keep the paper's sizes (0.27M for ResNet-20)."""
+
+    def __init__(self, stride: int, extra_channels: int):
+        super().__init__()
+        self.stride, self.extra_channels = stride, extra_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions: ResNet-18/34 and the CIFAR nets (the tutorial's `ResidualBlock`)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
+                 residual: bool = True):
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.residual = residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand: ResNet-50/101/152. The stride sits on the 3x3 convolution
+    (torchvision's "v1.5"), which is more accurate than the paper's stride on the first 1x1.
+    `groups` and `width_per_group` give ResNeXt and the wide ResNets."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
+                 residual: bool = True):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.residual = residual
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+class ResNet(nn.Module):
+    """A stem, one stage per entry of `layers` (widths doubling, stride 2 from the second stage on),
+    global average pooling and a linear classifier.
+
+    stem="imagenet": 7x7/2 conv + BN + ReLU + 3x3/2 max-pool (torchvision).
+    stem="cifar": 3x3/1 conv + BN + ReLU and no pool, for small images; with the ImageNet widths
+    this is the tutorial's network.
+    shortcut="B": 1x1 conv + BN where the shape changes; "A": zero padding (the paper's CIFAR nets).
+    """
+
+    def __init__(self, block: Block, layers: list[int], num_classes: int = 1000,
+                 stem: str = "imagenet", widths: tuple[int, ...] = (64, 128, 256, 512),
+                 shortcut: str = "B", residual: bool = True, zero_init_residual: bool = False,
+                 groups: int = 1, width_per_group: int = 64):
+        super().__init__()
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', not {stem!r}")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', not {shortcut!r}")
+        if len(widths) != len(layers):
+            raise ValueError("one width per stage is needed")
+        self.groups, self.base_width = groups, width_per_group
+        self.shortcut, self.residual = shortcut, residual
+        self.inplanes = widths[0]
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = conv3x3(3, self.inplanes)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        for i, (width, blocks) in enumerate(zip(widths, layers)):
+            stage = self._make_layer(block, width, blocks, stride=1 if i == 0 else 2)
+            setattr(self, f"layer{i + 1}", stage)
+        self.num_stages = len(layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.num_features = widths[-1] * block.expansion
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            # Each block then starts as the identity (+ ReLU): the deep net begins as a shallow one.
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.constant_(m.bn3.weight, 0)
+                elif isinstance(m, BasicBlock):
+                    nn.init.constant_(m.bn2.weight, 0)
+
+    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        out_planes = planes * block.expansion
+        downsample = None
+        if self.residual and (stride != 1 or self.inplanes != out_planes):
+            if self.shortcut == "B":
+                downsample = nn.Sequential(conv1x1(self.inplanes, out_planes, stride),
+                                           nn.BatchNorm2d(out_planes))
+            else:
+                downsample = PadShortcut(stride, out_planes - self.inplanes)
+        opts = dict(groups=self.groups, base_width=self.base_width, residual=self.residual)
+        layers = [block(self.inplanes, planes, stride, downsample, **opts)]
+        self.inplanes = out_planes
+        layers += [block(self.inplanes, planes, **opts) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature map (before pooling): what Grad-CAM and feature extraction read."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(1, self.num_stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., ResNet]
+    input_size: int           # native resolution: what GFLOPs are quoted at and what img_size defaults to
+    default_classes: int
+    imagenet_url: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+_TV = "https://download.pytorch.org/models/"
+_IMAGENET_URLS = {  # torchvision's IMAGENET1K_V1 weights
+    "resnet18": _TV + "resnet18-f37072fd.pth",
+    "resnet34": _TV + "resnet34-b627a593.pth",
+    "resnet50": _TV + "resnet50-0676ba61.pth",
+    "resnet101": _TV + "resnet101-63fe2227.pth",
+    "resnet152": _TV + "resnet152-394f9c45.pth",
+    "resnext50_32x4d": _TV + "resnext50_32x4d-7cdf4587.pth",
+    "resnext101_32x8d": _TV + "resnext101_32x8d-8ba56ff5.pth",
+    "wide_resnet50_2": _TV + "wide_resnet50_2-95faca4d.pth",
+    "wide_resnet101_2": _TV + "wide_resnet101_2-32ee1156.pth",
+}
+_IMAGENET_NETS: dict[str, tuple[Block, list[int], dict]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2], {}),
+    "resnet34": (BasicBlock, [3, 4, 6, 3], {}),
+    "resnet50": (Bottleneck, [3, 4, 6, 3], {}),
+    "resnet101": (Bottleneck, [3, 4, 23, 3], {}),
+    "resnet152": (Bottleneck, [3, 8, 36, 3], {}),
+    "resnext50_32x4d": (Bottleneck, [3, 4, 6, 3], {"groups": 32, "width_per_group": 4}),
+    "resnext101_32x8d": (Bottleneck, [3, 4, 23, 3], {"groups": 32, "width_per_group": 8}),
+    "wide_resnet50_2": (Bottleneck, [3, 4, 6, 3], {"width_per_group": 128}),
+    "wide_resnet101_2": (Bottleneck, [3, 4, 23, 3], {"width_per_group": 128}),
+}
+_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def _register(name: str, block: Block, layers: list[int], input_size: int, classes: int,
+              url: str | None = None, **fixed) -> None:
+    build = partial(ResNet, block, layers, **fixed)
+    _REGISTRY[name] = ModelSpec(name, build, input_size, classes, url, fixed)
+
+
+for _name, (_block, _layers, _opts) in _IMAGENET_NETS.items():
+    _register(_name, _block, _layers, 224, 1000, _IMAGENET_URLS[_name], **_opts)
+    _register("plain_" + _name, _block, _layers, 224, 1000, residual=False, **_opts)
+for _depth in _CIFAR_DEPTHS:
+    _n = (_depth - 2) // 6  # 6n+2 layers: 3 stages of n blocks of 2 convs, the stem and fc
+    _cifar = dict(stem="cifar", widths=(16, 32, 64), shortcut="A")
+    _register(f"resnet{_depth}", BasicBlock, [_n] * 3, 32, 10, **_cifar)
+    _register(f"plain{_depth}", BasicBlock, [_n] * 3, 32, 10, residual=False, **_cifar)
+# The tutorial's network: ResNet-18's stages behind a 3x3 stride-1 stem with no max-pool.
+_register("resnet18_seed", BasicBlock, [2, 2, 2, 2], 224, 2, stem="cifar")
+_register("plain_resnet18_seed", BasicBlock, [2, 2, 2, 2], 224, 2, stem="cifar", residual=False)
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(list_models())}") from None
+
+
+def create_model(name: str, num_classes: int | None = None, pretrained: str | None = None,
+                 width: float = 1.0, **options) -> ResNet:
+    """`num_classes` defaults to the family's own (1000 for ImageNet nets, 10 for CIFAR nets,
+    2 for the tutorial's). `width` scales every stage's channels (0.5: a quarter of the compute,
+    for small CPUs; only 1.0 matches published weights). `pretrained`: see `load_pretrained`."""
+    spec = model_spec(name)
+    if width != 1.0:
+        base = spec.options.get("widths", (64, 128, 256, 512))
+        options["widths"] = tuple(max(1, int(round(w * width))) for w in base)
+    model = spec.build(num_classes=num_classes or spec.default_classes, **options)
+    if pretrained:
+        load_pretrained(model, pretrained, name)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+_PREFIXES = ("module.", "_orig_mod.")  # left by DistributedDataParallel and torch.compile
+
+
+def clean_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _fetch_url(url: str) -> dict[str, Tensor]:
+    """torch.hub's cache and download; `check_hash` verifies the sha256 prefix that torchvision
+    puts in its file names (`resnet18-f37072fd.pth`)."""
+    name = url.rsplit("/", 1)[-1]
+    check = re.search(r"-([a-f0-9]{6,})\.", name) is not None
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=check,
+                                                  weights_only=True, progress=False)
+    except RuntimeError as e:  # hash mismatch
+        raise WeightsError(f"{url}: {e}") from e
+    except OSError as e:
+        raise WeightsError(f"cannot download {url}: {e}") from e
+
+
+def read_weights(src: str, arch: str | None = None) -> dict[str, Tensor]:
+    """A state_dict from a local .pth/.pt/.safetensors file, an http(s)/file URL, or "imagenet"
+    (torchvision's official weights for `arch`). Our own checkpoints are accepted too."""
+    if src == "imagenet":
+        url = model_spec(arch).imagenet_url if arch else None
+        if not url:
+            raise WeightsError(f"no ImageNet weights are published for {arch!r}")
+        state = _fetch_url(url)
+    elif re.match(r"^(https?|file)://", src):
+        state = _fetch_url(src)
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {src}")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+            raise WeightsError(f"cannot read weights from {src}: {e}") from e
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):  # our checkpoints, and common training scripts
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"{src} does not hold a state_dict of tensors")
+    return clean_state_dict(state)
+
+
+def load_pretrained(model: ResNet, src: str, arch: str | None = None) -> list[str]:
+    """Load weights strictly, except that a classifier of another size is left freshly initialised
+    (fine-tuning to new classes). Returns the keys that were not loaded."""
+    state = read_weights(src, arch)
+    own = model.state_dict()
+    head = [k for k in ("fc.weight", "fc.bias") if k in state and k in own
+            and state[k].shape != own[k].shape]
+    if head:
+        log.warning("pretrained head has %d classes, the model %d: replacing the classifier (fc)",
+                    state["fc.weight"].shape[0], own["fc.weight"].shape[0])
+        state = {k: v for k, v in state.items() if k not in head}
+    missing = sorted(set(own) - set(state) - set(head))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if wrong:
+        problems.append("wrong shapes: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected[:8])
+                        + (" ..." if len(unexpected) > 8 else ""))
+    if problems:
+        raise WeightsError(f"weights from {src} do not fit {arch or 'the model'}: " + " | ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return head
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(name: str, img_size: int | None = None) -> tuple[int, float]:
+    """(parameters, GFLOPs) of one image at the native size, counted on the meta device so that even
+    ResNet-152 costs nothing. FLOPs count a multiply-add as 2 (torchvision's tables count it as 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = model_spec(name)
+    size = img_size or spec.input_size
+    with torch.device("meta"):
+        model = create_model(name)
+        x = torch.empty(1, 3, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return count_params(model), counter.get_total_flops() / 1e9

@@ -1,0 +1,116 @@
+"""Images the tests make themselves: photo-like pictures, and every broken or odd file a real
+folder holds (nothing is read from the network or committed)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def photo(w: int = 96, h: int = 72, seed: int = 0, bright: bool = False) -> Image.Image:
+    """Smooth gradients, a blob and sensor noise: compresses and resizes like a photo does.
+    `bright` shifts the colours, so two classes are learnable."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([x / w, y / h, (x + y) / (w + h)], -1) * 160 + (80 if bright else 0)
+    cy, cx, r = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w, rng.uniform(0.1, 0.3) * min(w, h)
+    blob = ((y - cy) ** 2 + (x - cx) ** 2 < r * r)[..., None] * rng.uniform(-60, 60, 3)
+    noise = rng.normal(0, 8, (h, w, 3))
+    return Image.fromarray(np.clip(base + blob + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header(w: int, h: int) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+
+
+def write_broken(folder: Path) -> dict[str, Path]:
+    """One file of each broken kind; name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    photo(200, 150, seed=99).save(buf, "JPEG", quality=90)
+    files = {
+        "zero_byte": (folder / "empty.jpg", b""),
+        "truncated": (folder / "truncated.jpg", buf.getvalue()[: len(buf.getvalue()) // 2]),
+        "text": (folder / "notes.jpg", b"this is not an image, just text saved as .jpg\n" * 20),
+        "header_only_png": (folder / "header_only.png", png_header(64, 64)),
+        "pixel_bomb": (folder / "bomb.png", png_header(40000, 40000) + png_chunk(
+            b"IDAT", zlib.compress(b"\0" * 100)) + png_chunk(b"IEND", b"")),
+    }
+    for path, content in files.values():
+        path.write_bytes(content)
+    return {k: p for k, (p, _) in files.items()}
+
+
+def write_odd(folder: Path, seed: int = 0) -> dict[str, tuple[Path, tuple[int, int]]]:
+    """Odd but valid images; name -> (path, size after EXIF orientation)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = photo(80, 60, seed=seed)
+    out: dict[str, tuple[Path, tuple[int, int]]] = {}
+
+    def save(name: str, img: Image.Image, fname: str, size=(80, 60), **kw):
+        path = folder / fname
+        img.save(path, **kw)
+        out[name] = (path, size)
+
+    save("cmyk", base.convert("CMYK"), "cmyk.jpg", format="JPEG")
+    sixteen = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257), "I;16")
+    save("16bit", sixteen, "sixteen.png", format="PNG")
+    pal = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.info["transparency"] = 0
+    save("palette_transparent", pal, "palette.png", format="PNG", transparency=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when shown: 80x60 stored, 60x80 seen
+    save("exif_rotated", base, "rotated.jpg", size=(60, 80), format="JPEG", exif=exif.tobytes())
+    save("webp", base, "image.webp", format="WEBP")
+    save("bmp", base, "image.bmp", format="BMP")
+    save("gif", base.convert("P"), "image.gif", format="GIF")
+    save("png_named_JPG", base, "actually_png.JPG", format="PNG")
+    save("grey_alpha", base.convert("LA"), "grey_alpha.png", format="PNG")
+    return out
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Training caches small datasets by itself: keep that out of the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> tuple[Path, dict, dict]:
+    """cats/ and dogs/ with 12 photos each, plus every odd and broken kind spread over them."""
+    root = tmp_path / "messy"
+    for c, bright in (("cats", False), ("dogs", True)):
+        for i in range(12):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            photo(96, 72, seed=i + (100 if bright else 0), bright=bright).save(root / c / f"{c}.{i}.jpg", quality=85)
+    odd = write_odd(root / "cats")
+    broken = write_broken(root / "dogs")
+    (root / "dogs" / ".hidden.jpg").write_bytes(b"")  # hidden: ignored, not even skipped
+    return root, odd, broken
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """Two learnable classes of small photos, for quick training runs."""
+    root = tmp_path / "tiny"
+    for c, bright in (("a", False), ("b", True)):
+        (root / c).mkdir(parents=True)
+        for i in range(16):
+            photo(40, 40, seed=i + (50 if bright else 0), bright=bright).save(root / c / f"{i}.png")
+    return root
+
+
+def needs_datasets():
+    return pytest.mark.skipif(not (DATASETS / "catsdogs").is_dir(), reason="../shared/datasets is absent")

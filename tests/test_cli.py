@@ -1,0 +1,128 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import photo
+from resnet.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli") / "data"
+    for c, bright in (("a", False), ("b", True)):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            photo(40, 40, seed=i + (50 if bright else 0), bright=bright).save(root / c / f"{i}.png")
+    out = root.parent / "run"
+    assert main(["train", str(root), "--arch", "resnet20", "--img-size", "24", "--epochs", "3",
+                 "--batch-size", "8", "--workers", "0", "--out", str(out)]) == 0
+    return root, out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resnet", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "/no/such/folder"], "data not found"),
+    (["train", ".", "--epochs", "0"], "--epochs"),
+    (["train", ".", "--arch", "resnet19"], "unknown model"),
+    (["train", ".", "--bogus"], "unrecognized arguments"),
+    (["evaluate", "/no/such.pt", "."], "checkpoint not found"),
+    (["benchmark", "data"], "needs an image folder"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, needle, tmp_path):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_wrong_pretrained_shapes_exit_2_naming_them(tmp_path):
+    import torch
+
+    from resnet import create_model
+
+    state = create_model("resnet20").state_dict()
+    state["conv1.weight"] = torch.zeros(8, 3, 3, 3)
+    torch.save(state, tmp_path / "w.pth")
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "b").mkdir()
+    for c in "ab":
+        for i in range(3):
+            photo(30, 30, seed=i).save(tmp_path / "d" / c / f"{i}.png")
+    r = run_cli("train", str(tmp_path / "d"), "--arch", "resnet20", "--pretrained", str(tmp_path / "w.pth"),
+                "--out", str(tmp_path / "run"), "--workers", "0")
+    assert r.returncode == 2 and "conv1.weight" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_json_and_report(trained, tmp_path, capsys):
+    root, out = trained
+    assert main(["evaluate", str(out / "best.pt"), str(root), "--json", str(tmp_path / "e.json"),
+                 "--report", str(tmp_path / "rep"), "--tta", "--workers", "0"]) == 0
+    assert "accuracy:" in capsys.readouterr().out
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert set(r) >= {"accuracy", "num_images", "per_class", "confusion_matrix", "classes", "skipped"}
+    assert r["num_images"] == 24 and r["tta"] is True
+    assert set(r["per_class"]["a"]) == {"precision", "recall", "f1", "support"}
+    cm = r["confusion_matrix"]
+    assert sum(map(sum, cm)) == 24 and r["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / 24)
+    assert "top5_accuracy" not in r  # only 2 classes
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "confusion_matrix.png" in report and "training_curves.png" in report
+    from PIL import Image
+    for png in ("confusion_matrix.png", "training_curves.png"):
+        with Image.open(tmp_path / "rep" / png) as im:
+            assert im.size[0] > 200 and im.size[1] > 200
+
+
+def test_evaluate_reports_unreadable_files(trained, tmp_path):
+    root, out = trained
+    data = tmp_path / "d"
+    (data / "a").mkdir(parents=True)
+    (data / "b").mkdir()
+    photo(40, 40).save(data / "a" / "ok.png")
+    photo(40, 40, bright=True).save(data / "b" / "ok.png")
+    (data / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    assert main(["evaluate", str(out / "best.pt"), str(data), "--json", str(tmp_path / "e.json"), "--workers", "0"]) == 0
+    r = json.loads((tmp_path / "e.json").read_text())
+    assert r["num_images"] == 2 and [s["path"].endswith("broken.jpg") for s in r["skipped"]] == [True]
+
+
+def test_predict_rows_and_errors(trained, tmp_path, capsys):
+    root, out = trained
+    (tmp_path / "bad.jpg").write_text("nope")
+    assert main(["predict", str(out / "best.pt"), str(root / "a"), str(tmp_path / "bad.jpg"),
+                 "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "path,label,probability,top_k,error"
+    assert len(lines) == 1 + 12 + 1
+    assert lines[-1].endswith("not an image (unknown format)")
+
+
+def test_models_table_lists_params_and_gflops(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["resnet50"]["params"] == 25_557_032 and rows["resnet20"]["input_size"] == 32
+    assert 8.0 < rows["resnet50"]["gflops"] < 8.4
+
+
+def test_benchmark_json(tmp_path, tiny_folder):
+    r = run_cli("benchmark", "data", str(tiny_folder), "--img-size", "32", "--json", "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images_per_second"] > 0
+    r = run_cli("benchmark", "infer", "--arch", "resnet20", "--img-size", "32", "--batch-size", "4",
+                "--steps", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["images_per_second"] > 0
+
+
+def test_demo_end_to_end_short(tmp_path):
+    from resnet.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", epochs=2)
+    assert (tmp_path / "demo" / "run" / "evaluation.json").is_file()
+    assert result["num_images"] == 360 and result["accuracy"] > 0.5  # 2 epochs: learning, not done

@@ -1,0 +1,257 @@
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import DATASETS, needs_datasets, photo, write_broken, write_odd
+from resnet import data as D
+from resnet.transforms import EvalTransform, TrainTransform, normalize, shorter_side_size
+
+
+def test_every_odd_image_is_read_and_every_broken_one_skipped_with_its_reason(tmp_path):
+    odd = write_odd(tmp_path / "odd")
+    broken = write_broken(tmp_path / "broken")
+    results = D.read_images([p for p, _ in odd.values()] + list(broken.values()))
+    for (name, (path, size)), img in zip(odd.items(), results):
+        assert isinstance(img, Image.Image), f"{name}: {img}"
+        assert img.mode == "RGB" and img.size == size, name
+    reasons = dict(zip(broken, results[len(odd):]))
+    assert reasons["zero_byte"] == "empty file"
+    assert reasons["text"].startswith("not an image")
+    assert reasons["pixel_bomb"].startswith("decompression bomb")
+    assert reasons["truncated"].startswith("unreadable") and "truncated" in reasons["truncated"]
+    assert reasons["header_only_png"].startswith("unreadable")
+    assert D.read_images([tmp_path / "nope.jpg"]) == ["file not found"]
+
+
+def test_modes_are_converted_sensibly(tmp_path):
+    odd = write_odd(tmp_path)
+    grey = np.asarray(photo(80, 60).convert("L"), dtype=np.int32)
+    sixteen = np.asarray(D.decode(odd["16bit"][0]))[..., 0].astype(np.int32)
+    assert np.abs(sixteen - grey).max() <= 1  # scaled from 16 bits, not clipped to white
+    transparent = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert D.to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)  # on white, not black
+
+
+def test_scan_finds_bad_files_cheaply_and_the_rest_at_load_time(messy_folder):
+    root, odd, broken = messy_folder
+    good, skipped, labels = D.scan(root)
+    assert labels == {"cats", "dogs"}
+    at_scan = {Path(p).name for p, _ in skipped}
+    assert at_scan == {"empty.jpg", "notes.jpg", "bomb.png"}
+    assert ".hidden.jpg" not in {Path(p).name for p, _ in good}
+    assert {p for p, _ in good} >= {str(p) for p, _ in odd.values()}
+
+
+def test_training_over_a_messy_folder_skips_exactly_the_broken_files(messy_folder, tmp_path):
+    from resnet.cli import main
+
+    root, odd, broken = messy_folder
+    out = tmp_path / "run"
+    code = main(["train", str(root), "--arch", "resnet20", "--img-size", "32", "--epochs", "1",
+                 "--batch-size", "8", "--workers", "2", "--out", str(out), "--val-split", "0.25"])
+    assert code == 0
+    listed = {line.split("\t")[0] for line in (out / "skipped.txt").read_text().splitlines()}
+    assert listed == {str(p) for p in broken.values()}
+    reasons = dict(line.split("\t") for line in (out / "skipped.txt").read_text().splitlines())
+    assert all(reasons.values())
+
+
+def test_kaggle_flat_folder_and_label_pattern(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(10):
+        photo(40, 40, seed=i).save(flat / f"cat.{i}.jpg")
+        photo(40, 40, seed=i + 9, bright=True).save(flat / f"dog.{i}.jpg")
+    split = D.discover(flat, val_split=0.2, seed=1)
+    assert split.classes == ["cat", "dog"]
+    assert len(split.train) == 16 and len(split.val) == 4
+    assert sorted(s.label for s in split.val) == [0, 0, 1, 1]  # stratified
+    (flat / "img_dog_7.png").write_bytes((flat / "dog.1.jpg").read_bytes())
+    files = D.scan(flat, label_pattern=r"(?:^|_)(?P<label>cat|dog)[._]").good
+    assert ("img_dog_7.png" in {Path(p).name for p, _ in files})
+    assert dict((Path(p).name, c) for p, c in files)["img_dog_7.png"] == "dog"
+
+
+def test_flat_folder_trains_without_moving_a_file(tmp_path):
+    from resnet.cli import main
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(8):
+        photo(40, 40, seed=i).save(flat / f"cat.{i}.jpg")
+        photo(40, 40, seed=i, bright=True).save(flat / f"dog.{i}.jpg")
+    before = sorted(os.listdir(flat))
+    assert main(["train", str(flat), "--arch", "resnet20", "--img-size", "32", "--epochs", "1",
+                 "--batch-size", "8", "--workers", "0", "--out", str(tmp_path / "run")]) == 0
+    assert sorted(os.listdir(flat)) == before
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_csv_source_and_train_val_roots(tmp_path, tiny_folder):
+    rows = [(str(p.relative_to(tiny_folder)), p.parent.name) for p in sorted(tiny_folder.rglob("*.png"))]
+    with open(tiny_folder / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label")] + rows)
+    split = D.discover(tiny_folder / "labels.csv", val_split=0.25)
+    assert split.classes == ["a", "b"] and len(split.train) + len(split.val) == 32
+    assert all(Path(s.path).is_file() for s in split.train)
+
+    both = tmp_path / "both"
+    for part in ("train", "valid"):
+        for c in ("x", "y"):
+            (both / part / c).mkdir(parents=True)
+            for i in range(3):
+                photo(30, 30, seed=i).save(both / part / c / f"{i}.png")
+    split = D.discover(both)
+    assert len(split.train) == 6 and len(split.val) == 6
+    assert all("/valid/" in s.path for s in split.val)
+
+
+def test_class_errors_name_the_classes(tmp_path):
+    root = tmp_path / "d"
+    (root / "good").mkdir(parents=True)
+    (root / "bad").mkdir()
+    photo().save(root / "good" / "1.jpg")
+    (root / "bad" / "1.jpg").write_bytes(b"")
+    with pytest.raises(D.DataError, match="no readable image in class.*bad"):
+        D.discover(root, val_split=0)
+    val = tmp_path / "v"
+    (val / "good").mkdir(parents=True)
+    (val / "other").mkdir()
+    photo().save(val / "good" / "1.jpg")
+    photo().save(val / "other" / "1.jpg")
+    (root / "bad" / "2.jpg").unlink(missing_ok=True)
+    (root / "bad" / "1.jpg").unlink()
+    (root / "bad").rmdir()
+    with pytest.raises(D.DataError, match=r"only in validation \['other'\]"):
+        D.discover(root, val=val)
+
+
+def test_split_is_seeded_and_stratified():
+    labels = [0] * 30 + [1] * 10
+    a = D.stratified_split(labels, 0.2, seed=3)
+    assert a == D.stratified_split(labels, 0.2, seed=3)
+    assert a != D.stratified_split(labels, 0.2, seed=4)
+    val = [labels[i] for i in a[1]]
+    assert val.count(0) == 6 and val.count(1) == 2
+
+
+# ----- transforms -------------------------------------------------------------------------------
+
+
+def torchvision_reference(img: Image.Image, size: int) -> np.ndarray:
+    """torchvision's documented Resize(int) + CenterCrop on PIL, written directly with Pillow."""
+    resize = int(round(size / 0.875))
+    w, h = img.size
+    if w <= h:
+        rw, rh = resize, int(resize * h / w)
+    else:
+        rw, rh = int(resize * w / h), resize
+    r = img.resize((rw, rh), Image.Resampling.BILINEAR)
+    top, left = int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
+    return np.asarray(r.crop((left, top, left + size, top + size)))
+
+
+@pytest.mark.parametrize("w,h,size", [(500, 375, 224), (375, 500, 224), (333, 333, 112), (640, 480, 64), (230, 700, 32)])
+def test_eval_transform_exact_equals_pillow_reference(w, h, size):
+    img = photo(w, h, seed=w)
+    out = EvalTransform.for_size(size, exact=True)(img)
+    assert torch.equal(out, torch.from_numpy(torchvision_reference(img, size)).permute(2, 0, 1))
+    fast = EvalTransform.for_size(size)(img)
+    assert (fast.int() - out.int()).abs().max() <= 1
+
+
+def test_draft_decoding_stays_within_3_levels(tmp_path):
+    path = tmp_path / "big.jpg"
+    photo(1200, 900, seed=5).save(path, quality=92)
+    size = 112  # resize 128: the JPEG decodes at 1/4 in the DCT domain
+    exact = torchvision_reference(Image.open(path).convert("RGB"), size)
+    ds = D.ImageDataset([D.Sample(str(path), 0)], EvalTransform.for_size(size))
+    assert ds.draft_size == 128
+    with Image.open(path) as im:
+        im.draft("RGB", (128, 128))
+        assert im.size == (300, 225)  # the draft really happened
+    fast = ds[0][0].permute(1, 2, 0).numpy()
+    assert np.abs(fast.astype(int) - exact.astype(int)).mean() < 3
+
+
+def test_normalize_matches_to_tensor_and_normalize():
+    x = torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(normalize(x, mean, std), ref, atol=1e-5)
+
+
+def test_random_resized_crop_follows_torchvisions_sampling():
+    tf = TrainTransform(24, scale=(0.5, 1.0))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        left, top, cw, ch = tf.crop_box(100, 60, g)
+        assert 0 <= left and left + cw <= 100 and 0 <= top and top + ch <= 60
+        assert 0.5 * 6000 * 0.7 <= cw * ch <= 6000  # area in scale range (rounding slack)
+    a = tf(photo(100, 60), torch.Generator().manual_seed(7))
+    b = tf(photo(100, 60), torch.Generator().manual_seed(7))
+    assert a.shape == (3, 24, 24) and a.dtype == torch.uint8 and torch.equal(a, b)
+
+
+# ----- sampler, loader, cache -------------------------------------------------------------------
+
+
+def test_epoch_sampler_is_fixed_by_seed_and_epoch_and_resumes_mid_epoch():
+    s = D.EpochSampler(10, shuffle=True, seed=1)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, start=4)
+    assert list(s) == full[4:]
+    s.set_epoch(3)
+    assert [i for i, _ in s] != [i for i, _ in full]
+    shards = [list(D.EpochSampler(10, True, 1, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(x) for x in shards}) == 1
+    assert {i for sh in shards for i, _ in sh} == set(range(10))
+
+
+def test_loader_reports_failures_without_stopping(messy_folder):
+    root, _, broken = messy_folder
+    files = D.scan(root).good
+    samples = [D.Sample(p, 0) for p, _ in files]
+    loader = D.make_loader(D.ImageDataset(samples, EvalTransform.for_size(32)), 5, False, workers=2)
+    seen, failed = 0, {}
+    for batch in loader:
+        seen += len(batch.labels)
+        failed.update({samples[i].path: r for i, r in batch.failures})
+        assert batch.images.dtype == torch.uint8 and batch.images.shape[1:] == (3, 32, 32)
+    assert set(failed) == {str(broken["truncated"]), str(broken["header_only_png"])}
+    assert seen == len(samples) - 2
+
+
+def test_cache_gives_the_same_pixels_and_is_rebuilt_when_files_change(tmp_path, tiny_folder):
+    split = D.discover(tiny_folder, val_split=0)
+    tf = EvalTransform.for_size(24, exact=True)
+    cache = D.build_cache(split.train, tmp_path / "c", tf.resize_size)
+    assert cache.ready
+    plain = D.ImageDataset(split.train, tf)
+    cached = D.ImageDataset(split.train, tf, cache)
+    for i in range(0, len(split.train), 5):
+        assert torch.equal(plain[i][0], cached[i][0])
+    again = D.DecodedCache(tmp_path / "c", [s.path for s in split.train], tf.resize_size)
+    assert again.ready and again.dir == cache.dir
+    path = Path(split.train[0].path)
+    time.sleep(0.01)
+    photo(40, 40, seed=123).save(path)
+    changed = D.DecodedCache(tmp_path / "c", [s.path for s in split.train], tf.resize_size)
+    assert changed.dir != cache.dir and not changed.ready
+
+
+@needs_datasets()
+def test_real_kaggle_photos_decode_to_the_reference():
+    folder = DATASETS / "catsdogs" / "train" / "cats"
+    paths = sorted(folder.iterdir())[:20]
+    tf = EvalTransform.for_size(224, exact=True)
+    for p in paths:
+        img = D.decode(p)  # no draft: these photos are smaller than 2x the resize size
+        assert torch.equal(tf(img), torch.from_numpy(torchvision_reference(img, 224)).permute(2, 0, 1))

@@ -1,0 +1,228 @@
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from resnet import create_model, list_models
+from resnet.models import BasicBlock, Bottleneck, PadShortcut, WeightsError, count_params, load_pretrained
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "torchvision_resnet_state_dicts.json"
+fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason="../shared/fixtures is absent")
+
+
+def _fixture() -> dict:
+    return json.loads(FIXTURE.read_text())
+
+
+@fixture
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                                  "wide_resnet50_2", "resnext50_32x4d"])
+def test_state_dict_is_torchvisions_exactly(name):
+    expected = _fixture()[name]
+    with torch.device("meta"):
+        model = create_model(name)
+    got = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    assert got == expected["state_dict"]  # keys, shapes and order
+    assert count_params(model) == expected["num_params"]
+
+
+def test_known_parameter_counts():
+    with torch.device("meta"):
+        assert count_params(create_model("resnet18")) == 11_689_512
+        assert count_params(create_model("resnet50")) == 25_557_032
+
+
+@pytest.mark.parametrize("depth,paper", [(20, 0.27e6), (32, 0.46e6), (44, 0.66e6), (56, 0.85e6), (110, 1.7e6)])
+def test_cifar_nets_have_the_papers_sizes(depth, paper):
+    model = create_model(f"resnet{depth}")
+    assert abs(count_params(model) - paper) / paper < 0.03
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) + 1 == depth  # 6n+2 weighted layers: the convs and the classifier
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads():
+    x = torch.randn(2, 16, 8, 8)
+    y = PadShortcut(2, 16)(x)
+    assert y.shape == (2, 32, 4, 4)
+    assert torch.equal(y[:, :16], x[:, :, ::2, ::2])
+    assert torch.count_nonzero(y[:, 16:]) == 0
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 224), ("resnet50", 224), ("resnet18_seed", 32),
+                                       ("resnet20", 32), ("plain20", 32), ("resnext50_32x4d", 64)])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_output_shapes(name, size, batch):
+    model = create_model(name, num_classes=7).eval()
+    with torch.no_grad():
+        assert model(torch.randn(batch, 3, size, size)).shape == (batch, 7)
+
+
+@pytest.mark.parametrize("block,planes", [(BasicBlock, 8), (Bottleneck, 2)])
+def test_zero_init_residual_block_is_relu_of_input(block, planes):
+    torch.manual_seed(0)
+    model = create_model("resnet50" if block is Bottleneck else "resnet18", zero_init_residual=True)
+    blk = model.layer1[1]  # an identity-shortcut block
+    assert isinstance(blk, block) and blk.downsample is None
+    x = torch.randn(2, blk.conv1.in_channels, 8, 8)
+    for mode in (True, False):
+        blk.train(mode)
+        assert torch.equal(blk(x), torch.relu(x))
+
+
+def test_zero_init_residual_is_off_by_default():
+    model = create_model("resnet18")
+    assert model.layer1[0].bn2.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["plain20", "plain_resnet18", "plain_resnet50"])
+def test_plain_twins_have_no_shortcut(name):
+    plain, twin = create_model(name), create_model(name.replace("plain_", "").replace("plain", "resnet"))
+    blocks = [m for m in plain.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert blocks and all(not b.residual and b.downsample is None for b in blocks)
+    assert not any(isinstance(m, PadShortcut) for m in plain.modules())
+    # same layers otherwise: only the projection shortcuts' parameters are missing
+    assert all(k in twin.state_dict() for k in plain.state_dict())
+    assert all("downsample" in k for k in set(twin.state_dict()) - set(plain.state_dict()))
+    # functionally: with the residual branch silenced, a plain block outputs 0, not relu(x)
+    blk = blocks[-1]
+    bn_last = blk.bn3 if isinstance(blk, Bottleneck) else blk.bn2
+    nn.init.zeros_(bn_last.weight)
+    x = torch.rand(1, blk.conv1.in_channels, 4, 4)
+    assert torch.count_nonzero(blk.eval()(x)) == 0
+
+
+def test_resnet18_seed_is_the_tutorials_network():
+    """The tutorial's Model(ResidualBlock): 3x3/1 conv + BN + ReLU stem with no pooling, four stages
+    of two blocks (64-128-256-512, stride 2 from the second), 1x1 projection where shapes change,
+    average pooling, one linear layer."""
+    m = create_model("resnet18_seed", num_classes=2)
+    assert (m.conv1.kernel_size, m.conv1.stride, m.conv1.padding) == ((3, 3), (1, 1), (1, 1))
+    assert (m.conv1.in_channels, m.conv1.out_channels) == (3, 64) and m.conv1.bias is None
+    assert isinstance(m.maxpool, nn.Identity)
+    inch = 64
+    for i, width in enumerate((64, 128, 256, 512)):
+        stage = getattr(m, f"layer{i + 1}")
+        assert len(stage) == 2
+        for j, blk in enumerate(stage):
+            stride = 2 if (i > 0 and j == 0) else 1
+            assert isinstance(blk, BasicBlock)
+            assert blk.conv1.stride == (stride, stride) and blk.conv1.out_channels == width
+            assert blk.conv2.stride == (1, 1) and blk.conv2.kernel_size == (3, 3)
+            needs_projection = stride != 1 or inch != width
+            assert (blk.downsample is not None) == needs_projection
+            if needs_projection:
+                conv, bn = blk.downsample
+                assert conv.kernel_size == (1, 1) and conv.stride == (stride, stride) and isinstance(bn, nn.BatchNorm2d)
+            inch = width
+    assert (m.fc.in_features, m.fc.out_features) == (512, 2)
+    # the tutorial's parameter count: torchvision's resnet18 with a 3x3 stem and a 2-class head
+    assert count_params(m) == 11_689_512 - 64 * 3 * 49 + 64 * 3 * 9 - 998 * 513
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+
+
+def test_registry_lists_every_family():
+    names = set(list_models())
+    for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+              "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnet20", "resnet32",
+              "resnet44", "resnet56", "resnet110", "resnet18_seed", "plain_resnet18", "plain20", "plain110"]:
+        assert n in names
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("resnet19")
+
+
+# ----- weights ------------------------------------------------------------------------------
+
+
+def _torchvision_file(tmp_path: Path, num_classes: int = 1000, name: str = "resnet18") -> Path:
+    """A file as torchvision writes it: a plain OrderedDict state_dict."""
+    torch.manual_seed(1)
+    state = create_model(name, num_classes=num_classes).state_dict()
+    path = tmp_path / f"{name}.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_torchvision_layout_round_trips_strictly_with_identical_logits(tmp_path):
+    path = _torchvision_file(tmp_path)
+    source = create_model("resnet18")
+    source.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    loaded = create_model("resnet18", pretrained=str(path))
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(source.eval()(x), loaded.eval()(x))
+
+
+def test_safetensors_and_wrapper_prefixes(tmp_path):
+    from safetensors.torch import save_file
+
+    state = create_model("resnet20").state_dict()
+    prefixed = {f"module._orig_mod.{k}": v.clone() for k, v in state.items()}
+    save_file(prefixed, str(tmp_path / "w.safetensors"))
+    model = create_model("resnet20", pretrained=str(tmp_path / "w.safetensors"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_head_of_another_size_is_replaced_and_the_user_told(tmp_path, caplog):
+    path = _torchvision_file(tmp_path, 1000)
+    source = torch.load(path, weights_only=True)
+    with caplog.at_level(logging.WARNING):
+        model = create_model("resnet18", num_classes=2, pretrained=str(path))
+    assert "replacing the classifier" in caplog.text and "1000" in caplog.text
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in source.items() if not k.startswith("fc."))
+    assert state["fc.weight"].shape == (2, 512)
+
+
+def test_wrong_shapes_fail_naming_the_keys(tmp_path):
+    path = _torchvision_file(tmp_path, 1000, "resnet34")  # resnet34's layers do not fit resnet18
+    with pytest.raises(WeightsError, match="unexpected keys: .*layer1.2"):
+        create_model("resnet18", pretrained=str(path))
+    state = create_model("resnet18").state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError, match=r"layer1.0.conv1.weight: file \(64, 64, 1, 1\)"):
+        create_model("resnet18", pretrained=str(tmp_path / "bad.pth"))
+
+
+def test_url_goes_through_hub_cache_and_checks_the_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    path = _torchvision_file(tmp_path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    good = path.with_name(f"resnet18-{digest[:8]}.pth")
+    path.rename(good)
+    model = create_model("resnet18", pretrained=good.as_uri())
+    assert (tmp_path / "hub" / "checkpoints" / good.name).is_file()  # cached
+    assert torch.equal(model.state_dict()["conv1.weight"], torch.load(good, weights_only=True)["conv1.weight"])
+    bad = good.with_name("resnet18-00000000.pth")
+    bad.write_bytes(good.read_bytes())
+    with pytest.raises(WeightsError, match="hash"):
+        create_model("resnet18", pretrained=bad.as_uri())
+
+
+def test_imagenet_means_torchvisions_official_file(tmp_path, monkeypatch):
+    from resnet import models
+
+    assert models.model_spec("resnet50").imagenet_url.endswith("/resnet50-0676ba61.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    path = _torchvision_file(tmp_path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    local = path.rename(path.with_name(f"resnet18-{digest}.pth"))
+    spec = models.model_spec("resnet18")
+    monkeypatch.setitem(models._REGISTRY, "resnet18", type(spec)(**{**spec.__dict__, "imagenet_url": local.as_uri()}))
+    model = create_model("resnet18", num_classes=2, pretrained="imagenet")
+    assert torch.equal(model.conv1.weight, torch.load(local, weights_only=True)["conv1.weight"])
+    with pytest.raises(WeightsError, match="no ImageNet weights"):
+        load_pretrained(create_model("resnet20"), "imagenet", "resnet20")
+
+
+def test_flops_at_native_size():
+    from resnet.models import count_flops
+
+    params, gflops = count_flops("resnet18")
+    assert params == 11_689_512
+    assert math.isclose(gflops, 2 * 1.814, rel_tol=0.01)  # torchvision's table: 1.81 G multiply-adds

@@ -1,0 +1,197 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnet import data as D
+from resnet import train as T
+from resnet.checkpoint import read_checkpoint, save_checkpoint
+from resnet.cli import main
+
+
+def quick(tiny_folder: Path, out: Path, **kw) -> T.TrainConfig:
+    opts = dict(data=str(tiny_folder), arch="resnet20", img_size=24, epochs=2, batch_size=8,
+                workers=0, out=str(out), deterministic=True, seed=3, val_split=0.25)
+    return T.make_config("default", **{**opts, **kw})
+
+
+def weights(path: Path) -> dict:
+    return read_checkpoint(path)["model"]
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tiny_folder, tmp_path, monkeypatch):
+    T.train(quick(tiny_folder, tmp_path / "straight"))
+
+    real = D.EpochSampler.set_epoch
+
+    def killed_at_epoch_2(self, epoch, start=0):
+        if epoch == 1:
+            raise KeyboardInterrupt  # the process dies between epochs 1 and 2
+        real(self, epoch, start)
+
+    monkeypatch.setattr(D.EpochSampler, "set_epoch", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(quick(tiny_folder, tmp_path / "resumed"))
+    monkeypatch.setattr(D.EpochSampler, "set_epoch", real)
+    assert read_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    T.train(T.TrainConfig(), resume=str(tmp_path / "resumed" / "last.pt"))
+
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + both epochs, none lost or repeated
+
+
+def test_resume_mid_epoch_from_a_step_checkpoint(tiny_folder, tmp_path, monkeypatch):
+    T.train(quick(tiny_folder, tmp_path / "straight", epochs=1))
+    calls = {"n": 0}
+    real = T.normalize
+
+    def dies_at_step_3(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after 3 optimiser steps (and the step-2 checkpoint)
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(T, "normalize", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(quick(tiny_folder, tmp_path / "resumed", epochs=1, save_every=2))
+    monkeypatch.setattr(T, "normalize", real)
+    assert read_checkpoint(tmp_path / "resumed" / "last.pt")["scheduler"]["step"] == 2
+    T.train(T.TrainConfig(), resume=str(tmp_path / "resumed" / "last.pt"))
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}, "arch": "resnet20", "classes": ["a"],
+                           "img_size": 32, "mean": [0.0], "std": [1.0]})
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *a, **kw):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_sigkill_during_checkpoint_writes_never_corrupts(tmp_path):
+    path = tmp_path / "last.pt"
+    script = f"""
+import torch
+from resnet.checkpoint import save_checkpoint
+i = 0
+while True:
+    save_checkpoint({str(path)!r}, {{"model": {{"w": torch.full((2_000_000,), float(i))}}, "arch": "resnet20",
+                     "classes": ["a"], "img_size": 32, "mean": [0.0], "std": [1.0]}})
+    i += 1
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    w = read_checkpoint(path)["model"]["w"]
+    assert torch.all(w == w[0])  # whole, one consistent write
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    T.train(quick(tiny_folder, out, epochs=1))
+    good = weights(out / "last.pt")
+    real = torch.nn.CrossEntropyLoss.forward
+    calls = {"n": 0}
+
+    def nan_at_step_2(self, logits, y):
+        calls["n"] += 1
+        loss = real(self, logits, y)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_at_step_2)
+    code = main(["train", "--resume", str(out / "last.pt"), "--epochs", "2", str(tiny_folder)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "nan" in err and "step" in err and "last.pt" in err
+    after = weights(out / "last.pt")
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_outputs_of_a_run(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_folder), "--arch", "resnet20", "--img-size", "24", "--epochs", "2",
+                 "--batch-size", "8", "--workers", "0", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["arch"] == "resnet20" and cfg["epochs"] == 2
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "epoch,lr,train_loss,train_acc,val_loss,val_acc,images_per_second,seconds"
+    assert len(rows) == 3
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    for key in ("model", "arch", "model_options", "classes", "img_size", "mean", "std", "epoch",
+                "metrics", "config", "optimizer", "scheduler", "scaler", "rng"):
+        assert key in ckpt
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["num_images"] == 8 and ev["classes"] == ["a", "b"]
+    for png in ("confusion_matrix.png", "training_curves.png"):
+        assert (out / "report" / png).stat().st_size > 1000
+    assert not (out / "skipped.txt").exists()
+
+
+def test_seed_preset_is_the_tutorial(tiny_folder, tmp_path):
+    cfg = T.make_config("seed", data=str(tiny_folder))
+    assert (cfg.arch, cfg.img_size, cfg.batch_size, cfg.epochs) == ("resnet18_seed", 224, 8, 10)
+    assert cfg.lr * cfg.batch_size / 256 == pytest.approx(0.01)  # SGD lr 0.01 as run
+    assert cfg.momentum == 0 and cfg.weight_decay == 0 and cfg.label_smoothing == 0
+    assert cfg.schedule == "constant" and cfg.train_like_eval
+    out = tmp_path / "seed"
+    small = tmp_path / "small"
+    for c in ("a", "b"):
+        (small / c).mkdir(parents=True)
+        for p in sorted((tiny_folder / c).iterdir())[:4]:
+            (small / c / p.name).write_bytes(p.read_bytes())
+    assert main(["train", str(small), "--preset", "seed", "--epochs", "1", "--workers", "0",
+                 "--val-split", "0.25", "--out", str(out)]) == 0
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["arch"] == "resnet18_seed" and ckpt["img_size"] == 224
+    opt = ckpt["optimizer"]["param_groups"][0]
+    assert opt["lr"] == pytest.approx(0.01) and opt["momentum"] == 0 and not opt["nesterov"]
+
+
+def test_explicit_flags_override_a_preset():
+    cfg = T.make_config("seed", batch_size=16, epochs=None)
+    assert cfg.batch_size == 16 and cfg.epochs == 10
+    with pytest.raises(ValueError, match="unknown preset"):
+        T.make_config("fastest")
+
+
+def test_schedule_warms_up_then_decays():
+    lrs = [T.lr_at(s, 100, 10, 1.0, "onecycle") for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+
+
+def test_budget_fitting():
+    # 10 steps/epoch at 1 s/step plus validation: 100 s budget -> 8 epochs would not fit
+    steps = T.fit_to_budget(100, spent_s=5, step_s=1.0, steps_per_epoch=10, steps_done=10, val_batches=3)
+    assert steps % 10 == 0 and 10 <= steps <= 80
+    assert T.fit_to_budget(1, 5, 1.0, 10, 10, 3) == 10  # at least one epoch
+
+
+def test_no_weight_decay_on_batchnorm_and_biases():
+    from resnet import create_model
+
+    decay, no_decay = T.param_groups(create_model("resnet20"), 1e-4)
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0
