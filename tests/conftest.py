@@ -65,7 +65,7 @@ def write_odd(folder: Path, seed: int = 0) -> dict[str, tuple[Path, tuple[int, i
         out[name] = (path, size)
 
     save("cmyk", base.convert("CMYK"), "cmyk.jpg", format="JPEG")
-    sixteen = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257), "I;16")
+    sixteen = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)  # mode I;16
     save("16bit", sixteen, "sixteen.png", format="PNG")
     pal = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     pal.info["transparency"] = 0

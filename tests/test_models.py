@@ -196,7 +196,7 @@ def test_url_goes_through_hub_cache_and_checks_the_hash(tmp_path, monkeypatch):
     good = path.with_name(f"resnet18-{digest[:8]}.pth")
     path.rename(good)
     model = create_model("resnet18", pretrained=good.as_uri())
-    assert (tmp_path / "hub" / "checkpoints" / good.name).is_file()  # cached
+    assert (tmp_path / "hub" / "hub" / "checkpoints" / good.name).is_file()  # torch.hub's cache
     assert torch.equal(model.state_dict()["conv1.weight"], torch.load(good, weights_only=True)["conv1.weight"])
     bad = good.with_name("resnet18-00000000.pth")
     bad.write_bytes(good.read_bytes())

@@ -143,7 +143,7 @@ def test_outputs_of_a_run(tiny_folder, tmp_path):
                 "metrics", "config", "optimizer", "scheduler", "scaler", "rng"):
         assert key in ckpt
     ev = json.loads((out / "evaluation.json").read_text())
-    assert ev["num_images"] == 8 and ev["classes"] == ["a", "b"]
+    assert ev["num_images"] == 7 and ev["classes"] == ["a", "b"]  # ceil(0.2 * 32): the default split
     for png in ("confusion_matrix.png", "training_curves.png"):
         assert (out / "report" / png).stat().st_size > 1000
     assert not (out / "skipped.txt").exists()

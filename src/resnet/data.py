@@ -85,7 +85,7 @@ def check_header(path: str | Path) -> str | None:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return f"decompression bomb: {e}"
     except UnidentifiedImageError:
-        return "not an image (unknown format)"
+        return "not an image or unreadable header (unknown format)"
     except (OSError, ValueError, SyntaxError) as e:
         return f"unreadable: {e}"
     return None
@@ -279,7 +279,7 @@ def read_error(e: BaseException) -> str:
     if isinstance(e, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return f"decompression bomb: {text}"
     if isinstance(e, UnidentifiedImageError):
-        return "not an image (unknown format)"
+        return "not an image or unreadable header (unknown format)"
     return f"unreadable: {text}"
 
 

@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 15) -> dict:
     root = write_digits(out / "digits")
     print(f"dataset: scikit-learn's handwritten digits written to {root}")
     # Digits are not mirror-symmetric: no flips; crops keep most of the digit.
-    cfg = make_config("default", data=str(root), arch="resnet20", width=1.0, img_size=32, epochs=epochs,
+    cfg = make_config("default", data=str(root), arch="resnet20", width=1.0, img_size=32, eval_size=32, epochs=epochs,
                       batch_size=64, hflip=False, scale_min=0.6, val_split=0.2, workers=0,
                       out=str(out / "run"), seed=0)
     train(cfg)
