@@ -356,14 +356,15 @@ class DecodedCache:
         os.replace(index_tmp, self.index_file)
         self.entries = entries
 
-    def get(self, i: int) -> Image.Image:
+    def get(self, i: int) -> np.ndarray:
+        """The stored HWC uint8 pixels: a read-only view of the memory map, no copy."""
         entry = self.entries[i]
         if entry[0] < 0:
             raise UnreadableImage(entry[1])
         if self._array is None:  # opened lazily, so each DataLoader worker maps it itself
             self._array = np.memmap(self.dir / "pixels.u8", dtype=np.uint8, mode="r")
         offset, h, w = entry
-        return Image.fromarray(np.asarray(self._array[offset:offset + h * w * 3]).reshape(h, w, 3))
+        return self._array[offset:offset + h * w * 3].reshape(h, w, 3)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None}

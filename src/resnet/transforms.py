@@ -54,15 +54,20 @@ class EvalTransform:
                  ) -> "EvalTransform":
         return cls(img_size, resize_size_for(img_size, crop_pct), exact)
 
-    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        w, h = img.size
+    def __call__(self, img: Image.Image | np.ndarray, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+        w, h = (img.shape[1], img.shape[0]) if isinstance(img, np.ndarray) else img.size
         rw, rh = shorter_side_size(w, h, self.resize_size)
         s = self.img_size
         if rw < s or rh < s:
             raise ValueError(f"resize {self.resize_size} is smaller than the crop {s}")
         top, left = int(round((rh - s) / 2.0)), int(round((rw - s) / 2.0))
-        if (rw, rh) == (w, h):  # already at the resize size (a cached image): just crop
-            return to_tensor_uint8(img.crop((left, top, left + s, top + s)))
+        if (rw, rh) == (w, h):
+            # Already at the resize size (a cached image): the crop is a view, and the batch's
+            # stack is the only copy made.
+            pixels = np.asarray(img)[top:top + s, left:left + s]
+            return torch.from_numpy(pixels).permute(2, 0, 1)
+        img = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
         if self.exact:
             img = img.resize((rw, rh), Image.Resampling.BILINEAR)
             return to_tensor_uint8(img.crop((left, top, left + s, top + s)))
@@ -106,8 +111,10 @@ class TrainTransform:
             cw, ch = w, h
         return (w - cw) // 2, (h - ch) // 2, cw, ch
 
-    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, img: Image.Image | np.ndarray, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
         g = generator if generator is not None else torch.default_generator
+        img = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
         left, top, cw, ch = self.crop_box(*img.size, g)
         s = self.img_size
         out = to_tensor_uint8(img.resize((s, s), Image.Resampling.BILINEAR,
