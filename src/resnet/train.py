@@ -245,11 +245,13 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
         root = cfg.cache_dir or D.default_cache_dir()
         if main_process:
             tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
-        def progress(items):
-            return tqdm(items, total=n_images, desc="decoding", leave=False, disable=not main_process)
+        def bar(total: int):
+            return lambda items: tqdm(items, total=total, desc="decoding", leave=False,
+                                      disable=not main_process)
 
-        train_cache = D.build_cache(split.train, root, cache_size, progress)
-        val_cache = D.build_cache(split.val, root, eval_tf.resize_size, progress) if split.val else None
+        train_cache = D.build_cache(split.train, root, cache_size, bar(len(split.train)))
+        val_cache = (D.build_cache(split.val, root, eval_tf.resize_size, bar(len(split.val)))
+                     if split.val else None)
     workers = cfg.workers if cfg.workers is not None else D.default_workers(device.type)
     train_ds = D.ImageDataset(split.train, train_tf, train_cache)
     batch_size = cfg.batch_size // world
