@@ -195,3 +195,18 @@ def test_no_weight_decay_on_batchnorm_and_biases():
     decay, no_decay = T.param_groups(create_model("resnet20"), 1e-4)
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0
+
+
+def test_two_process_ddp_on_cpu(tiny_folder, tmp_path):
+    """torchrun, 2 ranks, Gloo: each trains on its shard; rank 0 validates and writes the files."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "resnet", "train", str(tiny_folder),
+                        "--arch", "resnet20", "--img-size", "24", "--epochs", "2", "--batch-size", "8",
+                        "--workers", "0", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and (out / "evaluation.json").is_file()
+    assert r.stdout.count("best validation accuracy") == 1  # one report, from rank 0
+    state = read_checkpoint(out / "last.pt")
+    assert state["scheduler"]["step"] == 2 * 3  # 24 train images / (8 per step, 4 per rank) = 3 steps

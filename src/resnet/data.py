@@ -362,7 +362,8 @@ class DecodedCache:
         if entry[0] < 0:
             raise UnreadableImage(entry[1])
         if self._array is None:  # opened lazily, so each DataLoader worker maps it itself
-            self._array = np.memmap(self.dir / "pixels.u8", dtype=np.uint8, mode="r")
+            # copy-on-write: torch accepts the views as writable; nothing writes, so nothing copies
+            self._array = np.memmap(self.dir / "pixels.u8", dtype=np.uint8, mode="c")
         offset, h, w = entry
         return self._array[offset:offset + h * w * 3].reshape(h, w, 3)
 
