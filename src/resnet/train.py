@@ -52,7 +52,7 @@ class TrainConfig:
     out: str = "runs/train"
     arch: str = "resnet18"
     width: float = 0.5                    # channel multiplier: a quarter of ResNet-18's compute
-    img_size: int = 96
+    img_size: int = 80                    # measured: 80 px beat 96 px in the same 20 minutes
     eval_size: int | None = None          # default: `test_size_for(img_size)`
     epochs: int = 10
     batch_size: int = 64
