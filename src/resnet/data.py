@@ -82,12 +82,9 @@ def check_header(path: str | Path) -> str | None:
                 w, h = im.size
         if w <= 0 or h <= 0:
             return "image has no pixels"
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        return f"decompression bomb: {e}"
-    except UnidentifiedImageError:
-        return "not an image or unreadable header (unknown format)"
-    except (OSError, ValueError, SyntaxError) as e:
-        return f"unreadable: {e}"
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, ValueError,
+            SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        return read_error(e)
     return None
 
 
@@ -357,7 +354,7 @@ class DecodedCache:
         self.entries = entries
 
     def get(self, i: int) -> np.ndarray:
-        """The stored HWC uint8 pixels: a read-only view of the memory map, no copy."""
+        """The stored HWC uint8 pixels: a view of the (copy-on-write) memory map, no copy."""
         entry = self.entries[i]
         if entry[0] < 0:
             raise UnreadableImage(entry[1])

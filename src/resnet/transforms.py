@@ -31,6 +31,11 @@ def shorter_side_size(w: int, h: int, size: int) -> tuple[int, int]:
     return int(size * w / h), size
 
 
+def as_pil(img: Image.Image | np.ndarray) -> Image.Image:
+    """Cached images arrive as HWC uint8 arrays; resampling needs a Pillow image."""
+    return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+
+
 def to_tensor_uint8(img: Image.Image) -> torch.Tensor:
     """HWC uint8 Pillow image -> CHW uint8 tensor (no scaling: see `normalize`)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
@@ -67,7 +72,7 @@ class EvalTransform:
             # stack is the only copy made.
             pixels = np.asarray(img)[top:top + s, left:left + s]
             return torch.from_numpy(pixels).permute(2, 0, 1)
-        img = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+        img = as_pil(img)
         if self.exact:
             img = img.resize((rw, rh), Image.Resampling.BILINEAR)
             return to_tensor_uint8(img.crop((left, top, left + s, top + s)))
@@ -114,7 +119,7 @@ class TrainTransform:
     def __call__(self, img: Image.Image | np.ndarray, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
         g = generator if generator is not None else torch.default_generator
-        img = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+        img = as_pil(img)
         left, top, cw, ch = self.crop_box(*img.size, g)
         s = self.img_size
         out = to_tensor_uint8(img.resize((s, s), Image.Resampling.BILINEAR,
