@@ -215,6 +215,20 @@ def test_epoch_sampler_is_fixed_by_seed_and_epoch_and_resumes_mid_epoch():
     assert {i for sh in shards for i, _ in sh} == set(range(10))
 
 
+def test_epoch_crop_size_reaches_persistent_workers(tmp_path):
+    """Progressive resizing: the size travels with each item, so workers started in epoch 1 crop
+    at the size of epoch 2."""
+    for i in range(4):
+        photo(60, 50, seed=i).save(tmp_path / f"{i}.jpg")
+    samples = [D.Sample(str(tmp_path / f"{i}.jpg"), 0) for i in range(4)]
+    loader = D.make_loader(D.ImageDataset(samples, TrainTransform(32)), 4, True, workers=1)
+    shapes = []
+    for epoch, size in enumerate((16, 24)):
+        loader.sampler.set_epoch(epoch, 0, size)
+        shapes += [tuple(b.images.shape[2:]) for b in loader]
+    assert shapes == [(16, 16), (24, 24)]
+
+
 def test_loader_reports_failures_without_stopping(messy_folder):
     root, _, broken = messy_folder
     files = D.scan(root).good
@@ -245,6 +259,41 @@ def test_cache_gives_the_same_pixels_and_is_rebuilt_when_files_change(tmp_path, 
     photo(40, 40, seed=123).save(path)
     changed = D.DecodedCache(tmp_path / "c", [s.path for s in split.train], tf.resize_size)
     assert changed.dir != cache.dir and not changed.ready
+
+
+def test_eval_crop_cache_holds_the_transforms_output(tmp_path, tiny_folder):
+    """A crop cache stores what the eval transform gives, so evaluation from it is a copy."""
+    split = D.discover(tiny_folder, val_split=0)
+    tf = EvalTransform.for_size(24)
+    cache = D.build_cache(split.train, tmp_path / "c", tf.resize_size, crop=tf.img_size)
+    other = D.DecodedCache(tmp_path / "c", [s.path for s in split.train], tf.resize_size)
+    assert cache.crop == 24 and other.dir != cache.dir  # a different key from the uncropped cache
+    plain, cached = D.ImageDataset(split.train, tf), D.ImageDataset(split.train, tf, cache)
+    for i in range(len(split.train)):
+        assert torch.equal(plain[i][0], cached[i][0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_channels_last_uint8(tiny_folder, workers):
+    """Stacked as NHWC, handed over as NCHW with channels_last strides: normalising for a
+    channels_last model then moves no memory around, and the values match a per-image reference."""
+    split = D.discover(tiny_folder, val_split=0)
+    ds = D.ImageDataset(split.train, TrainTransform(24), None)
+    batch = next(iter(D.make_loader(ds, 8, True, workers, seed=5)))
+    assert batch.images.shape == (8, 3, 24, 24) and batch.images.is_contiguous(memory_format=torch.channels_last)
+    for k, i in enumerate(batch.indices.tolist()):
+        seed = next(s for j, s, *_ in D.make_loader(ds, 8, True, 0, seed=5).sampler if j == i)
+        assert torch.equal(batch.images[k], ds[(i, seed)][0])
+    x = normalize(batch.images, channels_last=True)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert normalize(batch.images, channels_last=False).is_contiguous()
+
+
+def test_eval_transform_of_an_image_already_at_the_resize_size(recwarn):
+    img = photo(37, 50)  # shorter side 37 = round(32 / 0.875): only the crop is left to do
+    out = EvalTransform.for_size(32)(img)
+    assert torch.equal(out, EvalTransform.for_size(32, exact=True)(img))
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
 
 
 @needs_datasets()

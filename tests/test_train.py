@@ -29,10 +29,10 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_folder, tmp_path, m
 
     real = D.EpochSampler.set_epoch
 
-    def killed_at_epoch_2(self, epoch, start=0):
+    def killed_at_epoch_2(self, epoch, start=0, size=None):
         if epoch == 1:
             raise KeyboardInterrupt  # the process dies between epochs 1 and 2
-        real(self, epoch, start)
+        real(self, epoch, start, size)
 
     monkeypatch.setattr(D.EpochSampler, "set_epoch", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -136,7 +136,7 @@ def test_outputs_of_a_run(tiny_folder, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["arch"] == "resnet20" and cfg["epochs"] == 2
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "epoch,lr,train_loss,train_acc,val_loss,val_acc,images_per_second,seconds"
+    assert rows[0] == "epoch,img_size,lr,train_loss,train_acc,val_loss,val_acc,images_per_second,seconds"
     assert len(rows) == 3
     ckpt = torch.load(out / "best.pt", weights_only=True)
     for key in ("model", "arch", "model_options", "classes", "img_size", "mean", "std", "epoch",
@@ -183,10 +183,28 @@ def test_schedule_warms_up_then_decays():
 
 
 def test_budget_fitting():
-    # 10 steps/epoch at 1 s/step plus validation: 100 s budget -> 8 epochs would not fit
-    steps = T.fit_to_budget(100, spent_s=5, step_s=1.0, steps_per_epoch=10, steps_done=10, val_batches=3)
-    assert steps % 10 == 0 and 10 <= steps <= 80
-    assert T.fit_to_budget(1, 5, 1.0, 10, 10, 3) == 10  # at least one epoch
+    # 12 s an epoch; 97 % of 135 s minus 5 s spent = 126 s -> 10 epochs fit, 11 do not
+    assert T.fit_to_budget(135, spent_s=5, epochs_done=0, epoch_s=lambda e, n: 12.0) == 10
+    assert T.fit_to_budget(1, 5, 0, lambda e, n: 12.0) == 1  # at least one epoch
+    assert T.fit_to_budget(135, 5, 4, lambda e, n: 12.0) == 14  # 4 epochs done: 10 more fit
+    # epochs that cost twice as much in the second half of the run: fewer fit
+    assert T.fit_to_budget(135, 5, 0, lambda e, n: 12.0 if e < n / 2 else 24.0) == 7
+
+
+def test_progressive_crop_sizes():
+    sizes = [T.crop_size_at(e, 20, 96, None) for e in range(20)]
+    assert sizes[0] == 64 and sizes[-1] == 96 and sizes[-3:] == [96] * 3  # two thirds, then full
+    assert sizes == sorted(sizes) and all(s % 8 == 0 for s in sizes)
+    assert [T.crop_size_at(e, 5, 100, 100) for e in range(5)] == [100] * 5  # off
+    assert T.crop_size_at(9, 10, 100, 60) == 100  # the last epoch is exactly img_size
+
+
+def test_cost_exponent_is_measured():
+    from resnet import create_model
+
+    p = T.size_cost_exponent(create_model("resnet20"), (16, 32), torch.device("cpu"), None, False, 8)
+    assert 0.5 <= p <= 3.0
+    assert T.size_cost_exponent(create_model("resnet20"), (16, 16), torch.device("cpu"), None, False, 8) == 2.0
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():

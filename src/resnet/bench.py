@@ -14,29 +14,34 @@ from .transforms import EvalTransform, normalize
 
 
 def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int = 64,
-               cache: bool = False, cache_dir: str | None = None) -> dict[str, Any]:
-    """The eval pipeline (decode -> resize -> crop -> uint8 batch -> normalised floats) over every
-    image under `root`; with `cache`, from the decoded cache (built first when missing, not timed)."""
+               cache: bool = False, cache_dir: str | None = None, normalized: bool = False) -> dict[str, Any]:
+    """The eval pipeline (decode -> resize -> crop -> uint8 batch) over every image under `root`;
+    with `cache`, from the decoded cache (built first when missing, not timed). The uint8 batch is
+    what training and evaluation receive: they normalise it on their device (on a GPU, for free).
+    `normalized` counts that step too, done here on the CPU, as torchvision's pipeline does it."""
     split = D.discover(root, val_split=0)
     tf = EvalTransform.for_size(img_size)
-    store = D.build_cache(split.train, cache_dir or D.default_cache_dir(), tf.resize_size) if cache else None
+    store = (D.build_cache(split.train, cache_dir or D.default_cache_dir(), tf.resize_size, crop=tf.img_size)
+             if cache else None)
     loader = D.make_loader(D.ImageDataset(split.train, tf, store), batch_size, False, workers)
     n, t = 0, time.perf_counter()
     for batch in loader:
-        n += len(normalize(batch.images))
+        n += len(normalize(batch.images, channels_last=True) if normalized else batch.images)
     seconds = time.perf_counter() - t
     return {"task": "data", "images": n, "seconds": seconds, "images_per_second": n / seconds,
-            "workers": workers, "img_size": img_size, "cache": cache}
+            "workers": workers, "img_size": img_size, "cache": cache, "normalized": normalized}
 
 
 def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_size: int = 32,
-                steps: int = 10, device: str = "auto", amp: str = "auto", channels_last: bool = True
-                ) -> dict[str, Any]:
-    """Training steps (forward, backward, SGD) or inference on random data, after 3 warm-up steps."""
+                steps: int = 10, device: str = "auto", amp: str = "auto", channels_last: bool = True,
+                width: float = 1.0, compile: bool = False) -> dict[str, Any]:
+    """Training steps (forward, backward, SGD) or inference on random data, after 3 warm-up steps
+    (which also pay for compilation with `compile`)."""
     dev = pick_device(device)
     dtype = amp_dtype(amp, dev)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(arch, num_classes=1000).to(dev, memory_format=fmt)
+    model = create_model(arch, num_classes=1000, width=width).to(dev, memory_format=fmt)
+    net = torch.compile(model) if compile else model
     x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
     opt = torch.optim.SGD(param_groups(model, 5e-5), lr=0.01, momentum=0.9)
@@ -46,13 +51,13 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
         inp = normalize(x, device=dev, channels_last=channels_last)
         with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             if task == "train":
-                loss = torch.nn.functional.cross_entropy(model(inp).float(), y)
+                loss = torch.nn.functional.cross_entropy(net(inp).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
             else:
                 with torch.inference_mode():
-                    model(inp)
+                    net(inp)
 
     for _ in range(3):
         step()
@@ -64,6 +69,7 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
-    return {"task": task, "arch": arch, "img_size": img_size, "batch_size": batch_size,
+    return {"task": task, "arch": arch, "width": width, "img_size": img_size, "batch_size": batch_size,
+            "channels_last": channels_last, "compile": compile,
             "device": dev.type, "amp": str(dtype).replace("torch.", "") if dtype else "off",
             "images_per_second": batch_size * steps / seconds, "seconds": seconds}

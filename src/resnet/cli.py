@@ -47,7 +47,10 @@ def build_parser() -> Parser:
     t.add_argument("--arch", help="model name (resnet models)")
     t.add_argument("--width", type=float, help="channel multiplier of the model (default preset: 0.5)")
     t.add_argument("--img-size", type=_positive_int, help="training resolution")
-    t.add_argument("--eval-size", type=_positive_int, help="evaluation resolution (default: --img-size)")
+    t.add_argument("--min-img-size", type=_positive_int,
+                   help="progressive resizing: start training at this resolution, end at --img-size")
+    t.add_argument("--eval-size", type=_positive_int,
+                   help="evaluation resolution (default: about 1.15x the training resolution)")
     t.add_argument("--epochs", type=_positive_int)
     t.add_argument("--batch-size", type=_positive_int)
     t.add_argument("--lr", type=float, help="peak learning rate for batch 256 (scaled linearly)")
@@ -67,6 +70,7 @@ def build_parser() -> Parser:
     t.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="decode once into a uint8 cache (default: when it takes at most 2 GiB)")
     t.add_argument("--cache-dir")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (GPU)")
     t.add_argument("--max-minutes", type=float, help="fit the schedule to this time budget")
     t.add_argument("--patience", type=_positive_int, help="stop after N epochs without improvement")
     t.add_argument("--save-every", type=int, help="also write last.pt every N steps")
@@ -104,6 +108,10 @@ def build_parser() -> Parser:
     b.add_argument("--cache-dir")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     b.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto")
+    b.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    b.add_argument("--compile", action="store_true")
+    b.add_argument("--normalize", action="store_true", help="data: also normalise the batches on the CPU")
     b.add_argument("--json", action="store_true")
 
     d = sub.add_parser("demo", help="train and evaluate on scikit-learn's digits, offline")
@@ -117,10 +125,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train import make_config, train
 
     opts = {k: getattr(a, k) for k in (
-        "data", "val", "val_split", "label_pattern", "arch", "width", "img_size", "eval_size", "epochs",
+        "data", "val", "val_split", "label_pattern", "arch", "width", "img_size", "min_img_size", "eval_size",
+        "epochs",
         "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "scale_min", "workers", "out",
         "pretrained", "seed", "deterministic", "device", "amp", "cache", "cache_dir", "max_minutes",
-        "patience", "save_every")}
+        "patience", "save_every", "compile")}
     preset = a.preset or ("finetune" if a.pretrained else "default")
     cfg = make_config(preset, **opts)
     summary = train(cfg, resume=a.resume, epochs=a.epochs)
@@ -221,9 +230,10 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     if a.task == "data":
         if not a.root:
             raise DataError("benchmark data needs an image folder")
-        r = bench_data(a.root, a.img_size, a.workers, max(a.batch_size, 64), a.cache, a.cache_dir)
+        r = bench_data(a.root, a.img_size, a.workers, max(a.batch_size, 64), a.cache, a.cache_dir, a.normalize)
     else:
-        r = bench_model(a.task, a.arch, a.img_size, a.batch_size, a.steps, a.device, a.amp)
+        r = bench_model(a.task, a.arch, a.img_size, a.batch_size, a.steps, a.device, a.amp,
+                        a.channels_last, a.width, a.compile)
     print(json.dumps(r) if a.json else f"{r['images_per_second']:.1f} images/s ({a.task})")
     return 0
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
@@ -303,12 +304,13 @@ def read_images(paths: Sequence[str | Path], draft_size: int | None = None
 class DecodedCache:
     """Every image decoded once and resized (shorter side `size`, the long side capped at twice
     that by a centre crop) into one uint8 memory-mapped file: later epochs and evaluations read
-    pixels instead of decoding JPEGs. Keyed by the file list, sizes, mtimes and `size`, so any
-    change to the files makes a new cache."""
+    pixels instead of decoding JPEGs. With `crop`, what is stored is the evaluation transform's
+    own output (Resize(size) -> CenterCrop(crop)): evaluation from the cache is then a copy.
+    Keyed by the file list, sizes, mtimes, `size` and `crop`, so any change makes a new cache."""
 
-    def __init__(self, root: str | Path, paths: Sequence[str], size: int):
-        self.size = size
-        key = hashlib.sha256(json.dumps([size] + [
+    def __init__(self, root: str | Path, paths: Sequence[str], size: int, crop: int | None = None):
+        self.size, self.crop = size, crop
+        key = hashlib.sha256(json.dumps([size, crop] + [
             [p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]).encode()).hexdigest()[:16]
         self.dir = Path(root) / key
         self.index_file = self.dir / "index.json"
@@ -323,6 +325,8 @@ class DecodedCache:
         return bool(self.entries)
 
     def _fit(self, im: Image.Image) -> np.ndarray:
+        if self.crop:
+            return EvalTransform(self.crop, self.size)(im).permute(1, 2, 0).numpy()
         w, h = im.size
         rw, rh = shorter_side_size(w, h, self.size)
         im = im.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != (w, h) else im
@@ -385,8 +389,10 @@ class Batch(NamedTuple):
 
 
 class ImageDataset(Dataset):
-    """Samples -> uint8 tensors. An item is `(index, seed)`: the seed (from `EpochSampler`) drives
-    that sample's augmentation, so results do not depend on workers, and resuming repeats them."""
+    """Samples -> uint8 tensors. An item is `(index, seed)` or `(index, seed, size)`: the seed (from
+    `EpochSampler`) drives that sample's augmentation, so results do not depend on workers, and
+    resuming repeats them; `size`, when given, overrides the random crop's size (progressive
+    resizing: persistent workers never see attributes changed in the main process, items they do)."""
 
     def __init__(self, samples: Sequence[Sample], transform: EvalTransform | TrainTransform,
                  cache: DecodedCache | None = None):
@@ -400,46 +406,64 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, item: int | tuple[int, int]):
-        index, seed = item if isinstance(item, tuple) else (item, 0)
+    def __getitem__(self, item: int | tuple[int, ...]):
+        index, seed, size = (tuple(item) + (None,))[:3] if isinstance(item, tuple) else (item, 0, None)
         sample = self.samples[index]
+        transform = self.transform
+        if size is not None and isinstance(transform, TrainTransform):
+            transform = replace(transform, img_size=size)
         try:
+            if self.cache is not None and self.cache.crop:  # already the transform's output
+                return torch.from_numpy(self.cache.get(index)).permute(2, 0, 1), sample.label, index, None
             img = self.cache.get(index) if self.cache else decode(sample.path, self.draft_size)
             g = torch.Generator().manual_seed(seed)
-            return self.transform(img, g), sample.label, index, None
+            return transform(img, g), sample.label, index, None
         except Exception as e:  # noqa: BLE001 - a bad file must not stop the epoch
             return None, sample.label, index, read_error(e)
 
 
 def collate(items: list) -> Batch:
+    """Stack the images as NHWC, the layout they were decoded in (so the copy is a straight one),
+    and hand them over as NCHW with channels_last strides, the layout the model runs in. In a
+    worker, the batch is stacked straight into shared memory, as default_collate does, instead of
+    being copied there when it is sent."""
     good = [it for it in items if it[3] is None]
     failures = [(it[2], it[3]) for it in items if it[3] is not None]
     if not good:
         empty = torch.empty(0, dtype=torch.uint8)
         return Batch(empty, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), failures)
-    return Batch(torch.stack([it[0] for it in good]),
+    hwc = [it[0].permute(1, 2, 0) for it in good]
+    shape = (len(hwc), *hwc[0].shape)
+    if torch.utils.data.get_worker_info() is not None:
+        storage = hwc[0]._typed_storage()._new_shared(math.prod(shape), device="cpu")
+        out = hwc[0].new(storage).resize_(shape)
+    else:
+        out = torch.empty(shape, dtype=torch.uint8)
+    torch.stack(hwc, out=out)
+    return Batch(out.permute(0, 3, 1, 2),
                  torch.tensor([it[1] for it in good], dtype=torch.long),
                  torch.tensor([it[2] for it in good], dtype=torch.long), failures)
 
 
 class EpochSampler(Sampler):
     """A permutation fixed by (seed, epoch), sharded over `world_size` ranks as DistributedSampler
-    does (padded to equal length), yielding `(index, per-sample seed)`. `start` skips the first
-    samples of the epoch: a run resumed mid-epoch continues with exactly the batches it missed."""
+    does (padded to equal length), yielding `(index, per-sample seed)`, or `(index, seed, size)`
+    when the epoch has its own crop size. `start` skips the first samples of the epoch: a run
+    resumed mid-epoch continues with exactly the batches it missed."""
 
     def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.start = 0, 0
+        self.epoch, self.start, self.size = 0, 0, None
         self.per_rank = -(-n // world_size)
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
+    def set_epoch(self, epoch: int, start: int = 0, size: int | None = None) -> None:
+        self.epoch, self.start, self.size = epoch, start, size
 
     def __len__(self) -> int:
         return self.per_rank - self.start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         order = order.tolist()
@@ -447,7 +471,8 @@ class EpochSampler(Sampler):
         mine = order[self.rank::self.world_size]
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
         for index in mine[self.start:]:
-            yield index, (base + index) % (2**63)
+            seed = (base + index) % (2**63)
+            yield (index, seed) if self.size is None else (index, seed, self.size)
 
 
 def default_workers(device: str) -> int:
@@ -467,6 +492,12 @@ def _seed_worker(worker_id: int) -> None:
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: int,
                 seed: int = 0, pin_memory: bool = False, rank: int = 0, world_size: int = 1,
                 drop_last: bool = False) -> DataLoader:
+    """A DataLoader over `dataset` with the sampler above. A dataset served from a crop cache is
+    loaded in-process whatever `workers` says: no per-image work is left to spread over cores,
+    and a worker would only add a copy through shared memory (measured on 2 cores, 224 px:
+    17,000 images/s in-process against 5,600 with 2 workers)."""
+    if dataset.cache is not None and dataset.cache.crop:
+        workers = 0
     sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
@@ -475,8 +506,8 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: 
 
 
 def build_cache(samples: Sequence[Sample], cache_root: str | Path, size: int,
-                progress: Callable[[Iterator], Iterator] = iter) -> DecodedCache:
-    cache = DecodedCache(cache_root, [s.path for s in samples], size)
+                progress: Callable[[Iterator], Iterator] = iter, crop: int | None = None) -> DecodedCache:
+    cache = DecodedCache(cache_root, [s.path for s in samples], size, crop)
     if not cache.ready:
         cache.build(progress)
     return cache

@@ -37,7 +37,8 @@ def as_pil(img: Image.Image | np.ndarray) -> Image.Image:
 
 
 def to_tensor_uint8(img: Image.Image) -> torch.Tensor:
-    """HWC uint8 Pillow image -> CHW uint8 tensor (no scaling: see `normalize`)."""
+    """HWC uint8 Pillow image -> CHW uint8 tensor (no scaling: see `normalize`). A view of HWC
+    memory: `collate` stacks such views into an NHWC batch, which is channels_last as it stands."""
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
 
 
@@ -69,8 +70,10 @@ class EvalTransform:
         top, left = int(round((rh - s) / 2.0)), int(round((rw - s) / 2.0))
         if (rw, rh) == (w, h):
             # Already at the resize size (a cached image): the crop is a view, and the batch's
-            # stack is the only copy made.
+            # stack is the only copy made. A Pillow image's array is read-only: copied instead.
             pixels = np.asarray(img)[top:top + s, left:left + s]
+            if not pixels.flags.writeable:
+                pixels = pixels.copy()
             return torch.from_numpy(pixels).permute(2, 0, 1)
         img = as_pil(img)
         if self.exact:
@@ -122,11 +125,10 @@ class TrainTransform:
         img = as_pil(img)
         left, top, cw, ch = self.crop_box(*img.size, g)
         s = self.img_size
-        out = to_tensor_uint8(img.resize((s, s), Image.Resampling.BILINEAR,
-                                         box=(left, top, left + cw, top + ch)))
+        out = img.resize((s, s), Image.Resampling.BILINEAR, box=(left, top, left + cw, top + ch))
         if self.hflip and torch.rand(1, generator=g).item() < 0.5:
-            out = out.flip(-1)
-        return out
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # in HWC, so the batch stays NHWC
+        return to_tensor_uint8(out)
 
 
 def normalize(batch: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
@@ -135,8 +137,7 @@ def normalize(batch: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
     """uint8 NCHW -> normalised float32, as ToTensor + Normalize compute it: (x/255 - mean) / std.
     Moved to the device first, so a GPU receives uint8 and does the arithmetic itself."""
     x = batch.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     # One affine pass, x * 1/(255 std) - mean/std, instead of three (div, sub, div).
     scale = torch.tensor([1 / (255 * v) for v in std], device=x.device).view(1, -1, 1, 1)
     shift = torch.tensor([-m / v for m, v in zip(mean, std)], device=x.device).view(1, -1, 1, 1)
