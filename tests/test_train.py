@@ -199,12 +199,16 @@ def test_progressive_crop_sizes():
     assert T.crop_size_at(9, 10, 100, 60) == 100  # the last epoch is exactly img_size
 
 
-def test_cost_exponent_is_measured():
+def test_compute_time_by_size_is_measured():
     from resnet import create_model
 
-    p = T.size_cost_exponent(create_model("resnet20"), (16, 32), torch.device("cpu"), None, False, 8)
-    assert 0.5 <= p <= 3.0
-    assert T.size_cost_exponent(create_model("resnet20"), (16, 16), torch.device("cpu"), None, False, 8) == 2.0
+    model = create_model("resnet20")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seconds, p = T.compute_time_by_size(model, (16, 32), torch.device("cpu"), None, False, 8)
+    assert seconds > 0 and 0.5 <= p <= 3.0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
+    assert all(q.grad is None for q in model.parameters()) and model.training
+    assert T.compute_time_by_size(model, (16, 16), torch.device("cpu"), None, False, 8)[1] == 2.0
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():

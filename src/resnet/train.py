@@ -330,35 +330,42 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
     board = tensorboard_writer(out) if main_process else None
     budget = cfg.max_minutes * 60 if cfg.max_minutes else None
 
-    cost_exponent = 2.0
+    timing: dict[str, float] = {}  # the step-time model, from `first_fit`
 
-    def crop_cost(e: int, n: int) -> float:
-        return crop_size_at(e, n, cfg.img_size, cfg.min_img_size) ** cost_exponent
+    def step_time(size: int) -> float:
+        """Seconds per training step at a crop size: what does not grow with pixels (loading,
+        the optimiser step...) plus forward + backward, which grows as size ** p."""
+        return timing["overhead"] + timing["compute"] * (size / timing["size"]) ** timing["p"]
+
+    def epoch_time(size: int) -> float:
+        # a validation batch is twice as large and forward only: ~2/3 of a training step's compute
+        val_batches = len(split.val) / (2 * batch_size)
+        val = val_batches * timing["compute"] * 2 / 3 * (eval_size / timing["size"]) ** timing["p"]
+        return steps_per_epoch * step_time(size) + val
 
     def first_fit(step_s: float) -> int:
         """From the first steps' time, before a whole epoch has been seen."""
-        nonlocal cost_exponent
         crop = crop_size_at(epoch, cfg.epochs, cfg.img_size, cfg.min_img_size)
-        cost_exponent = size_cost_exponent(model, (crop, max(cfg.img_size, eval_size)), device, dtype,
-                                           cfg.channels_last, batch_size)
-        base = crop_cost(epoch, cfg.epochs)
-        val_s = len(split.val) / (2 * batch_size) * step_s * 2 / 3 * eval_size ** cost_exponent / base
+        largest = cfg.img_size if cfg.img_size != crop else eval_size  # the sizes training will see
+        compute, p = compute_time_by_size(model, (crop, largest), device, dtype, cfg.channels_last, batch_size)
+        timing.update(size=crop, compute=min(compute, step_s), overhead=max(0.0, step_s - compute), p=p)
         return fit_to_budget(budget, time.monotonic() - start_time, epoch,
-                             lambda e, n: steps_per_epoch * step_s * crop_cost(e, n) / base + val_s)
+                             lambda e, n: epoch_time(crop_size_at(e, n, cfg.img_size, cfg.min_img_size)))
 
     def refit() -> int:
         """From the whole epochs so far: the first steps can mislead (prefetched batches, warm-up),
-        and so can one epoch (a slow validation, a busy machine). The median epoch, per unit of
-        crop cost, after the first (which starts the workers) once there are two. The count moves
-        only when it would with half an epoch to spare, so noise does not shake the schedule."""
-        unit = [r["seconds"] / r["img_size"] ** cost_exponent for r in history][min(1, epoch - 1):]
-        median = sorted(unit)[len(unit) // 2]
+        and so can one epoch (a slow validation, a busy machine). Predictions are scaled by the
+        median ratio of measured to predicted time over the last five epochs (the crop sizes now
+        in use; the first epoch, which starts the workers, left out once there are two). The count
+        moves only when it would with half an epoch to spare, so noise does not shake the schedule."""
+        ratios = sorted(r["seconds"] / epoch_time(r["img_size"]) for r in history[max(min(1, epoch - 1), epoch - 5):])
+        k = ratios[len(ratios) // 2]
 
         def fit(extra_s: float) -> int:
             return fit_to_budget(budget, time.monotonic() - start_time + extra_s, epoch,
-                                 lambda e, n: median * crop_cost(e, n))
+                                 lambda e, n: k * epoch_time(crop_size_at(e, n, cfg.img_size, cfg.min_img_size)))
 
-        half = median * crop_cost(epoch, cfg.epochs) / 2
+        half = k * epoch_time(crop_size_at(epoch, cfg.epochs, cfg.img_size, cfg.min_img_size)) / 2
         more, fewer = fit(half), fit(-half)
         return more if more > cfg.epochs else fewer if fewer < cfg.epochs else cfg.epochs
 
@@ -409,7 +416,7 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
                 total_steps = cfg.epochs * steps_per_epoch
                 bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
                 tqdm.write(f"--max-minutes {cfg.max_minutes}: {cfg.epochs} epochs ({total_steps} steps) fit"
-                           f" (step time measured to grow as crop size ** {cost_exponent:.2f})")
+                           f" (forward + backward measured to grow as crop size ** {timing['p']:.2f})")
             if cfg.save_every and step % cfg.save_every == 0 and step % steps_per_epoch:
                 checkpoint(out / "last.pt", epoch, {})
         bar.close()
@@ -454,9 +461,10 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
             stop = 1
         fitted = cfg.epochs
         if budget and state is None and epoch < cfg.epochs:
-            if epoch <= cfg.epochs // 2:  # later changes would jolt the learning-rate schedule
-                fitted = refit()
-            elif time.monotonic() - start_time + row["seconds"] > budget:
+            # Refitted every epoch: larger crops are only measured once the ramp reaches them, and a
+            # shorter plan still ends with the schedule annealed, where stopping early would not.
+            fitted = refit()
+            if time.monotonic() - start_time + row["seconds"] > budget:  # the last resort
                 tqdm.write("time budget spent: stopping")
                 stop = 1
         stop, fitted = from_rank0([stop, fitted], device)
@@ -521,31 +529,34 @@ def from_rank0(values: list[int], device: torch.device) -> list[int]:
     return t.tolist()
 
 
-def size_cost_exponent(model: nn.Module, sizes: tuple[int, int], device: torch.device,
-                       dtype: torch.dtype | None, channels_last: bool, batch_size: int) -> float:
-    """p in `step time ∝ size ** p`, timed with forward + backward passes on random images at two
-    sizes. Compute grows with pixels (p = 2) only in theory: fixed per-layer costs and kernel
-    choices bend it (about 1.4 on the development CPU), so budgets are fitted with a measurement.
-    Eval mode, so BatchNorm statistics are untouched; the gradients are thrown away."""
+def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch.device,
+                         dtype: torch.dtype | None, channels_last: bool, batch_size: int
+                         ) -> tuple[float, float]:
+    """(seconds of forward + backward for a batch at the smaller size, p) with that time growing as
+    size ** p: timed on random images at both sizes. Compute grows with pixels (p = 2) only in
+    theory: fixed per-layer costs and kernel choices bend it (about 1.65 between 64 and 96 px on
+    the development CPU). Eval mode, so BatchNorm statistics are untouched; gradients are dropped."""
     small, large = sorted(sizes)
-    if small == large:
-        return 2.0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
-    times = []
-    for size in (small, large, small, large):
-        x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
-        t = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            model(x).float().sum().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+    best = {small: math.inf, large: math.inf}
+    for rnd in range(4):  # the first round warms up; the fastest of the other three counts
+        for size in (small, large):
+            x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
+            t = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                model(x).float().sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if rnd:
+                best[size] = min(best[size], time.perf_counter() - t)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    ratio = max(times[2:][1], 1e-9) / max(times[2:][0], 1e-9)  # second round: warmed up
-    return max(0.5, min(3.0, math.log(ratio) / math.log(large / small)))
+    if small == large:
+        return best[small], 2.0
+    ratio = max(best[large], 1e-9) / max(best[small], 1e-9)
+    return best[small], max(0.5, min(3.0, math.log(ratio) / math.log(large / small)))
 
 
 def tensorboard_writer(out: Path):
