@@ -126,8 +126,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     opts = {k: getattr(a, k) for k in (
         "data", "val", "val_split", "label_pattern", "arch", "width", "img_size", "min_img_size", "eval_size",
-        "epochs",
-        "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "scale_min", "workers", "out",
+        "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "scale_min", "workers", "out",
         "pretrained", "seed", "deterministic", "device", "amp", "cache", "cache_dir", "max_minutes",
         "patience", "save_every", "compile")}
     preset = a.preset or ("finetune" if a.pretrained else "default")

@@ -256,7 +256,7 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
                                       disable=not main_process)
 
         train_cache = D.build_cache(split.train, root, cache_size, bar(len(split.train)))
-        val_cache = (D.build_cache(split.val, root, eval_tf.resize_size, bar(len(split.val)), eval_tf.img_size)
+        val_cache = (D.build_cache(split.val, root, eval_tf.resize_size, bar(len(split.val)), eval_tf)
                      if split.val else None)
     workers = cfg.workers if cfg.workers is not None else D.default_workers(device.type)
     train_ds = D.ImageDataset(split.train, train_tf, train_cache)
@@ -317,9 +317,13 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
             "rng": {"torch": torch.get_rng_state()}, "best_acc": best_acc, "history": history,
             "skipped": sorted(skipped.items())})
 
+    def crop_at(e: int, n: int) -> int:
+        """This run's crop size in epoch `e` of `n`."""
+        return crop_size_at(e, n, cfg.img_size, cfg.min_img_size)
+
     if main_process:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        first = crop_size_at(0, cfg.epochs, cfg.img_size, cfg.min_img_size)
+        first = crop_at(0, cfg.epochs)
         sizes = f"{first} -> {cfg.img_size}" if first != cfg.img_size else str(first)
         ddp = (f", DDP over {world} process(es) ({torch.distributed.get_backend()})"
                if torch.distributed.is_initialized() else "")
@@ -345,12 +349,11 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
 
     def first_fit(step_s: float) -> int:
         """From the first steps' time, before a whole epoch has been seen."""
-        crop = crop_size_at(epoch, cfg.epochs, cfg.img_size, cfg.min_img_size)
+        crop = crop_at(epoch, cfg.epochs)
         largest = cfg.img_size if cfg.img_size != crop else eval_size  # the sizes training will see
         compute, p = compute_time_by_size(model, (crop, largest), device, dtype, cfg.channels_last, batch_size)
         timing.update(size=crop, compute=min(compute, step_s), overhead=max(0.0, step_s - compute), p=p)
-        return fit_to_budget(budget, time.monotonic() - start_time, epoch,
-                             lambda e, n: epoch_time(crop_size_at(e, n, cfg.img_size, cfg.min_img_size)))
+        return fit_to_budget(budget, time.monotonic() - start_time, epoch, lambda e, n: epoch_time(crop_at(e, n)))
 
     def refit() -> int:
         """From the whole epochs so far: the first steps can mislead (prefetched batches, warm-up),
@@ -363,9 +366,9 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
 
         def fit(extra_s: float) -> int:
             return fit_to_budget(budget, time.monotonic() - start_time + extra_s, epoch,
-                                 lambda e, n: k * epoch_time(crop_size_at(e, n, cfg.img_size, cfg.min_img_size)))
+                                 lambda e, n: k * epoch_time(crop_at(e, n)))
 
-        half = k * epoch_time(crop_size_at(epoch, cfg.epochs, cfg.img_size, cfg.min_img_size)) / 2
+        half = k * epoch_time(crop_at(epoch, cfg.epochs)) / 2
         more, fewer = fit(half), fit(-half)
         return more if more > cfg.epochs else fewer if fewer < cfg.epochs else cfg.epochs
 
@@ -373,7 +376,7 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
     t_warm = time.monotonic()
     while epoch < cfg.epochs:
         start_in_epoch = step - epoch * steps_per_epoch
-        crop = crop_size_at(epoch, cfg.epochs, cfg.img_size, cfg.min_img_size)
+        crop = crop_at(epoch, cfg.epochs)
         train_loader.sampler.set_epoch(epoch, start_in_epoch * batch_size, crop)
         net.train()
         t0 = time.monotonic()
@@ -540,9 +543,9 @@ def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
-    best = {small: math.inf, large: math.inf}
+    best = {small: math.inf, large: math.inf}  # one entry when the sizes are equal
     for rnd in range(4):  # the first round warms up; the fastest of the other three counts
-        for size in (small, large):
+        for size in best:
             x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
             t = time.perf_counter()
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
