@@ -265,12 +265,14 @@ def test_eval_crop_cache_holds_the_transforms_output(tmp_path, tiny_folder):
     """A crop cache stores what the eval transform gives, so evaluation from it is a copy."""
     split = D.discover(tiny_folder, val_split=0)
     tf = EvalTransform.for_size(24)
-    cache = D.build_cache(split.train, tmp_path / "c", tf.resize_size, crop=tf.img_size)
+    cache = D.build_cache(split.train, tmp_path / "c", tf.resize_size, crop=tf)
     other = D.DecodedCache(tmp_path / "c", [s.path for s in split.train], tf.resize_size)
-    assert cache.crop == 24 and other.dir != cache.dir  # a different key from the uncropped cache
+    assert cache.crop.img_size == 24 and other.dir != cache.dir  # a different key from the uncropped cache
     plain, cached = D.ImageDataset(split.train, tf), D.ImageDataset(split.train, tf, cache)
     for i in range(len(split.train)):
         assert torch.equal(plain[i][0], cached[i][0])
+    with pytest.raises(ValueError, match="the cache holds"):  # another transform's pixels: refused
+        D.ImageDataset(split.train, EvalTransform.for_size(24, exact=True), cache)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -21,7 +21,7 @@ def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int
     `normalized` counts that step too, done here on the CPU, as torchvision's pipeline does it."""
     split = D.discover(root, val_split=0)
     tf = EvalTransform.for_size(img_size)
-    store = (D.build_cache(split.train, cache_dir or D.default_cache_dir(), tf.resize_size, crop=tf.img_size)
+    store = (D.build_cache(split.train, cache_dir or D.default_cache_dir(), tf.resize_size, crop=tf)
              if cache else None)
     loader = D.make_loader(D.ImageDataset(split.train, tf, store), batch_size, False, workers)
     n, t = 0, time.perf_counter()
