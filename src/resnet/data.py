@@ -25,7 +25,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .transforms import EvalTransform, TrainTransform, resize_size_for, shorter_side_size
+from .transforms import (EvalTransform, TrainTransform, pixels, resize_size_for, resized_crop,
+                         shorter_side_size, warm_up)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VAL_DIR_NAMES = ("val", "valid", "validation", "test")
@@ -311,7 +312,7 @@ class DecodedCache:
 
     def __init__(self, root: str | Path, paths: Sequence[str], size: int, crop: EvalTransform | None = None):
         self.size, self.crop = size, crop
-        crop_key = [crop.img_size, crop.resize_size, crop.exact] if crop is not None else None
+        crop_key = [crop.img_size, crop.resize_size] if crop is not None else None
         key = hashlib.sha256(json.dumps([size, crop_key] + [
             [p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]).encode()).hexdigest()[:16]
         self.dir = Path(root) / key
@@ -329,14 +330,11 @@ class DecodedCache:
     def _fit(self, im: Image.Image) -> np.ndarray:
         if self.crop is not None:
             return self.crop(im).permute(1, 2, 0).numpy()
-        w, h = im.size
+        a = pixels(im)
+        h, w = a.shape[:2]
         rw, rh = shorter_side_size(w, h, self.size)
-        im = im.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != (w, h) else im
-        cap = 2 * self.size
-        if rw > cap or rh > cap:
-            left, top = (rw - min(rw, cap)) // 2, (rh - min(rh, cap)) // 2
-            im = im.crop((left, top, left + min(rw, cap), top + min(rh, cap)))
-        return np.asarray(im, dtype=np.uint8)
+        cw, ch = min(rw, 2 * self.size), min(rh, 2 * self.size)  # the long side capped: centre crop
+        return resized_crop(a, (0, 0, w, h), (rw, rh), ((rw - cw) // 2, (rh - ch) // 2, cw, ch))
 
     def build(self, progress: Callable[[Iterator], Iterator] = iter) -> None:
         """Decode everything once (failures recorded, not raised); written to a temporary name and
@@ -403,9 +401,7 @@ class ImageDataset(Dataset):
         self.samples = list(samples)
         self.transform = transform
         self.cache = cache
-        exact = isinstance(transform, EvalTransform) and transform.exact
-        resize = transform.resize_size if isinstance(transform, EvalTransform) else transform.img_size
-        self.draft_size = None if exact else resize
+        self.draft_size = transform.resize_size if isinstance(transform, EvalTransform) else transform.img_size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -502,6 +498,8 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: 
     17,000 images/s in-process against 5,600 with 2 workers)."""
     if dataset.cache is not None and dataset.cache.crop is not None:
         workers = 0
+    elif workers > 0:
+        warm_up()  # load the compiled resampler once, here: forked workers inherit it
     sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
