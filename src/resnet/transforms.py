@@ -195,7 +195,7 @@ def to_tensor_uint8(a: np.ndarray) -> torch.Tensor:
 @dataclass(frozen=True)
 class EvalTransform:
     """Resize(round(s / 0.875)) -> CenterCrop(s), bit for bit what torchvision computes with
-    Pillow, but only the pixels the crop keeps are resampled (see `resample`)."""
+    Pillow, but only the pixels the crop keeps are resampled (see `resized_crop`)."""
 
     img_size: int
     resize_size: int
