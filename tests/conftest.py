@@ -112,5 +112,22 @@ def tiny_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, run folder) of a small ResNet-20 trained once for the whole session."""
+    from resnet.cli import main
+
+    root = tmp_path_factory.mktemp("trained") / "data"
+    for c, bright in (("a", False), ("b", True)):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            photo(40, 40, seed=i + (50 if bright else 0), bright=bright).save(root / c / f"{i}.png")
+    out = root.parent / "run"
+    assert main(["train", str(root), "--arch", "resnet20", "--img-size", "24", "--epochs", "3",
+                 "--batch-size", "8", "--workers", "0", "--out", str(out),
+                 "--cache-dir", str(root.parent / "cache")]) == 0
+    return root, out
+
+
 def needs_datasets():
     return pytest.mark.skipif(not (DATASETS / "catsdogs").is_dir(), reason="../shared/datasets is absent")

@@ -9,19 +9,6 @@ from conftest import photo
 from resnet.cli import main
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("cli") / "data"
-    for c, bright in (("a", False), ("b", True)):
-        (root / c).mkdir(parents=True)
-        for i in range(12):
-            photo(40, 40, seed=i + (50 if bright else 0), bright=bright).save(root / c / f"{i}.png")
-    out = root.parent / "run"
-    assert main(["train", str(root), "--arch", "resnet20", "--img-size", "24", "--epochs", "3",
-                 "--batch-size", "8", "--workers", "0", "--out", str(out)]) == 0
-    return root, out
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resnet", *args], capture_output=True, text=True)
 
@@ -90,17 +77,6 @@ def test_evaluate_reports_unreadable_files(trained, tmp_path):
     assert main(["evaluate", str(out / "best.pt"), str(data), "--json", str(tmp_path / "e.json"), "--workers", "0"]) == 0
     r = json.loads((tmp_path / "e.json").read_text())
     assert r["num_images"] == 2 and [s["path"].endswith("broken.jpg") for s in r["skipped"]] == [True]
-
-
-def test_predict_rows_and_errors(trained, tmp_path, capsys):
-    root, out = trained
-    (tmp_path / "bad.jpg").write_text("nope")
-    assert main(["predict", str(out / "best.pt"), str(root / "a"), str(tmp_path / "bad.jpg"),
-                 "--top-k", "2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "path,label,probability,top_k,error"
-    assert len(lines) == 1 + 12 + 1
-    assert lines[-1].endswith("not an image or unreadable header (unknown format)")
 
 
 def test_models_table_lists_params_and_gflops(capsys):

@@ -183,18 +183,23 @@ def test_resized_crop_is_pillows_resize_bit_for_bit():
         resized_crop(src, (0, 0, W + 1, H), (5, 5))
 
 
-def test_draft_decoding_stays_within_3_levels(tmp_path):
+def test_evaluation_decodes_big_jpegs_exactly_training_drafts_them(tmp_path):
     path = tmp_path / "big.jpg"
     photo(1200, 900, seed=5).save(path, quality=92)
-    size = 112  # resize 128: the JPEG decodes at 1/4 in the DCT domain
+    size = 112  # evaluation would resize to 128 from a JPEG that a draft decodes at 1/4 or 1/8
     exact = torchvision_reference(Image.open(path).convert("RGB"), size)
     ds = D.ImageDataset([D.Sample(str(path), 0)], EvalTransform.for_size(size))
-    assert ds.draft_size == 128
+    assert ds.draft_size is None
+    assert np.array_equal(ds[0][0].permute(1, 2, 0).numpy(), exact)
+    train = D.ImageDataset([D.Sample(str(path), 0)], TrainTransform(size, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3),
+                                                                    hflip=False))
+    assert train.draft_size == size
     with Image.open(path) as im:
-        im.draft("RGB", (128, 128))
-        assert im.size == (300, 225)  # the draft really happened
-    fast = ds[0][0].permute(1, 2, 0).numpy()
-    assert np.abs(fast.astype(int) - exact.astype(int)).mean() < 3
+        im.draft("RGB", (size, size))
+        assert im.size == (150, 113)  # the draft really happens for training: 1/8 scale
+    fast = train[(0, 0)][0].permute(1, 2, 0).numpy()
+    full = np.asarray(Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 3
 
 
 def test_normalize_matches_to_tensor_and_normalize():

@@ -54,7 +54,7 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tiny_folder, tmp_path, monkeypa
 
     def dies_at_step_3(*a, **kw):
         calls["n"] += 1
-        if calls["n"] == 4:  # after 3 optimiser steps (and the step-2 checkpoint)
+        if calls["n"] == 3:  # the third of the epoch's 3 steps, after the step-2 checkpoint
             raise KeyboardInterrupt
         return real(*a, **kw)
 
@@ -71,7 +71,7 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tiny_folder, tmp_path, monkeypa
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(3)}, "arch": "resnet20", "classes": ["a"],
-                           "img_size": 32, "mean": [0.0], "std": [1.0]})
+                           "eval_size": 32, "mean": [0.0], "std": [1.0]})
     real_save = torch.save
 
     def dies_half_way(obj, f, *a, **kw):
@@ -94,7 +94,7 @@ from resnet.checkpoint import save_checkpoint
 i = 0
 while True:
     save_checkpoint({str(path)!r}, {{"model": {{"w": torch.full((2_000_000,), float(i))}}, "arch": "resnet20",
-                     "classes": ["a"], "img_size": 32, "mean": [0.0], "std": [1.0]}})
+                     "classes": ["a"], "eval_size": 32, "mean": [0.0], "std": [1.0]}})
     i += 1
 """
     proc = subprocess.Popen([sys.executable, "-c", script])
@@ -139,7 +139,7 @@ def test_outputs_of_a_run(tiny_folder, tmp_path):
     assert rows[0] == "epoch,img_size,lr,train_loss,train_acc,val_loss,val_acc,images_per_second,seconds"
     assert len(rows) == 3
     ckpt = torch.load(out / "best.pt", weights_only=True)
-    for key in ("model", "arch", "model_options", "classes", "img_size", "mean", "std", "epoch",
+    for key in ("model", "arch", "model_options", "classes", "eval_size", "mean", "std", "epoch",
                 "metrics", "config", "optimizer", "scheduler", "scaler", "rng"):
         assert key in ckpt
     ev = json.loads((out / "evaluation.json").read_text())
@@ -164,7 +164,7 @@ def test_seed_preset_is_the_tutorial(tiny_folder, tmp_path):
     assert main(["train", str(small), "--preset", "seed", "--epochs", "1", "--workers", "0",
                  "--val-split", "0.25", "--out", str(out)]) == 0
     ckpt = read_checkpoint(out / "last.pt")
-    assert ckpt["arch"] == "resnet18_seed" and ckpt["img_size"] == 224
+    assert ckpt["arch"] == "resnet18_seed" and ckpt["eval_size"] == 224
     opt = ckpt["optimizer"]["param_groups"][0]
     assert opt["lr"] == pytest.approx(0.01) and opt["momentum"] == 0 and not opt["nesterov"]
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from . import data as D
+from . import runtime
 from .models import create_model
-from .train import amp_dtype, param_groups, pick_device
-from .transforms import EvalTransform, normalize
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
 
 
 def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int = 64,
@@ -35,29 +35,22 @@ def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int
 def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_size: int = 32,
                 steps: int = 10, device: str = "auto", amp: str = "auto", channels_last: bool = True,
                 width: float = 1.0, compile: bool = False) -> dict[str, Any]:
-    """Training steps (forward, backward, SGD) or inference on random data, after 3 warm-up steps
-    (which also pay for compilation with `compile`)."""
-    dev = pick_device(device)
-    dtype = amp_dtype(amp, dev)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(arch, num_classes=1000, width=width).to(dev, memory_format=fmt)
-    net = torch.compile(model) if compile else model
+    """Training steps (forward, backward, SGD) or inference on random uint8 batches, after 3
+    warm-up steps (which also pay for compilation with `compile`). Inference is `runtime.logits`,
+    the function every predict, evaluate and serve call goes through."""
+    dev = runtime.pick_device(device)
+    dtype = runtime.amp_dtype(amp, dev)
+    model = create_model(arch, num_classes=1000, width=width)
+    net = runtime.TorchNet.prepare(model, dev, dtype, channels_last)
+    if compile:
+        net.model = torch.compile(model)
     x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
-    y = torch.randint(0, 1000, (batch_size,), device=dev)
-    opt = torch.optim.SGD(param_groups(model, 5e-5), lr=0.01, momentum=0.9)
     model.train(task == "train")
-
-    def step() -> None:
-        inp = normalize(x, device=dev, channels_last=channels_last)
-        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            if task == "train":
-                loss = torch.nn.functional.cross_entropy(net(inp).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            else:
-                with torch.inference_mode():
-                    net(inp)
+    if task == "train":
+        step = _train_step(net, x, dev, dtype)
+    else:
+        def step() -> None:
+            runtime.logits(net, x, IMAGENET_MEAN, IMAGENET_STD)
 
     for _ in range(3):
         step()
@@ -70,6 +63,25 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
     return {"task": task, "arch": arch, "width": width, "img_size": img_size, "batch_size": batch_size,
-            "channels_last": channels_last, "compile": compile,
-            "device": dev.type, "amp": str(dtype).replace("torch.", "") if dtype else "off",
-            "images_per_second": batch_size * steps / seconds, "seconds": seconds}
+            "channels_last": channels_last, "compile": compile, "device": dev.type,
+            "amp": runtime.precision_name(dtype), "images_per_second": batch_size * steps / seconds,
+            "seconds": seconds}
+
+
+def _train_step(net: runtime.TorchNet, x: torch.Tensor, dev: torch.device, dtype: torch.dtype | None
+                ) -> Callable[[], None]:
+    """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
+    from .train import param_groups  # the training run's optimiser set-up, measured as it is
+
+    y = torch.randint(0, 1000, (len(x),), device=dev)
+    opt = torch.optim.SGD(param_groups(net.model, 5e-5), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        inp = normalize(x, device=dev, channels_last=net.channels_last)
+        with runtime.autocast(dev, dtype):
+            loss = torch.nn.functional.cross_entropy(net.model(inp).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import functools
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from .checkpoint import CheckpointError
@@ -76,7 +79,7 @@ def build_parser() -> Parser:
     t.add_argument("--save-every", type=int, help="also write last.pt every N steps")
 
     e = sub.add_parser("evaluate", help="score a checkpoint on a labelled folder or CSV")
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint (.pt), exported .safetensors or .onnx file")
     e.add_argument("data")
     e.add_argument("--json", metavar="FILE")
     e.add_argument("--report", metavar="DIR")
@@ -87,11 +90,32 @@ def build_parser() -> Parser:
     e.add_argument("--label-pattern")
 
     pr = sub.add_parser("predict", help="label image files, folders or globs")
-    pr.add_argument("checkpoint")
-    pr.add_argument("paths", nargs="+")
+    pr.add_argument("model", help="a checkpoint (.pt), exported .safetensors or .onnx file")
+    pr.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or globs")
     pr.add_argument("--top-k", type=_positive_int, default=1)
-    pr.add_argument("--output", metavar="FILE.csv|FILE.json")
+    pr.add_argument("--output", metavar="FILE.csv|FILE.json",
+                    help="write the rows to this file (- for CSV on stdout) instead of a table")
+    pr.add_argument("--cam", metavar="DIR", help="also write each photo with its Grad-CAM heatmap here")
+    pr.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX or safetensors")
+    x.add_argument("checkpoint")
+    x.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    x.add_argument("--output", metavar="FILE", help="default: beside the checkpoint")
+    x.add_argument("--verify", nargs="?", const="", metavar="DIR",
+                   help="compare the export's logits with PyTorch's, on images of DIR (or random ones)")
+    x.add_argument("--quantize", choices=["int8"], help="ONNX only: static int8 with onnxruntime")
+    x.add_argument("--calib", metavar="DIR", help="images to calibrate int8 activation ranges on")
+    x.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default 18)")
+
+    sv = sub.add_parser("serve", help="a web page and JSON API around a model")
+    sv.add_argument("model", help="a checkpoint (.pt), exported .safetensors or .onnx file")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body")
+    sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     m = sub.add_parser("models", help="list the architectures")
     m.add_argument("--json", action="store_true")
@@ -166,42 +190,141 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given, folders searched recursively for images, globs expanded (`**` too)."""
     import glob
 
-    from .data import is_image_name
+    from .data import find_images
 
     out: list[str] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            out += sorted(str(f) for f in path.rglob("*") if f.is_file() and is_image_name(f.name))
-        elif any(ch in p for ch in "*?["):
-            out += sorted(glob.glob(p, recursive=True))
+            out += [str(f) for f in find_images(path)]
+        elif any(ch in p for ch in "*?[") and not path.exists():
+            out += sorted(f for f in glob.glob(p, recursive=True) if Path(f).is_file())
         else:
             out.append(p)  # a missing file becomes an `error` row
     return out
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from .predict import Classifier
 
-    clf = Classifier.from_checkpoint(a.checkpoint, a.device)
-    rows = clf.predict(expand_paths(a.paths), top_k=a.top_k)
-    if a.output and a.output.endswith(".json"):
-        Path(a.output).write_text(json.dumps(rows, indent=2))
-    fields = ["path", "label", "probability"] + (["top_k"] if a.top_k > 1 else []) + ["error"]
-    stream = open(a.output, "w", newline="") if a.output and not a.output.endswith(".json") else sys.stdout
-    w = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
+    if a.output not in (None, "-") and Path(a.output).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--output {a.output}: name a .csv or .json file, or - for CSV on stdout")
+    files = expand_paths(a.paths)
+    if not files:
+        print(f"resnet predict: no files match {' '.join(a.paths)}", file=sys.stderr)
+        return 1
+    clf = Classifier.load(a.model, a.device)
+    if a.cam and clf.model is None:
+        raise ValueError("--cam needs the PyTorch model: give a checkpoint, not an ONNX file")
+    batches = -(-len(files) // a.batch_size)
+    bar = functools.partial(tqdm, total=batches, unit="batch", desc="predict", leave=False,
+                            disable=None if batches > 1 else True)  # None: only on a terminal
+    rows = clf.predict(files, top_k=a.top_k, tta=a.tta, batch_size=a.batch_size, progress=bar)
+    if a.cam:
+        write_cams(clf, rows, Path(a.cam))
+    write_rows(rows, a.output, a.top_k)
+    if not any("label" in r for r in rows):
+        print(f"resnet predict: none of the {len(rows)} files could be labelled", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_cams(clf, rows: list[dict], folder: Path) -> None:
+    """`<name>_cam.png` per labelled file (`_2`, `_3`... when names repeat)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    for row in rows:
+        if "label" not in row:
+            continue
+        stem, n = Path(row["path"]).stem, 1
+        while (name := f"{stem}_cam.png" if n == 1 else f"{stem}_cam_{n}.png") in taken:
+            n += 1
+        taken.add(name)
+        clf.explain(row["path"]).overlay().save(folder / name)
+        row["cam"] = str(folder / name)
+
+
+def write_rows(rows: list[dict], output: str | None, top_k: int) -> None:
+    """A table for a person on stdout; CSV (`\n` line ends) or JSON in `output` (`-`: CSV on
+    stdout). Parent folders are created."""
+    if output and output.endswith(".json"):
+        from .predict import jsonable
+
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps([jsonable(r) for r in rows], indent=2) + "\n")
+        return
+    if output is None:
+        print(format_table(rows, top_k))
+        return
+    fields = ["path", "label", "probability"] + (["top_k"] if top_k > 1 else []) + ["error"]
+    if output != "-":
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+    with (open(output, "w", newline="") if output != "-" else contextlib.nullcontext(sys.stdout)) as stream:
+        w = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            r = dict(r)
+            if "top_k" in r:
+                r["top_k"] = " ".join(f"{label}:{p:.4f}" for label, p in r["top_k"])
+            if "probability" in r:
+                r["probability"] = f"{r['probability']:.4f}"
+            w.writerow(r)
+
+
+def format_table(rows: list[dict], top_k: int) -> str:
+    width = min(60, max(len("path"), *(len(r["path"]) for r in rows)))
+    lines = [f"{'path':{width}}  {'label':12} {'prob':>6}" + ("  top-k" if top_k > 1 else "")]
     for r in rows:
-        r = dict(r)
-        if "top_k" in r:
-            r["top_k"] = " ".join(f"{label}:{p:.4f}" for label, p in r["top_k"])
-        if "probability" in r:
-            r["probability"] = f"{r['probability']:.4f}"
-        w.writerow(r)
-    if stream is not sys.stdout:
-        stream.close()
+        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
+        if "error" in r:
+            lines.append(f"{path:{width}}  error: {r['error']}")
+            continue
+        line = f"{path:{width}}  {r['label']:12} {r['probability']:6.1%}"
+        if top_k > 1:
+            line += "  " + ", ".join(f"{c} {p:.1%}" for c, p in r["top_k"])
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from . import export as X
+    from .predict import Classifier
+
+    if a.format == "safetensors" and a.quantize:
+        raise ValueError("--quantize goes with --format onnx")
+    if a.quantize and not a.calib:
+        raise ValueError("--quantize int8 needs --calib DIR: images to measure activation ranges on")
+    images = X.verify_images(a.verify or None) if a.verify is not None else None
+    ckpt = Path(a.checkpoint)
+    suffix = {"safetensors": ".safetensors", "onnx": ".int8.onnx" if a.quantize else ".onnx"}[a.format]
+    output = Path(a.output or ckpt.with_suffix(suffix))
+    if a.format == "safetensors":
+        X.export_safetensors(ckpt, output)
+    elif a.quantize:
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = X.export_onnx(ckpt, Path(tmp) / "fp32.onnx", a.opset or X.OPSET)
+            X.quantize_onnx(fp32, output, a.calib)
+    else:
+        X.export_onnx(ckpt, output, a.opset or X.OPSET)
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    if a.verify is not None:
+        r = X.compare(Classifier.from_checkpoint(ckpt, device="cpu", amp="off"), Classifier.load(output), images)
+        print(f"max abs difference: {r['max_abs_difference']:.3g} (logits against PyTorch fp32, "
+              f"{r['images']} {'images' if images else 'random images'}; top-1 labels agree on "
+              f"{r['labels_agree']} of {r['images']})")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .predict import Classifier
+    from .serve import serve
+
+    serve(Classifier.load(a.model, a.device), a.host, a.port, a.max_upload_mb)
     return 0
 
 
@@ -244,8 +367,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "models": cmd_models, "benchmark": cmd_benchmark, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+            "serve": cmd_serve, "models": cmd_models, "benchmark": cmd_benchmark, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,10 @@ import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import BinaryIO, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -65,7 +66,7 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
-def _walk_images(root: Path) -> list[Path]:
+def find_images(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -73,21 +74,32 @@ def _walk_images(root: Path) -> list[Path]:
     return found
 
 
-def check_header(path: str | Path) -> str | None:
-    """The reason a file cannot be an image, from its size and header alone (cheap), or None."""
+def check_header(source: str | Path | BinaryIO) -> str | None:
+    """The reason a file (a path or an open binary file) cannot be an image, from its size and
+    header alone (cheap), or None."""
     try:
-        if os.path.getsize(path) == 0:
+        if _byte_size(source) == 0:
             return "empty file"
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 w, h = im.size
         if w <= 0 or h <= 0:
             return "image has no pixels"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, ValueError,
             SyntaxError) as e:  # UnidentifiedImageError is an OSError
         return read_error(e)
+    finally:
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
     return None
+
+
+def _byte_size(source: str | Path | BinaryIO) -> int:
+    if isinstance(source, (str, Path)):
+        return os.path.getsize(source)
+    source.seek(0, os.SEEK_END)
+    return source.tell()
 
 
 def label_from_name(name: str, pattern: str | None) -> str | None:
@@ -118,7 +130,7 @@ def _labelled_files(source: Path, label_pattern: str | None) -> list[tuple[str, 
         return rows
     class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
     if class_dirs:
-        return [(str(p), d.name) for d in class_dirs for p in _walk_images(d)]
+        return [(str(p), d.name) for d in class_dirs for p in find_images(d)]
     files = [p for p in sorted(source.iterdir()) if p.is_file() and is_image_name(p.name)]
     out = []
     for p in files:
@@ -256,19 +268,53 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode(path: str | Path, draft_size: int | None = None) -> Image.Image:
+def decode(source: str | Path | BinaryIO, draft_size: int | None = None) -> Image.Image:
     """Open by content (not extension), let a JPEG decode at 1/2, 1/4 or 1/8 scale in the DCT
     domain when the shorter side it needs (`draft_size`) is at most half the source (much less
     work, a slightly softer image), apply the EXIF orientation and convert to RGB."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             if draft_size and im.format == "JPEG" and min(im.size) >= 2 * draft_size:
                 im.draft(im.mode, (draft_size, draft_size))
-            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: rotate/flip as a viewer would
-                im = ImageOps.exif_transpose(im)
-            im.load()  # decode now, inside the `with` (exif_transpose alone would copy every image)
-            return to_rgb(im)
+            return _upright_rgb(im)
+
+
+def _upright_rgb(im: Image.Image) -> Image.Image:
+    if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: rotate/flip as a viewer would
+        im = ImageOps.exif_transpose(im)
+    im.load()  # decode now (inside the caller's `with`; exif_transpose alone would copy every image)
+    return to_rgb(im)
+
+
+ImageInput = str | Path | BinaryIO | Image.Image | np.ndarray
+
+
+def load_image(item: ImageInput, draft_size: int | None = None) -> Image.Image | np.ndarray:
+    """Any input a user may hand over, through the same decoding rules as a file on disk:
+    - a path or an open binary file: checked, decoded (`decode`);
+    - a Pillow image opened from a file and not loaded yet (`Image.open(path)`): read from its file,
+      exactly as the path would be, without touching the caller's object;
+    - any other Pillow image: EXIF orientation, alpha on white, 16-bit scaled, palette expanded;
+    - an HxWx3 uint8 array: RGB pixels as they are; other arrays (HxW grey, HxWx4, uint16) as the
+      Pillow image `Image.fromarray` makes of them.
+    Returns RGB pixels (a Pillow image or an HxWx3 uint8 array); raises on anything unreadable."""
+    if isinstance(item, np.ndarray):
+        if item.ndim == 3 and item.shape[2] == 3 and item.dtype == np.uint8:
+            return item
+        if item.ndim not in (2, 3) or min(item.shape[:2]) == 0:
+            raise ValueError(f"an image array is HxW or HxWxC, not of shape {item.shape}")
+        return to_rgb(Image.fromarray(item))
+    if isinstance(item, Image.Image):
+        filename = getattr(item, "filename", "")
+        if getattr(item, "tile", None) and filename and os.path.isfile(filename):
+            item = filename
+        else:
+            return _upright_rgb(item)
+    reason = "file not found" if isinstance(item, (str, Path)) and not os.path.isfile(item) else check_header(item)
+    if reason:
+        raise UnreadableImage(reason)
+    return decode(item, draft_size)
 
 
 def read_error(e: BaseException) -> str:
@@ -282,17 +328,13 @@ def read_error(e: BaseException) -> str:
     return f"unreadable: {text}"
 
 
-def read_images(paths: Sequence[str | Path], draft_size: int | None = None
-                ) -> list[Image.Image | str]:
-    """Decode a list of files; an entry is the RGB image or the reason it could not be read."""
-    out: list[Image.Image | str] = []
-    for p in paths:
-        reason = "file not found" if not os.path.isfile(p) else check_header(p)
-        if reason:
-            out.append(reason)
-            continue
+def read_images(items: Sequence[ImageInput], draft_size: int | None = None
+                ) -> list[Image.Image | np.ndarray | str]:
+    """`load_image` over a list; an entry is the RGB image or the reason it could not be read."""
+    out: list[Image.Image | np.ndarray | str] = []
+    for item in items:
         try:
-            out.append(decode(p, draft_size))
+            out.append(load_image(item, draft_size))
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, reported
             out.append(read_error(e))
     return out
@@ -302,18 +344,24 @@ def read_images(paths: Sequence[str | Path], draft_size: int | None = None
 # Decoded cache
 
 
+# Part of every cache's key: bump it whenever the pixels a cache holds would change (decoding,
+# resampling, what is stored), so no run reads pixels made by older code. 2: evaluation crops are
+# decoded at full resolution (no JPEG draft).
+CACHE_FORMAT = 2
+
+
 class DecodedCache:
     """Every image decoded once and resized (shorter side `size`, the long side capped at twice
     that by a centre crop) into one uint8 memory-mapped file: later epochs and evaluations read
     pixels instead of decoding JPEGs. With `crop`, an evaluation transform, what is stored is that
     transform's own output: evaluation from the cache is then a copy, and only a dataset with that
-    same transform may read it. Keyed by the file list, sizes, mtimes, `size` and `crop`, so any
-    change makes a new cache."""
+    same transform may read it. Keyed by the file list, sizes, mtimes, `size`, `crop`, the cache
+    format and Pillow's major version, so any change makes a new cache."""
 
     def __init__(self, root: str | Path, paths: Sequence[str], size: int, crop: EvalTransform | None = None):
         self.size, self.crop = size, crop
         crop_key = [crop.img_size, crop.resize_size] if crop is not None else None
-        key = hashlib.sha256(json.dumps([size, crop_key] + [
+        key = hashlib.sha256(json.dumps([CACHE_FORMAT, PIL.__version__.split(".")[0], size, crop_key] + [
             [p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]).encode()).hexdigest()[:16]
         self.dir = Path(root) / key
         self.index_file = self.dir / "index.json"
@@ -343,7 +391,7 @@ class DecodedCache:
         tmp = self.dir / f"pixels.{os.getpid()}.tmp"
         entries, offset = [], 0
         with open(tmp, "wb") as f:
-            for img in progress(_decode_all(self.paths, self.size)):
+            for img in progress(_decode_all(self.paths, None if self.crop is not None else self.size)):
                 if isinstance(img, str):
                     entries.append([-1, img])
                     continue
@@ -372,9 +420,9 @@ class DecodedCache:
         return {**self.__dict__, "_array": None}
 
 
-def _decode_all(paths: Sequence[str], size: int) -> Iterator[Image.Image | str]:
+def _decode_all(paths: Sequence[str], draft_size: int | None) -> Iterator[Image.Image | np.ndarray | str]:
     for p in paths:
-        yield read_images([p], draft_size=size)[0]
+        yield read_images([p], draft_size)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,7 +449,9 @@ class ImageDataset(Dataset):
         self.samples = list(samples)
         self.transform = transform
         self.cache = cache
-        self.draft_size = transform.resize_size if isinstance(transform, EvalTransform) else transform.img_size
+        # Evaluation decodes every pixel, as `predict` does with any input, so that a photo gets the
+        # same logits whichever way it arrives; training lets big JPEGs decode at a reduced DCT scale.
+        self.draft_size = None if isinstance(transform, EvalTransform) else transform.img_size
 
     def __len__(self) -> int:
         return len(self.samples)

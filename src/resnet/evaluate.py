@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .checkpoint import load_checkpoint
-from .train import amp_dtype, pick_device, run_eval
-from .transforms import EvalTransform
+from .predict import Classifier
+from .runtime import run_eval
 
 
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
@@ -41,25 +40,22 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequenc
     return result
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, tta: bool = False, batch_size: int = 64,
-             workers: int | None = None, device: str = "auto", label_pattern: str | None = None
-             ) -> tuple[dict[str, Any], list[D.Sample], torch.Tensor]:
-    """Score a checkpoint on a labelled source. Returns (the JSON result, the samples that were
-    scored, in order, and their probabilities)."""
-    model, meta = load_checkpoint(checkpoint)
-    dev = pick_device(device)
-    samples, skipped = D.load_samples(data, meta["classes"], label_pattern)
-    cfg = meta.get("config", {})
-    channels_last = bool(cfg.get("channels_last", False))
-    model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    loader = D.make_loader(D.ImageDataset(samples, EvalTransform.for_size(meta["img_size"])), batch_size,
-                           False, D.default_workers(dev.type) if workers is None else workers)
-    logits, labels, indices, failures = run_eval(model, loader, dev, amp_dtype(cfg.get("amp", "off"), dev),
-                                                 channels_last, meta["mean"], meta["std"], tta)
+def evaluate(model: str | Path, data: str | Path, tta: bool = False, batch_size: int = 64,
+             workers: int | None = None, device: str = "auto", label_pattern: str | None = None,
+             amp: str = "auto") -> tuple[dict[str, Any], list[D.Sample], torch.Tensor]:
+    """Score a stored model (checkpoint, safetensors or ONNX) on a labelled source, on the
+    `Classifier`'s own inference path: what `predict` would say about each image. Returns (the JSON
+    result, the samples that were scored, in order, and their probabilities)."""
+    clf = Classifier.load(model, device, amp)
+    samples, skipped = D.load_samples(data, clf.classes, label_pattern)
+    loader = D.make_loader(D.ImageDataset(samples, clf.transform), batch_size, False,
+                           D.default_workers(clf.net.device.type) if workers is None else workers)
+    logits, labels, indices, failures = run_eval(clf.net, loader, clf.mean, clf.std, tta)
     skipped += [(samples[i].path, reason) for i, reason in failures]
-    result = compute_metrics(logits, labels, meta["classes"])
+    result = compute_metrics(logits, labels, clf.classes)
     result["tta"] = tta
-    result["checkpoint"] = str(checkpoint)
+    result["checkpoint"] = str(model)
+    result["precision"] = clf.describe()["precision"]
     result["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
     scored = [samples[i] for i in indices.tolist()]
     probs = logits.softmax(1) if len(labels) else logits

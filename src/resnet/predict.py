@@ -1,60 +1,211 @@
-"""`Classifier`: a checkpoint that takes images (paths or Pillow images) and gives the top-k
-labels. Files that cannot be read come back as a row with an `error`, never an exception."""
+"""`Classifier`: a trained model that takes images and gives top-k labels, and Grad-CAM heatmaps of
+what it looked at.
+
+One object for every way a model is stored — a training checkpoint, an exported ONNX file (fp32 or
+int8) or exported safetensors — with the classes, preprocessing and input size read from the file.
+Every input (a path, an open file, a Pillow image, an array) goes through the data module's
+decoding rules and `runtime.logits`, so it is scored exactly as `evaluate` and training's
+validation score it. Files that cannot be read come back as a row with an `error`, never an
+exception.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import load_checkpoint
-from .data import read_images
-from .train import pick_device
+from . import data as D
+from . import runtime
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import collate
 from .transforms import EvalTransform, normalize
+
+# What a stored model must say about itself to be used: written into ONNX `metadata_props` and
+# safetensors metadata as JSON strings, read back by `Classifier.load`.
+CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "mean", "std")
+
+
+@dataclass
+class Explanation:
+    """Grad-CAM for one image: `heatmap` (HxW, 0..1) over `image`, the centre crop the model saw
+    (HxWx3 uint8, at least 224 px on a side for display), for class `label`."""
+
+    image: np.ndarray
+    heatmap: np.ndarray
+    label: str
+    class_index: int
+    probability: float
+
+    def overlay(self, alpha: float = 0.6, colormap: str = "jet") -> Image.Image:
+        """The photo with the heatmap's colours over it, as opaque as the heat (at most `alpha`):
+        where the model did not look, the photo shows as it is."""
+        from matplotlib import colormaps
+
+        colours = colormaps[colormap](self.heatmap)[..., :3] * 255
+        weight = alpha * self.heatmap[..., None]
+        blended = (1 - weight) * self.image.astype(np.float32) + weight * colours
+        return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8), "RGB")
 
 
 class Classifier:
-    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], device: str = "auto"):
-        self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
-        self.classes: list[str] = list(meta["classes"])
-        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
-        self.transform = EvalTransform.for_size(meta["img_size"])
+    def __init__(self, net: runtime.Net, card: dict[str, Any], source: str = "",
+                 model: torch.nn.Module | None = None):
+        self.net = net
+        self.model = model  # the PyTorch model behind `net`, when there is one (Grad-CAM needs it)
+        self.card = {k: card[k] for k in CARD_KEYS if k in card}
+        self.classes: list[str] = [str(c) for c in card["classes"]]
+        self.mean, self.std = tuple(card["mean"]), tuple(card["std"])
+        self.transform = EvalTransform.for_size(int(card["eval_size"]))
+        self.source = source
+
+    # -- loading ---------------------------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Classifier":
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto",
+                        channels_last: bool = True) -> "Classifier":
+        """A training checkpoint (.pt) or exported safetensors."""
         model, meta = load_checkpoint(path)
-        return cls(model, meta, device)
+        dev = runtime.pick_device(device)
+        net = runtime.TorchNet.prepare(model, dev, runtime.amp_dtype(amp, dev), channels_last)
+        return cls(net, meta, str(path), net.model)
 
-    @torch.inference_mode()
-    def predict(self, images: Sequence[str | Path | Image.Image], top_k: int = 1,
-                batch_size: int = 32) -> list[dict[str, Any]]:
-        """One dict per input: `label`, `probability`, `top_k` [(label, probability)...], or `error`."""
-        k = max(1, min(top_k, len(self.classes)))
+    @classmethod
+    def from_onnx(cls, path: str | Path) -> "Classifier":
+        from .export import OnnxNet
+
+        net = OnnxNet(path)
+        missing = [k for k in ("classes", "eval_size", "mean", "std") if k not in net.metadata]
+        if missing:
+            raise CheckpointError(f"{path}: ONNX file without resnet metadata (missing: {', '.join(missing)})")
+        return cls(net, net.metadata, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", amp: str = "auto") -> "Classifier":
+        """Whatever `path` holds: ONNX by its suffix, otherwise a checkpoint."""
+        if str(path).lower().endswith(".onnx"):
+            if device == "cuda":
+                raise ValueError("ONNX models run on the CPU here: leave out --device cuda")
+            return cls.from_onnx(path)
+        return cls.from_checkpoint(path, device, amp)
+
+    def describe(self) -> dict[str, Any]:
+        """What the model is and how it runs: for `serve`'s /info and the CLI."""
+        return {"classes": self.classes, "input_size": self.transform.img_size,
+                "resize_size": self.transform.resize_size, "mean": list(self.mean), "std": list(self.std),
+                "arch": self.card.get("arch"), "source": self.source, "device": self.net.device.type,
+                "precision": getattr(self.net, "precision", "fp32"), "explain": self.model is not None}
+
+    # -- inference -------------------------------------------------------------------------
+
+    def logits(self, images: Sequence[Image.Image | np.ndarray], tta: bool = False) -> torch.Tensor:
+        """float32 logits of already-decoded RGB images (what `read_images` returns), one batch."""
+        batch = collate([(self.transform(img), 0, i, None) for i, img in enumerate(images)])
+        return runtime.logits(self.net, batch.images, self.mean, self.std, tta)
+
+    def predict(self, images: Sequence[D.ImageInput], top_k: int = 1, tta: bool = False,
+                batch_size: int = 32, progress: Callable[[Iterable], Iterable] = iter
+                ) -> list[dict[str, Any]]:
+        """One dict per input, in order: `path`, `label`, `probability`, `top_k`
+        [(label, probability)...], or `path` and `error`. `progress` wraps the batches (a bar)."""
         results: list[dict[str, Any]] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            paths = [x for x in chunk if not isinstance(x, Image.Image)]
-            decoded = iter(read_images(paths, draft_size=self.transform.resize_size))
-            rows, tensors = [], []
-            for item in chunk:
-                img = item.convert("RGB") if isinstance(item, Image.Image) else next(decoded)
-                name = getattr(item, "filename", "") if isinstance(item, Image.Image) else str(item)
+        for chunk in progress(runtime.chunks(images, batch_size)):
+            decoded = D.read_images(chunk)
+            rows = [{"path": _name(item)} for item in chunk]
+            good = [i for i, img in enumerate(decoded) if not isinstance(img, str)]
+            for i, img in enumerate(decoded):
                 if isinstance(img, str):
-                    rows.append({"path": name, "error": img})
-                    continue
-                rows.append({"path": name})
-                tensors.append(self.transform(img))
-            if tensors:
-                x = normalize(torch.stack(tensors), self.mean, self.std, self.device)
-                probs = self.model(x).float().softmax(1).cpu()
-                top = iter(zip(*probs.topk(k, dim=1)))
-                for row in rows:
-                    if "error" not in row:
-                        p, idx = next(top)
-                        row["label"], row["probability"] = self.classes[idx[0]], float(p[0])
-                        row["top_k"] = [(self.classes[i], float(q)) for q, i in zip(p.tolist(), idx.tolist())]
+                    rows[i]["error"] = img
+            if good:
+                probs = self.logits([decoded[i] for i in good], tta).softmax(1)
+                for i, top in zip(good, self.top(probs, top_k)):
+                    rows[i].update(top)
             results += rows
         return results
+
+    def top(self, probs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+        """`label`, `probability` and `top_k` [(label, probability)...] per row of probabilities."""
+        values, indices = probs.topk(max(1, min(top_k, len(self.classes))), dim=1)
+        return [{"label": self.classes[idx[0]], "probability": p[0],
+                 "top_k": [(self.classes[j], q) for j, q in zip(idx, p)]}
+                for p, idx in zip(values.tolist(), indices.tolist())]
+
+    # -- Grad-CAM --------------------------------------------------------------------------
+
+    def explain(self, image: D.ImageInput, target: int | str | None = None) -> Explanation:
+        """Grad-CAM (Selvaraju et al. 2017) from the last stage, for the predicted class or
+        `target` (an index or a class name): the stage's feature maps weighted by the mean gradient
+        of the class score over each map, summed, rectified. Read through hooks; the model's code is
+        not touched. Computed in fp32 whatever the precision of `predict`."""
+        if self.model is None:
+            raise ValueError("Grad-CAM needs the PyTorch model: load a checkpoint, not an ONNX file")
+        img = D.load_image(image)
+        x = normalize(self.transform(img)[None], self.mean, self.std, self.net.device,
+                      self.net.channels_last)
+        model = self.model
+        stage = getattr(model, f"layer{model.num_stages}")
+        captured: list[torch.Tensor] = []
+        hook = stage.register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            with torch.enable_grad():
+                out = model(x).float()
+                probs = out.softmax(1)[0]
+                index = self._class_index(target) if target is not None else int(probs.argmax())
+                (grads,) = torch.autograd.grad(out[0, index], captured[0])
+        finally:
+            hook.remove()
+        acts = captured[0][0].detach().float()
+        weights = grads[0].float().mean(dim=(1, 2))
+        cam = F.relu((weights[:, None, None] * acts).sum(0))
+        display = self._display_crop(img)
+        cam = F.interpolate(cam[None, None], size=display.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        cam = cam / cam.max() if cam.max() > 0 else cam
+        return Explanation(display, cam.cpu().numpy(), self.classes[index], index, float(probs[index].detach()))
+
+    def _class_index(self, target: int | str) -> int:
+        if isinstance(target, str):
+            if target not in self.classes:
+                raise ValueError(f"unknown class {target!r}; the model's classes: {', '.join(self.classes)}")
+            return self.classes.index(target)
+        if not 0 <= target < len(self.classes):
+            raise ValueError(f"class index {target} out of range 0..{len(self.classes) - 1}")
+        return target
+
+    def _display_crop(self, img: Image.Image | np.ndarray, min_side: int = 224) -> np.ndarray:
+        """The region of the photo the model saw (the centre crop, in the photo's own pixels),
+        at least `min_side` px, so that a heatmap over a 96 px input is still a picture."""
+        pil = img if isinstance(img, Image.Image) else Image.fromarray(img)
+        w, h = pil.size
+        scale = self.transform.resize_size / min(w, h)
+        side = self.transform.img_size / scale
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        size = max(min_side, self.transform.img_size, min(448, int(side)))
+        return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def _name(item: D.ImageInput) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    return str(getattr(item, "filename", "") or getattr(item, "name", "") or "")
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A `predict` row for JSON: `top_k` as a list of {label, probability}."""
+    if "top_k" not in row:
+        return row
+    return {**row, "top_k": [{"label": c, "probability": p} for c, p in row["top_k"]]}
+
+
+def card_strings(card: dict[str, Any]) -> dict[str, str]:
+    """A model card as the string -> string map ONNX and safetensors metadata hold."""
+    return {k: json.dumps(card[k]) for k in CARD_KEYS if k in card}
+
+
+def card_from_strings(meta: dict[str, str]) -> dict[str, Any]:
+    return {k: json.loads(meta[k]) for k in CARD_KEYS if k in meta}

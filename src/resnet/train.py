@@ -36,6 +36,7 @@ from tqdm import tqdm
 from . import data as D
 from .checkpoint import read_checkpoint, save_checkpoint
 from .models import create_model, load_pretrained, model_spec
+from .runtime import TorchNet, amp_dtype, autocast, pick_device, run_eval
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, normalize
 
 log = logging.getLogger(__name__)
@@ -123,22 +124,6 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
 # Pieces
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None  # see the module docstring: bf16 on CPU is only fast with AVX-512 BF16 / AMX
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for p in model.parameters():
@@ -180,31 +165,6 @@ class EpochResult:
     acc: float
     images: int
     seconds: float
-
-
-def run_eval(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None,
-             channels_last: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD, tta: bool = False
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
-    """(logits, labels, dataset indices, failures) over a loader, in eval mode. With `tta`, the
-    logits of the image and its mirror image are averaged."""
-    model.eval()
-    outs, labels, indices, failures = [], [], [], []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                enabled=dtype is not None):
-        for batch in loader:
-            failures += batch.failures
-            if len(batch.labels) == 0:
-                continue
-            x = normalize(batch.images, mean, std, device, channels_last)
-            logits = model(x).float()
-            if tta:
-                logits = (logits + model(x.flip(-1)).float()) / 2
-            outs.append(logits.cpu())
-            labels.append(batch.labels)
-            indices.append(batch.indices)
-    if not outs:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), failures
-    return torch.cat(outs), torch.cat(labels), torch.cat(indices), failures
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +270,7 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
             return
         save_checkpoint(path, {
             "model": model.state_dict(), "arch": cfg.arch, "model_options": options,
-            "classes": split.classes, "img_size": eval_size, "mean": list(IMAGENET_MEAN),
+            "classes": split.classes, "eval_size": eval_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "epoch": epoch_done, "metrics": metrics,
             "config": asdict(cfg), "optimizer": optimizer.state_dict(),
             "scheduler": {"step": step, "total_steps": total_steps}, "scaler": scaler.state_dict(),
@@ -393,7 +353,7 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
             y = batch.labels.to(device, non_blocking=True)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, total_steps, warmup, peak_lr, cfg.schedule)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device, dtype):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
             if not torch.isfinite(loss):
@@ -427,7 +387,9 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
         train_res = EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), seen, train_time)
         val_loss = val_acc = float("nan")
         if val_loader is not None:
-            logits, labels, _, failures = run_eval(model, val_loader, device, dtype, cfg.channels_last)
+            model.eval()
+            logits, labels, _, failures = run_eval(TorchNet(model, device, dtype, cfg.channels_last), val_loader,
+                                                   IMAGENET_MEAN, IMAGENET_STD)
             for i, reason in failures:
                 skipped.setdefault(split.val[i].path, reason)
             if len(labels):
@@ -548,7 +510,7 @@ def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch
         for size in best:
             x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
             t = time.perf_counter()
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            with autocast(device, dtype):
                 model(x).float().sum().backward()
             if device.type == "cuda":
                 torch.cuda.synchronize()

@@ -1,0 +1,90 @@
+"""Inference speed of one model three ways, through the one inference path (`runtime.logits`, the
+`Classifier`'s): PyTorch (the precision and layout `Classifier` picks), ONNX fp32 and static int8
+ONNX, both on onnxruntime. Rounds alternate between the three and the medians are printed, with the
+CPU's model and flags.
+
+    python benchmarks/onnx_vs_torch.py [--arch resnet18] [--img-size 224] [--batch-size 64]
+                                       [--calib DIR] [--rounds 5]
+
+Weights are random (speed does not depend on them). int8 is calibrated on `--calib` images when
+given (photos give realistic activation ranges), else on random ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from resnet import Classifier, create_model, runtime
+from resnet.checkpoint import save_checkpoint
+from resnet.export import export_onnx, quantize_onnx
+from resnet.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def cpu_description() -> str:
+    model = flags = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and not model:
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = " ".join(f for f in line.split(":", 1)[1].split()
+                             if f.startswith(("avx", "amx", "fma", "f16c")) or f in ("avx512_bf16", "avx512_vnni"))
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return f"{model} ({torch.get_num_threads()} threads); flags: {flags}; oneDNN bf16: {bf16}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--calib", help="a folder of photos to calibrate int8 on")
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "model.pt"
+        model = create_model(a.arch, num_classes=1000)
+        save_checkpoint(ckpt, {"model": model.state_dict(), "arch": a.arch, "model_options": {},
+                               "classes": [str(i) for i in range(1000)], "eval_size": a.img_size,
+                               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+        fp32 = export_onnx(ckpt, Path(tmp) / "model.onnx")
+        calib = a.calib
+        if calib is None:
+            calib = Path(tmp) / "calib"
+            calib.mkdir()
+            rng = np.random.default_rng(0)
+            for i in range(32):
+                Image.fromarray(rng.integers(0, 256, (a.img_size + 32, a.img_size + 64, 3), dtype=np.uint8)).save(
+                    calib / f"{i}.png")
+        int8 = quantize_onnx(fp32, Path(tmp) / "model.int8.onnx", calib)
+        contenders = {"pytorch": Classifier.from_checkpoint(ckpt, device="cpu"),
+                      "onnx fp32": Classifier.from_onnx(fp32), "onnx int8": Classifier.from_onnx(int8)}
+        x = torch.randint(0, 256, (a.batch_size, 3, a.img_size, a.img_size), dtype=torch.uint8)
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for clf in contenders.values():  # warm-up: first runs pay for kernel selection
+            runtime.logits(clf.net, x, clf.mean, clf.std)
+        for _ in range(a.rounds):
+            for name, clf in contenders.items():
+                t = time.perf_counter()
+                runtime.logits(clf.net, x, clf.mean, clf.std)
+                times[name].append(time.perf_counter() - t)
+    print(cpu_description())
+    print(f"{a.arch} @{a.img_size}, batch {a.batch_size}, {a.rounds} alternating rounds, median img/s")
+    base = a.batch_size / statistics.median(times["pytorch"])
+    print("| path | precision | img/s | vs PyTorch |")
+    print("|---|---|---|---|")
+    for name, clf in contenders.items():
+        ips = a.batch_size / statistics.median(times[name])
+        print(f"| {name} | {clf.describe()['precision']} | {ips:.1f} | {ips / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Export a checkpoint to ONNX (fp32, or static int8 with onnxruntime) or safetensors, check the
+export against PyTorch, and run ONNX files as a `runtime.Net` (`OnnxNet`).
+
+An exported file carries its model card — classes, input size, mean, std, architecture — in its
+metadata (`metadata_props` for ONNX), so `resnet predict model.onnx ...` and `Classifier.load`
+need nothing else. The ONNX graph takes the normalised float32 NCHW batch (`input`, batch axis
+dynamic) and returns `logits`; preprocessing is the card's, as timm and torchvision export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import data as D
+from .checkpoint import CheckpointError, load_checkpoint
+from .predict import Classifier, card_from_strings, card_strings
+from .transforms import normalize
+
+OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
+CALIBRATION_IMAGES = 128  # enough for MinMax ranges of a ResNet's activations to settle
+
+
+class OnnxNet:
+    """An ONNX file run by onnxruntime on the CPU, as a `runtime.Net`."""
+
+    device = torch.device("cpu")
+    channels_last = False  # onnxruntime takes NCHW and picks its own internal layout
+
+    def __init__(self, path: str | Path):
+        import onnxruntime as ort
+
+        if not Path(path).is_file():
+            raise CheckpointError(f"model not found: {path}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own, unrelated types
+            raise CheckpointError(f"cannot read ONNX model {path}: {e}") from e
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata: dict[str, Any] = card_from_strings(meta)
+        self.precision = meta.get("precision", "fp32")
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to("cpu", memory_format=torch.contiguous_format)
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.numpy()})[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """`write` to a temporary file beside `path`, then rename: never a half-written export."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _set_metadata(model, card: dict[str, Any], precision: str) -> None:
+    from . import __version__
+
+    entries = {**card_strings(card), "precision": precision, "producer": f"resnet {__version__}",
+               "input": "float32 NCHW, RGB, (pixel / 255 - mean) / std after resizing the shorter "
+                        "side to round(eval_size / 0.875) and centre-cropping eval_size"}
+    del model.metadata_props[:]
+    for key, value in entries.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+
+
+def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET) -> Path:
+    """fp32 ONNX of a checkpoint, batch axis dynamic, model card in `metadata_props`."""
+    import onnx
+
+    model, meta = load_checkpoint(checkpoint)
+    size = int(meta["eval_size"])
+    example = torch.randn(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # The exporter reports progress on stdout and warns about torchvision ops we do not use.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["logits"],
+                                    opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},),
+                                    verbose=False)
+    proto = program.model_proto
+    _set_metadata(proto, meta, "fp32")
+    return _replace_atomically(Path(output), lambda tmp: onnx.save_model(proto, str(tmp)))
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No log records below ERROR meanwhile: the exporter and the quantizer log every graph rewrite."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def calibration_batches(clf: Classifier, folder: str | Path, limit: int = CALIBRATION_IMAGES,
+                        batch_size: int = 16) -> list[np.ndarray]:
+    """Normalised input batches of up to `limit` images of `folder` (class folders or not), spread
+    over its classes, preprocessed exactly as at inference."""
+    paths = _images_in(folder)
+    if not paths:
+        raise D.DataError(f"no images to calibrate on in {folder}")
+    step = max(1, len(paths) // limit)
+    images = [img for img in D.read_images(paths[::step][:limit])
+              if not isinstance(img, str)]
+    if not images:
+        raise D.DataError(f"no readable image to calibrate on in {folder}")
+    batches = []
+    for start in range(0, len(images), batch_size):
+        uint8 = torch.stack([clf.transform(img) for img in images[start:start + batch_size]])
+        batches.append(normalize(uint8, clf.mean, clf.std).numpy())
+    return batches
+
+
+def _images_in(folder: str | Path) -> list[str]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise D.DataError(f"not a folder: {folder}")
+    return [str(p) for p in D.find_images(folder)]
+
+
+def quantize_onnx(fp32: str | Path, output: str | Path, calib: str | Path) -> Path:
+    """Static int8 (QDQ: int8 weights per output channel, uint8 activations with ranges measured on
+    `calib` images), with onnxruntime's quantizer; the card is carried over."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    clf = Classifier.from_onnx(fp32)
+    batches = calibration_batches(clf, calib)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.left, None)
+            return None if batch is None else {"input": batch}
+
+    def write(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory() as work, _quiet():
+            prepared = Path(work) / "prepared.onnx"
+            quant_pre_process(str(fp32), str(prepared))  # shape inference + graph clean-up, as advised
+            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        model = onnx.load(str(tmp))
+        _set_metadata(model, clf.card, "int8")
+        onnx.save_model(model, str(tmp))
+
+    return _replace_atomically(Path(output), write)
+
+
+def export_safetensors(checkpoint: str | Path, output: str | Path) -> Path:
+    """The weights alone, with the card in the metadata: loads with `Classifier.load` and, keys
+    being torchvision's, into torchvision's model of the same architecture."""
+    from safetensors.torch import save_file
+
+    model, meta = load_checkpoint(checkpoint)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return _replace_atomically(Path(output), lambda tmp: save_file(tensors, str(tmp), metadata=card_strings(meta)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking
+
+
+def compare(reference: Classifier, exported: Classifier, images: Sequence[D.ImageInput] | None = None,
+            count: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Logits of both on the same preprocessed images: real ones when given, else `count` random
+    photos-sized arrays. `max_abs_difference` of the logits and how many top-1 labels agree."""
+    if images:
+        decoded = [img for img in D.read_images(list(images))
+                   if not isinstance(img, str)]
+    else:
+        rng = np.random.default_rng(seed)
+        side = reference.transform.resize_size + 8
+        decoded = [rng.integers(0, 256, (side, side + 16 * i, 3), dtype=np.uint8) for i in range(count)]
+    a, b = reference.logits(decoded), exported.logits(decoded)
+    return {"images": len(decoded), "max_abs_difference": float((a - b).abs().max()),
+            "labels_agree": int((a.argmax(1) == b.argmax(1)).sum())}
+
+
+def verify_images(folder: str | Path | None, limit: int = 64) -> list[str] | None:
+    """Up to `limit` images of `folder`, spread over it (None: use random images)."""
+    if folder is None:
+        return None
+    paths = _images_in(folder)
+    if not paths:
+        raise D.DataError(f"no images to verify on in {folder}")
+    return paths[:: max(1, len(paths) // limit)][:limit]
