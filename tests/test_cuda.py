@@ -73,7 +73,7 @@ def test_train_on_gpu_with_amp_then_resume(tiny_folder, tmp_path, amp):
     cfg = T.make_config("default", data=str(tiny_folder), arch="resnet20", img_size=24, epochs=1,
                         batch_size=8, workers=1, out=str(out), device="cuda", amp=amp, val_split=0.25)
     T.train(cfg)
-    summary = T.train(T.TrainConfig(), resume=str(out / "last.pt"), epochs=2)
+    summary = T.train(*T.resume_config(out / "last.pt", {"epochs": 2}))
     assert summary["epochs"] == 2
     state = read_checkpoint(out / "last.pt")
     assert all(not v.is_cuda for v in state["model"].values())  # loads on a machine without a GPU

@@ -1,8 +1,21 @@
-"""resnet: ResNet image classifiers from a folder of photos to a trusted model."""
+"""resnet: ResNet image classifiers from a folder of photos to a trusted model.
 
-from .checkpoint import load_checkpoint
-from .models import create_model, list_models
-from .predict import Classifier
+The names below load on first use, so that `resnet --help` and `import resnet.errors` do not pay
+for importing torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["Classifier", "create_model", "list_models", "load_checkpoint"]
 __version__ = "0.1.0"
+
+_WHERE = {"Classifier": "predict", "create_model": "models", "list_models": "models",
+          "load_checkpoint": "checkpoint"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'resnet' has no attribute {name!r}")

@@ -12,25 +12,28 @@ from typing import Any
 
 import torch
 
-from .models import ResNet, clean_state_dict, create_model
+from .errors import CheckpointError, ConfigError
+from .models import MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
 
 
-class CheckpointError(ValueError):
-    """A file that is not a usable checkpoint of ours."""
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` to `path` atomically. A write that fails (a full disk, a folder gone
+    read-only) leaves the previous file as it was and raises `CheckpointError` saying why."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new, never half
+    except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason} (the previous one, if any, "
+                              "is untouched)") from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -64,11 +67,51 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     return state
 
 
+MODEL_OPTIONS = {"width": (int, float), "zero_init_residual": bool}  # what a checkpoint may set
+MAX_CLASSES = 100_000
+MAX_EVAL_SIZE = 4096
+
+
+def check_card(path: str | Path, state: dict[str, Any]) -> None:
+    """A checkpoint's description of its model, checked before anything is built from it: a file
+    that reads safely can still ask for absurd things (a 1000x wide model takes ~24 GB)."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a usable resnet checkpoint: {what}")
+
+    classes, size, options = state["classes"], state["eval_size"], state.get("model_options", {})
+    if (not isinstance(classes, (list, tuple)) or not 1 <= len(classes) <= MAX_CLASSES
+            or not all(isinstance(c, str) for c in classes)):
+        raise bad(f"classes must be a list of 1 to {MAX_CLASSES} names, not {type(classes).__name__}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= MAX_EVAL_SIZE:
+        raise bad(f"eval_size must be a whole number of pixels from 8 to {MAX_EVAL_SIZE}, not {size!r}")
+    for key in ("mean", "std"):
+        v = state[key]
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+            raise bad(f"{key} must be 3 numbers, not {v!r}")
+    if not isinstance(options, dict) or set(options) - set(MODEL_OPTIONS):
+        raise bad(f"unknown model options {sorted(set(options) - set(MODEL_OPTIONS)) if isinstance(options, dict) else options!r}"
+                  f" (allowed: {', '.join(MODEL_OPTIONS)})")
+    for key, value in options.items():
+        if not isinstance(value, MODEL_OPTIONS[key]):
+            raise bad(f"model option {key}={value!r} has the wrong type")
+    if not 0 < options.get("width", 1.0) <= MAX_WIDTH:
+        raise bad(f"model option width={options['width']} is outside (0, {MAX_WIDTH}]")
+    try:
+        model_spec(state["arch"])
+    except ConfigError as e:
+        raise bad(str(e)) from None
+
+
 def load_checkpoint(path: str | Path) -> tuple[ResNet, dict[str, Any]]:
     """(model in eval mode, everything else in the checkpoint)."""
     state = read_checkpoint(path)
-    model = create_model(state["arch"], num_classes=len(state["classes"]),
-                         **state.get("model_options", {}))
-    model.load_state_dict(clean_state_dict(state["model"]))
+    check_card(path, state)
+    model = create_model(state["arch"], num_classes=len(state["classes"]), **state.get("model_options", {}))
+    try:
+        model.load_state_dict(clean_state_dict(state["model"]))
+    except (RuntimeError, AttributeError, TypeError) as e:
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise CheckpointError(f"{path}: its weights do not fit {state['arch']} with {len(state['classes'])} "
+                              f"classes: {detail}") from None
     model.eval()
     return model, {k: v for k, v in state.items() if k != "model"}

@@ -12,11 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .data import DataError
-from .models import WeightsError
-
-USER_ERRORS = (DataError, WeightsError, CheckpointError, FileNotFoundError, ValueError)
+from .errors import ConfigError, DataError, TrainingError, UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,7 +39,9 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     t = sub.add_parser("train", help="train a classifier on a folder or CSV of labelled images")
-    t.add_argument("data", help="class folders, train/+val/ folders, a flat Kaggle-style folder or a CSV")
+    t.add_argument("data", nargs="?",
+                   help="class folders, train/+val/ folders, a flat Kaggle-style folder or a CSV "
+                        "(not needed with --resume)")
     t.add_argument("--val", help="a separate labelled validation source")
     t.add_argument("--val-split", type=_fraction, help="fraction held out when there is no --val (0.2)")
     t.add_argument("--label-pattern", help="regex whose first group is the label in a flat folder's file names")
@@ -62,8 +60,10 @@ def build_parser() -> Parser:
     t.add_argument("--warmup-epochs", type=float)
     t.add_argument("--scale-min", type=float, help="RandomResizedCrop's smallest area fraction")
     t.add_argument("--workers", type=int)
-    t.add_argument("--out", default="runs/train")
-    t.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (last.pt)")
+    t.add_argument("--out", help="the run's folder (default: runs/train)")
+    t.add_argument("--resume", metavar="CKPT",
+                   help="continue the run saved in CKPT (its last.pt) as it was: its data, folder and "
+                        "settings; --epochs extends it")
     t.add_argument("--pretrained", metavar="SRC", help="imagenet, a .pth/.safetensors file or a URL")
     t.add_argument("--preset", choices=["default", "seed", "finetune"])
     t.add_argument("--seed", type=int)
@@ -146,20 +146,24 @@ def build_parser() -> Parser:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from .evaluate import write_json, write_report, evaluate
-    from .train import make_config, train
+    from .train import make_config, resume_config, train
 
     opts = {k: getattr(a, k) for k in (
         "data", "val", "val_split", "label_pattern", "arch", "width", "img_size", "min_img_size", "eval_size",
         "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "scale_min", "workers", "out",
         "pretrained", "seed", "deterministic", "device", "amp", "cache", "cache_dir", "max_minutes",
         "patience", "save_every", "compile")}
-    preset = a.preset or ("finetune" if a.pretrained else "default")
-    cfg = make_config(preset, **opts)
-    summary = train(cfg, resume=a.resume, epochs=a.epochs)
+    if a.resume:
+        cfg, state = resume_config(a.resume, {**opts, "preset": a.preset})
+    elif a.data is None:
+        raise ConfigError("train needs DATA (or --resume OUT/last.pt)")
+    else:
+        cfg, state = make_config(a.preset or ("finetune" if a.pretrained else "default"), **opts), None
+    summary = train(cfg, state)
     if not summary["main_process"]:
         return 0
     out = Path(summary["out"])
-    if (out / "val.csv").is_file() and (out / "best.pt").is_file():
+    if summary["validated"] and (out / "best.pt").is_file():
         result, samples, probs = evaluate(out / "best.pt", out / "val.csv", workers=cfg.workers,
                                           device=cfg.device)
         write_json(out / "evaluation.json", result)
@@ -167,7 +171,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"report: {report}")
     if summary["skipped"]:
         print(f"skipped {summary['skipped']} unreadable files: {out / 'skipped.txt'}")
-    print(f"best validation accuracy: {summary['best_acc']:.4f} ({summary['epochs']} epochs, "
+    what = ("best validation accuracy" if summary["validated"]
+            else "no validation set (--val-split 0): best training accuracy")
+    print(f"{what}: {summary['best_acc']:.4f} ({summary['epochs']} epochs, "
           f"{summary['seconds'] / 60:.1f} min) -> {out / 'best.pt'}")
     return 0
 
@@ -213,14 +219,14 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .predict import Classifier
 
     if a.output not in (None, "-") and Path(a.output).suffix.lower() not in (".csv", ".json"):
-        raise ValueError(f"--output {a.output}: name a .csv or .json file, or - for CSV on stdout")
+        raise ConfigError(f"--output {a.output}: name a .csv or .json file, or - for CSV on stdout")
     files = expand_paths(a.paths)
     if not files:
         print(f"resnet predict: no files match {' '.join(a.paths)}", file=sys.stderr)
         return 1
     clf = Classifier.load(a.model, a.device)
     if a.cam and clf.model is None:
-        raise ValueError("--cam needs the PyTorch model: give a checkpoint, not an ONNX file")
+        raise ConfigError("--cam needs the PyTorch model: give a checkpoint, not an ONNX file")
     batches = -(-len(files) // a.batch_size)
     bar = functools.partial(tqdm, total=batches, unit="batch", desc="predict", leave=False,
                             disable=None if batches > 1 else True)  # None: only on a terminal
@@ -296,9 +302,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     from .predict import Classifier
 
     if a.format == "safetensors" and a.quantize:
-        raise ValueError("--quantize goes with --format onnx")
+        raise ConfigError("--quantize goes with --format onnx")
     if a.quantize and not a.calib:
-        raise ValueError("--quantize int8 needs --calib DIR: images to measure activation ranges on")
+        raise ConfigError("--quantize int8 needs --calib DIR: images to measure activation ranges on")
     images = X.verify_images(a.verify or None) if a.verify is not None else None
     ckpt = Path(a.checkpoint)
     suffix = {"safetensors": ".safetensors", "onnx": ".int8.onnx" if a.quantize else ".onnx"}[a.format]
@@ -374,11 +380,9 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    from .train import TrainingError
-
     try:
         return COMMANDS[args.command](args)
-    except USER_ERRORS as e:
+    except UsageError as e:
         print(f"resnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:

@@ -26,15 +26,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .errors import DataError
 from .transforms import (EvalTransform, TrainTransform, pixels, resize_size_for, resized_crop,
                          shorter_side_size, warm_up)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VAL_DIR_NAMES = ("val", "valid", "validation", "test")
-
-
-class DataError(ValueError):
-    """Data that cannot make a dataset (no images, an empty class, mismatched class sets...)."""
 
 
 class UnreadableImage(OSError):
@@ -123,8 +120,8 @@ def _labelled_files(source: Path, label_pattern: str | None) -> list[tuple[str, 
             for i, row in enumerate(csv.reader(f)):
                 if not row or (i == 0 and [c.strip().lower() for c in row[:2]] == ["path", "label"]):
                     continue
-                if len(row) < 2:
-                    raise DataError(f"{source}:{i + 1}: expected path,label")
+                if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                    raise DataError(f"{source}:{i + 1}: expected path,label with neither empty, got {row!r}")
                 p = Path(row[0].strip())
                 rows.append((str(p if p.is_absolute() else source.parent / p), row[1].strip()))
         return rows
@@ -135,9 +132,15 @@ def _labelled_files(source: Path, label_pattern: str | None) -> list[tuple[str, 
     out = []
     for p in files:
         label = label_from_name(p.name, label_pattern)
-        if label is None:
+        if not label:
             raise DataError(f"{p}: no label in the file name (pattern {label_pattern!r})")
         out.append((str(p), label))
+    labels = {label for _, label in out}
+    if len(out) >= 4 and len(labels) > len(out) / 2:  # cat.1.jpg, cat.2.jpg... share their labels
+        examples = ", ".join(sorted(labels)[:3])
+        raise DataError(f"the file names in {source} do not carry labels ({len(labels)} different ones in "
+                        f"{len(out)} files, e.g. {examples}): put the images in one folder per class, "
+                        "or give --label-pattern")
     return out
 
 
@@ -176,11 +179,13 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 
     if not 0 < fraction < 1:
         raise DataError(f"--val-split must be between 0 and 1, not {fraction}")
+    n_classes = len(set(labels))
+    n_val = math.ceil(len(labels) * fraction)  # as scikit-learn rounds it
+    if min(n_val, len(labels) - n_val) < n_classes:
+        raise DataError(f"cannot hold out {fraction:.0%} of {len(labels)} images with every one of "
+                        f"{n_classes} classes on both sides: give more images, another --val-split or --val DIR")
     idx = np.arange(len(labels))
-    try:
-        tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
-    except ValueError as e:
-        raise DataError(f"cannot split {len(labels)} images stratified by class: {e}") from e
+    tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
     return sorted(tr.tolist()), sorted(va.tolist())
 
 
@@ -207,11 +212,19 @@ def discover(data: str | Path, val: str | Path | None = None, val_split: float |
     empty = sorted(all_classes - set(classes))
     if empty:
         raise DataError(f"no readable image in class(es): {', '.join(empty)}")
+    if len(classes) < 2:
+        raise DataError(f"{train_src} holds a single class ({', '.join(classes) or 'none'}): a classifier "
+                        "needs at least two, as class folders, labelled file names or a CSV")
     index = {c: i for i, c in enumerate(classes)}
     train = [Sample(p, index[c]) for p, c in train_files]
     vals = [Sample(p, index[c]) for p, c in val_files]
     fraction = 0.2 if val_split is None else val_split
     if val_src is None and fraction > 0:
+        counts = np.bincount([s.label for s in train], minlength=len(classes))
+        few = [f"{classes[i]} ({n})" for i, n in enumerate(counts) if n < 2]
+        if few:
+            raise DataError(f"to hold out a validation part, every class needs 2 images or more; these have "
+                            f"fewer: {', '.join(few)} (give --val DIR, or --val-split 0)")
         tr, va = stratified_split([s.label for s in train], fraction, seed)
         train, vals = [train[i] for i in tr], [train[i] for i in va]
     return DataSplit(classes, train, vals, skipped)
@@ -466,10 +479,11 @@ class ImageDataset(Dataset):
             if self.cache is not None and self.cache.crop is not None:  # already the transform's output
                 return torch.from_numpy(self.cache.get(index)).permute(2, 0, 1), sample.label, index, None
             img = self.cache.get(index) if self.cache else decode(sample.path, self.draft_size)
-            g = torch.Generator().manual_seed(seed)
-            return transform(img, g), sample.label, index, None
         except Exception as e:  # noqa: BLE001 - a bad file must not stop the epoch
             return None, sample.label, index, read_error(e)
+        # Outside the `try`: a transform that fails on a decoded image is a bug or a bad setting,
+        # not a bad file, and must not quietly turn every image into a "skipped" one.
+        return transform(img, torch.Generator().manual_seed(seed)), sample.label, index, None
 
 
 def collate(items: list) -> Batch:

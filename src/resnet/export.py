@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from . import data as D
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
+from .errors import CheckpointError
 from .predict import Classifier, card_from_strings, card_strings
 from .transforms import normalize
 

@@ -22,11 +22,13 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .errors import ConfigError, WeightsError
+
 log = logging.getLogger(__name__)
 
-
-class WeightsError(ValueError):
-    """Weights that do not fit the model (or cannot be read): a user error, not a bug."""
+# The largest channel multiplier a model (or a checkpoint's model options) may ask for: 4x the
+# published widths is already 16x the compute; a crafted file asking for 1000x would take ~24 GB.
+MAX_WIDTH = 4.0
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -259,7 +261,7 @@ def model_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(list_models())}") from None
+        raise ConfigError(f"unknown model {name!r}; choose from: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, num_classes: int | None = None, pretrained: str | None = None,
@@ -342,31 +344,41 @@ def read_weights(src: str, arch: str | None = None) -> dict[str, Tensor]:
     return clean_state_dict(state)
 
 
-def load_pretrained(model: ResNet, src: str, arch: str | None = None) -> list[str]:
-    """Load weights strictly, except that a classifier of another size is left freshly initialised
-    (fine-tuning to new classes). Returns the keys that were not loaded."""
-    state = read_weights(src, arch)
+def fit_weights(model: nn.Module, weights: dict[str, Tensor], src: str, arch: str | None = None
+                ) -> tuple[dict[str, Tensor], list[str]]:
+    """(the weights to load into `model`, the head keys left out): every key and shape must match,
+    except a classifier for another number of classes, which is left out (fine-tuning to new
+    classes). Shapes only: `model` may live on the meta device, so this check costs nothing."""
     own = model.state_dict()
-    head = [k for k in ("fc.weight", "fc.bias") if k in state and k in own
-            and state[k].shape != own[k].shape]
-    if head:
-        log.warning("pretrained head has %d classes, the model %d: replacing the classifier (fc)",
-                    state["fc.weight"].shape[0], own["fc.weight"].shape[0])
-        state = {k: v for k, v in state.items() if k not in head}
-    missing = sorted(set(own) - set(state) - set(head))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
+    head: list[str] = []
+    if ("fc.weight" in weights and "fc.weight" in own
+            and weights["fc.weight"].shape[1:] == own["fc.weight"].shape[1:]
+            and weights["fc.weight"].shape[0] != own["fc.weight"].shape[0]):
+        head = [k for k in ("fc.weight", "fc.bias") if k in weights]
+        weights = {k: v for k, v in weights.items() if k not in head}
+    missing = sorted(set(own) - set(weights) - set(head))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = [f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in weights and weights[k].shape != own[k].shape]
     problems = []
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected[:8])
-                        + (" ..." if len(unexpected) > 8 else ""))
+    for what, items in (("wrong shapes", wrong), ("missing keys", missing), ("unexpected keys", unexpected)):
+        if items:
+            problems.append(f"{what}: " + "; ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
     if problems:
         raise WeightsError(f"weights from {src} do not fit {arch or 'the model'}: " + " | ".join(problems))
+    return weights, head
+
+
+def load_pretrained(model: ResNet, weights: str | dict[str, Tensor], arch: str | None = None,
+                    source: str | None = None) -> list[str]:
+    """Load weights (a source for `read_weights`, or what it returned) as `fit_weights` allows.
+    Returns the keys that were not loaded (a replaced classifier)."""
+    src = source or (weights if isinstance(weights, str) else "the weights")
+    given = read_weights(weights, arch) if isinstance(weights, str) else weights
+    state, head = fit_weights(model, given, src, arch)
+    if head:
+        log.warning("pretrained head has %d classes, the model %d: replacing the classifier (fc)",
+                    given["fc.weight"].shape[0], model.fc.out_features)
     model.load_state_dict(state, strict=False)
     return head
 
@@ -375,17 +387,32 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(name: str, img_size: int | None = None) -> tuple[int, float]:
-    """(parameters, GFLOPs) of one image at the native size, counted on the meta device so that even
-    ResNet-152 costs nothing. FLOPs count a multiply-add as 2 (torchvision's tables count it as 1)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def _conv(conv: nn.Conv2d, h: int, w: int) -> tuple[int, int, int]:
+    """(FLOPs, output height, output width) of a convolution on an h x w input."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return 2 * oh * ow * conv.out_channels * conv.in_channels // conv.groups * kh * kw, oh, ow
 
-    spec = model_spec(name)
-    size = img_size or spec.input_size
+
+def count_flops(name: str, img_size: int | None = None) -> tuple[int, float]:
+    """(parameters, GFLOPs) of one image at the native size: every convolution and the classifier,
+    walked in the network's order with the feature map's size (what torch's FlopCounterMode counts,
+    without running anything; the model is built on the meta device). A multiply-add counts as 2
+    FLOPs (torchvision's tables count it as 1)."""
+    size = img_size or model_spec(name).input_size
     with torch.device("meta"):
         model = create_model(name)
-        x = torch.empty(1, 3, size, size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return count_params(model), counter.get_total_flops() / 1e9
+    flops, h, w = _conv(model.conv1, size, size)
+    if isinstance(model.maxpool, nn.MaxPool2d):
+        k, st, pad = model.maxpool.kernel_size, model.maxpool.stride, model.maxpool.padding
+        h, w = (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1
+    for i in range(1, model.num_stages + 1):
+        for block in getattr(model, f"layer{i}"):
+            if isinstance(block.downsample, nn.Sequential):  # the projection runs on the block's input
+                flops += _conv(block.downsample[0], h, w)[0]
+            for conv in (block.conv1, block.conv2, getattr(block, "conv3", None)):
+                if conv is not None:
+                    f, h, w = _conv(conv, h, w)
+                    flops += f
+    flops += 2 * model.fc.in_features * model.fc.out_features
+    return count_params(model), flops / 1e9

@@ -23,7 +23,8 @@ from PIL import Image
 
 from . import data as D
 from . import runtime
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
+from .errors import CheckpointError, ConfigError
 from .data import collate
 from .transforms import EvalTransform, normalize
 
@@ -91,7 +92,7 @@ class Classifier:
         """Whatever `path` holds: ONNX by its suffix, otherwise a checkpoint."""
         if str(path).lower().endswith(".onnx"):
             if device == "cuda":
-                raise ValueError("ONNX models run on the CPU here: leave out --device cuda")
+                raise ConfigError("ONNX models run on the CPU here: leave out --device cuda")
             return cls.from_onnx(path)
         return cls.from_checkpoint(path, device, amp)
 
@@ -144,7 +145,7 @@ class Classifier:
         of the class score over each map, summed, rectified. Read through hooks; the model's code is
         not touched. Computed in fp32 whatever the precision of `predict`."""
         if self.model is None:
-            raise ValueError("Grad-CAM needs the PyTorch model: load a checkpoint, not an ONNX file")
+            raise ConfigError("Grad-CAM needs the PyTorch model: load a checkpoint, not an ONNX file")
         img = D.load_image(image)
         x = normalize(self.transform(img)[None], self.mean, self.std, self.net.device,
                       self.net.channels_last)
@@ -171,10 +172,10 @@ class Classifier:
     def _class_index(self, target: int | str) -> int:
         if isinstance(target, str):
             if target not in self.classes:
-                raise ValueError(f"unknown class {target!r}; the model's classes: {', '.join(self.classes)}")
+                raise ConfigError(f"unknown class {target!r}; the model's classes: {', '.join(self.classes)}")
             return self.classes.index(target)
         if not 0 <= target < len(self.classes):
-            raise ValueError(f"class index {target} out of range 0..{len(self.classes) - 1}")
+            raise ConfigError(f"class index {target} out of range 0..{len(self.classes) - 1}")
         return target
 
     def _display_crop(self, img: Image.Image | np.ndarray, min_side: int = 224) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, Sequence
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .transforms import normalize
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+        raise ConfigError("--device cuda: no CUDA device is available")
     return torch.device(name)
 
 

@@ -13,20 +13,26 @@ scratch on a 2-core CPU (measured in docs/benchmarks.md):
   digits: loss still 2.30 after an epoch, against 0.79 without it);
 - channels_last memory format (oneDNN's faster layout on CPU); fp32 on CPU because bf16 autocast
   is many times slower on CPUs without AVX-512 BF16, bf16 autocast on CUDA.
+Every other tuning constant is in `tuning.py`, with its reason; the time budget is `budget.py`.
+
+The file reads top to bottom: the configuration and its checks, resuming, the small pieces, the
+run's set-up, one epoch, and last `train`, the loop itself.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
 import os
 import random
+import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +40,16 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data as D
+from .budget import Budget, RunShape, compute_time_by_size
 from .checkpoint import read_checkpoint, save_checkpoint
-from .models import create_model, load_pretrained, model_spec
-from .runtime import TorchNet, amp_dtype, autocast, pick_device, run_eval
+from .errors import CheckpointError, ConfigError, TrainingError
+from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
+from .runtime import TorchNet, amp_dtype, autocast, memory_format, pick_device, run_eval
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, normalize
+from .tuning import (EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_STEP, START_SIZE_FRACTION, UNTIMED_STEPS,
+                     VAL_BATCH_FACTOR)
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (a NaN loss, say); the last good checkpoint is kept."""
 
 
 @dataclass
@@ -102,22 +108,119 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
-    """A preset's values, then every override that is not None."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
-    cfg = TrainConfig(preset=preset, **values)
+MIN_IMG_SIZE = 16  # below this the ImageNet stem (32x down-sampling) leaves nothing to pool
+
+# Each option's allowed values, checked before any work is done: (test, what is allowed).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "img_size": (lambda v: v >= MIN_IMG_SIZE, f"at least {MIN_IMG_SIZE}"),
+    "min_img_size": (lambda v: v is None or v >= MIN_IMG_SIZE, f"at least {MIN_IMG_SIZE}"),
+    "eval_size": (lambda v: v is None or v >= MIN_IMG_SIZE, f"at least {MIN_IMG_SIZE}"),
+    "width": (lambda v: 0 < v <= MAX_WIDTH, f"in (0, {MAX_WIDTH}]"),
+    "lr": (lambda v: v > 0, "positive"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "warmup_epochs": (lambda v: v >= 0, "0 or more"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "scale_min": (lambda v: 0 < v <= 1, "in (0, 1]: the smallest fraction of the image a crop keeps"),
+    "val_split": (lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
+    "workers": (lambda v: v is None or v >= 0, "0 or more"),
+    "max_minutes": (lambda v: v is None or v > 0, "positive"),
+    "patience": (lambda v: v is None or v >= 1, "at least 1"),
+    "save_every": (lambda v: v >= 0, "0 (off) or more steps"),
+    "schedule": (lambda v: v in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
+    "amp": (lambda v: v in ("auto", "off", "bf16", "fp16"), "auto, off, bf16 or fp16"),
+    "device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+}
+PATH_OPTIONS = ("data", "val", "out", "cache_dir")
+RESUME_MAY_CHANGE = ("epochs", "workers", "device", "cache_dir")  # how the run goes on, not what it trains
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every value in its range, before anything is read or written: a `ConfigError` naming the
+    option, its value and what is allowed."""
+    for name, (ok, allowed) in _RANGES.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ConfigError(f"{_flag(name)} must be {allowed}, not {value!r}")
     model_spec(cfg.arch)  # an unknown name fails now, not after scanning the data
-    for name, value, allowed in (("schedule", cfg.schedule, ("onecycle", "cosine", "constant")),
-                                 ("amp", cfg.amp, ("auto", "off", "bf16", "fp16"))):
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    if cfg.label_pattern is not None:
+        try:
+            pattern = re.compile(cfg.label_pattern)
+        except re.error as e:
+            raise ConfigError(f"--label-pattern {cfg.label_pattern!r} is not a regular expression: {e}") from None
+        if not pattern.groups:
+            raise ConfigError(f"--label-pattern {cfg.label_pattern!r} needs a group around the label, "
+                              "e.g. '^([a-z]+)_' (or a group named label)")
+
+
+def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
+    """A preset's values, then every override that is not None; checked, with paths absolute (a
+    run can be resumed from anywhere). A preset that evaluates at its training size keeps doing so
+    when --img-size changes it."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(given) - known
+    if unknown:
+        raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
+    values = dict(PRESETS[preset])
+    if "img_size" in given:
+        for key in ("min_img_size", "eval_size"):
+            if key in values and values[key] == values.get("img_size"):
+                values[key] = given["img_size"]
+    values.update(given)
+    for key in PATH_OPTIONS:
+        if values.get(key):
+            values[key] = os.path.abspath(values[key])
+    cfg = TrainConfig(preset=preset, **values)
+    check_config(cfg)
     return cfg
+
+
+def resume_config(path: str | Path, given: dict[str, Any] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """(configuration, saved state) to continue the run saved in `path` (a last.pt). Resuming
+    continues that run as it was: in its own folder, on its own data, for its own plan of epochs
+    (a time budget keeps the time already spent). Options given again must agree with it (paths
+    compared as absolute paths); only `RESUME_MAY_CHANGE` may differ, and `epochs` extends the run."""
+    state = read_checkpoint(path)
+    if "optimizer" not in state or not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} holds no training state to resume from (resume from last.pt)")
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+    conflicts = []
+    for key, value in (given or {}).items():
+        if value is None or key in RESUME_MAY_CHANGE:
+            continue
+        stored = getattr(cfg, key)
+        same = (stored is not None and Path(value).resolve() == Path(stored).resolve()
+                if key in PATH_OPTIONS else value == stored)
+        if not same:
+            conflicts.append(f"{_flag(key) if key != 'data' else 'DATA'} {value} (the run's: {stored})")
+    if conflicts:
+        raise ConfigError(f"--resume {path} continues that run as it was, but " + "; ".join(conflicts)
+                          + ": leave these out, or start a new run with another --out")
+    planned = state.get("progress", {}).get("epochs") or state["config"].get("epochs", cfg.epochs)
+    changes = {k: (given or {})[k] for k in RESUME_MAY_CHANGE if (given or {}).get(k) is not None}
+    cfg = replace(cfg, **{"epochs": planned, **changes})
+    check_config(cfg)
+    return cfg, state
+
+
+def check_out_dir(out: str | Path) -> None:
+    """--out must be a folder we can write, or creatable: checked before the data is read."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: cannot write in {existing}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +244,24 @@ def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> flo
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def crop_size_at(epoch: int, epochs: int, img_size: int, min_img_size: int | None) -> int:
+    """Progressive resizing: `START_SIZE_FRACTION` of `img_size` (or `min_img_size`) at first,
+    then a linear ramp over the `RAMP` fraction of the run to `img_size`, in `SIZE_STEP` steps."""
+    low = min_img_size if min_img_size is not None else max(
+        SIZE_STEP, int(round(img_size * START_SIZE_FRACTION / SIZE_STEP)) * SIZE_STEP)
+    t = (epoch / max(1, epochs - 1) - RAMP[0]) / (RAMP[1] - RAMP[0])
+    if low >= img_size or t >= 1:
+        return img_size
+    if t <= 0:
+        return low
+    return min(img_size, max(low, int(round((low + t * (img_size - low)) / SIZE_STEP)) * SIZE_STEP))
+
+
+def test_size_for(img_size: int) -> int:
+    """The evaluation size for a training size: `EVAL_SCALE` larger, a multiple of `SIZE_STEP`."""
+    return max(SIZE_STEP, int(round(img_size * EVAL_SCALE / SIZE_STEP)) * SIZE_STEP)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -159,331 +280,6 @@ def distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-@dataclass
-class EpochResult:
-    loss: float
-    acc: float
-    images: int
-    seconds: float
-
-
-# ---------------------------------------------------------------------------------------------
-# The run
-
-
-def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None) -> dict[str, Any]:
-    """Train per `cfg`, or continue the run saved in `resume` with its own configuration (and
-    `epochs`, when given, to extend it). Returns the final summary."""
-    start_time = time.monotonic()
-    state: dict[str, Any] | None = None
-    if resume:
-        state = read_checkpoint(resume)
-        if "optimizer" not in state:
-            raise ValueError(f"{resume} holds no training state to resume from")
-        known = {f.name for f in fields(TrainConfig)}
-        cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
-        cfg.epochs = epochs or cfg.epochs
-    rank, world, local_rank = distributed()
-    main_process = rank == 0
-    device = pick_device(cfg.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = not cfg.deterministic
-    dtype = amp_dtype(cfg.amp, device)
-    seed_everything(cfg.seed, cfg.deterministic)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    # Data
-    split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
-    if not split.val:
-        log.warning("no validation set: best.pt follows training accuracy")
-    eval_size = cfg.eval_size or test_size_for(cfg.img_size)
-    eval_tf = EvalTransform.for_size(eval_size)
-    train_tf = (EvalTransform.for_size(cfg.img_size) if cfg.train_like_eval
-                else TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip))
-    train_cache = val_cache = None
-    cache_size = D.cache_size_for(max(cfg.img_size, eval_size))  # crops are cut from this copy
-    n_images = len(split.train) + len(split.val)
-    use_cache = cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= D.AUTO_CACHE_BYTES
-    if use_cache:
-        root = cfg.cache_dir or D.default_cache_dir()
-        if main_process:
-            tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
-        def bar(total: int):
-            return lambda items: tqdm(items, total=total, desc="decoding", leave=False,
-                                      disable=not main_process)
-
-        train_cache = D.build_cache(split.train, root, cache_size, bar(len(split.train)))
-        val_cache = (D.build_cache(split.val, root, eval_tf.resize_size, bar(len(split.val)), eval_tf)
-                     if split.val else None)
-    workers = cfg.workers if cfg.workers is not None else D.default_workers(device.type)
-    train_ds = D.ImageDataset(split.train, train_tf, train_cache)
-    batch_size = cfg.batch_size // world
-    train_loader = D.make_loader(train_ds, batch_size, True, workers, cfg.seed,
-                                 device.type == "cuda", rank, world, drop_last=len(train_ds) > batch_size * world)
-    # Validation runs whole on the main process: exact figures with no gathering across ranks.
-    val_loader = (D.make_loader(D.ImageDataset(split.val, eval_tf, val_cache), batch_size * 2, False,
-                                workers, cfg.seed, device.type == "cuda")
-                  if split.val and main_process else None)
-    skipped = dict(split.skipped)
-    if main_process:
-        D.write_samples(out / "train.csv", split.train, split.classes)
-        if split.val:
-            D.write_samples(out / "val.csv", split.val, split.classes)
-
-    # Model and optimiser
-    options = {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
-    model = create_model(cfg.arch, num_classes=len(split.classes), **options)
-    if cfg.pretrained and state is None:
-        load_pretrained(model, cfg.pretrained, cfg.arch)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    peak_lr = cfg.lr * cfg.batch_size / 256  # linear scaling rule (Goyal et al.)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=peak_lr,
-                                momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * cfg.epochs
-    epoch, step, best_acc, history = 0, 0, -1.0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state.get("scaler") or {})
-        epoch, step = state["epoch"], state["scheduler"]["step"]
-        total_steps = max(state["scheduler"]["total_steps"], steps_per_epoch * cfg.epochs)
-        best_acc = state.get("best_acc", -1.0)
-        history = list(state.get("history", []))
-        torch.set_rng_state(state["rng"]["torch"])
-        skipped.update(dict(state.get("skipped", [])))
-    net: nn.Module = model
-    if torch.distributed.is_initialized():
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    def checkpoint(path: Path, epoch_done: int, metrics: dict) -> None:
-        if not main_process:
-            return
-        save_checkpoint(path, {
-            "model": model.state_dict(), "arch": cfg.arch, "model_options": options,
-            "classes": split.classes, "eval_size": eval_size, "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD), "epoch": epoch_done, "metrics": metrics,
-            "config": asdict(cfg), "optimizer": optimizer.state_dict(),
-            "scheduler": {"step": step, "total_steps": total_steps}, "scaler": scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state()}, "best_acc": best_acc, "history": history,
-            "skipped": sorted(skipped.items())})
-
-    def crop_at(e: int, n: int) -> int:
-        """This run's crop size in epoch `e` of `n`."""
-        return crop_size_at(e, n, cfg.img_size, cfg.min_img_size)
-
-    if main_process:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        first = crop_at(0, cfg.epochs)
-        sizes = f"{first} -> {cfg.img_size}" if first != cfg.img_size else str(first)
-        ddp = (f", DDP over {world} process(es) ({torch.distributed.get_backend()})"
-               if torch.distributed.is_initialized() else "")
-        tqdm.write(f"{cfg.arch} on {device.type}{ddp}: {len(split.train)} train / {len(split.val)} val "
-                   f"images, {len(split.classes)} classes, {cfg.epochs} epochs of {steps_per_epoch} steps"
-                   f" at {sizes} px, {workers} workers" + (f", {len(skipped)} files skipped" if skipped else ""))
-
-    board = tensorboard_writer(out) if main_process else None
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-
-    timing: dict[str, float] = {}  # the step-time model, from `first_fit`
-
-    def step_time(size: int) -> float:
-        """Seconds per training step at a crop size: what does not grow with pixels (loading,
-        the optimiser step...) plus forward + backward, which grows as size ** p."""
-        return timing["overhead"] + timing["compute"] * (size / timing["size"]) ** timing["p"]
-
-    def epoch_time(size: int) -> float:
-        # a validation batch is twice as large and forward only: ~2/3 of a training step's compute
-        val_batches = len(split.val) / (2 * batch_size)
-        val = val_batches * timing["compute"] * 2 / 3 * (eval_size / timing["size"]) ** timing["p"]
-        return steps_per_epoch * step_time(size) + val
-
-    def first_fit(step_s: float) -> int:
-        """From the first steps' time, before a whole epoch has been seen."""
-        crop = crop_at(epoch, cfg.epochs)
-        largest = cfg.img_size if cfg.img_size != crop else eval_size  # the sizes training will see
-        compute, p = compute_time_by_size(model, (crop, largest), device, dtype, cfg.channels_last, batch_size)
-        timing.update(size=crop, compute=min(compute, step_s), overhead=max(0.0, step_s - compute), p=p)
-        return fit_to_budget(budget, time.monotonic() - start_time, epoch, lambda e, n: epoch_time(crop_at(e, n)))
-
-    def refit() -> int:
-        """From the whole epochs so far: the first steps can mislead (prefetched batches, warm-up),
-        and so can one epoch (a slow validation, a busy machine). Predictions are scaled by the
-        median ratio of measured to predicted time over the last five epochs (the crop sizes now
-        in use; the first epoch, which starts the workers, left out once there are two). The count
-        moves only when it would with half an epoch to spare, so noise does not shake the schedule."""
-        ratios = sorted(r["seconds"] / epoch_time(r["img_size"]) for r in history[max(min(1, epoch - 1), epoch - 5):])
-        k = ratios[len(ratios) // 2]
-
-        def fit(extra_s: float) -> int:
-            return fit_to_budget(budget, time.monotonic() - start_time + extra_s, epoch,
-                                 lambda e, n: k * epoch_time(crop_at(e, n)))
-
-        half = k * epoch_time(crop_at(epoch, cfg.epochs)) / 2
-        more, fewer = fit(half), fit(-half)
-        return more if more > cfg.epochs else fewer if fewer < cfg.epochs else cfg.epochs
-
-    bad_epochs = 0
-    t_warm = time.monotonic()
-    while epoch < cfg.epochs:
-        start_in_epoch = step - epoch * steps_per_epoch
-        crop = crop_at(epoch, cfg.epochs)
-        train_loader.sampler.set_epoch(epoch, start_in_epoch * batch_size, crop)
-        net.train()
-        t0 = time.monotonic()
-        seen = correct = 0
-        loss_sum = 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not main_process,
-                   leave=False, dynamic_ncols=True)
-        for batch in bar:
-            for i, reason in batch.failures:
-                skipped.setdefault(split.train[i].path, reason)
-            if len(batch.labels) == 0:
-                continue
-            x = normalize(batch.images, device=device, channels_last=cfg.channels_last)
-            y = batch.labels.to(device, non_blocking=True)
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, total_steps, warmup, peak_lr, cfg.schedule)
-            with autocast(device, dtype):
-                logits = net(x)
-                loss = criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
-                                    f"stopped; the last good checkpoint is {out / 'last.pt'}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            n = len(y)
-            seen += n
-            loss_sum += loss.item() * n
-            correct += (logits.argmax(1) == y).sum().item()
-            elapsed = time.monotonic() - t0
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                            img_s=f"{seen * world / elapsed:.0f}")
-            if step == 2:
-                t_warm = time.monotonic()  # the first steps pay one-off costs: not measured
-            if budget and state is None and step == min(12, steps_per_epoch):
-                step_s = (time.monotonic() - t_warm) / max(1, step - 2)
-                cfg.epochs = from_rank0([first_fit(step_s)], device)[0]
-                total_steps = cfg.epochs * steps_per_epoch
-                bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-                tqdm.write(f"--max-minutes {cfg.max_minutes}: {cfg.epochs} epochs ({total_steps} steps) fit"
-                           f" (forward + backward measured to grow as crop size ** {timing['p']:.2f})")
-            if cfg.save_every and step % cfg.save_every == 0 and step % steps_per_epoch:
-                checkpoint(out / "last.pt", epoch, {})
-        bar.close()
-        train_time = time.monotonic() - t0
-        train_res = EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), seen, train_time)
-        val_loss = val_acc = float("nan")
-        if val_loader is not None:
-            model.eval()
-            logits, labels, _, failures = run_eval(TorchNet(model, device, dtype, cfg.channels_last), val_loader,
-                                                   IMAGENET_MEAN, IMAGENET_STD)
-            for i, reason in failures:
-                skipped.setdefault(split.val[i].path, reason)
-            if len(labels):
-                val_loss = F.cross_entropy(logits, labels).item()
-                val_acc = (logits.argmax(1) == labels).float().mean().item()
-        epoch += 1
-        row = {"epoch": epoch, "img_size": crop, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": train_res.loss, "train_acc": train_res.acc, "val_loss": val_loss, "val_acc": val_acc,
-               "images_per_second": seen * world / max(train_time, 1e-9),
-               "seconds": time.monotonic() - t0}
-        history.append(row)
-        score = val_acc if val_loader is not None else train_res.acc
-        improved = score > best_acc
-        if improved:
-            best_acc, bad_epochs = score, 0
-        else:
-            bad_epochs += 1
-        if main_process:
-            write_metrics(out / "metrics.csv", history)
-            if board is not None:
-                for key, value in row.items():
-                    if key != "epoch":
-                        board.add_scalar(key, value, epoch)
-            checkpoint(out / "last.pt", epoch, row)
-            if improved:
-                checkpoint(out / "best.pt", epoch, row)
-            tqdm.write(f"epoch {epoch}/{cfg.epochs}  loss {train_res.loss:.4f}  acc {train_res.acc:.4f}  "
-                       f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
-                       f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
-        # Rank 0 decides (it alone validates): ranks that disagreed would wait on each other forever.
-        stop = 0
-        if cfg.patience and bad_epochs >= cfg.patience:
-            tqdm.write(f"no improvement for {cfg.patience} epochs: stopping early")
-            stop = 1
-        fitted = cfg.epochs
-        if budget and state is None and epoch < cfg.epochs:
-            # Refitted every epoch: larger crops are only measured once the ramp reaches them, and a
-            # shorter plan still ends with the schedule annealed, where stopping early would not.
-            fitted = refit()
-            if time.monotonic() - start_time + row["seconds"] > budget:  # the last resort
-                tqdm.write("time budget spent: stopping")
-                stop = 1
-        stop, fitted = from_rank0([stop, fitted], device)
-        if stop:
-            break
-        if fitted != cfg.epochs:
-            tqdm.write(f"--max-minutes {cfg.max_minutes}: {fitted} epochs fit (measured over epoch {epoch})")
-            cfg.epochs, total_steps = fitted, fitted * steps_per_epoch
-    if main_process and skipped:
-        D.write_skipped(out / "skipped.txt", sorted(skipped.items()))
-    if board is not None:
-        board.close()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    return {"best_acc": best_acc, "epochs": epoch, "out": str(out), "classes": split.classes,
-            "skipped": len(skipped), "seconds": time.monotonic() - start_time,
-            "main_process": main_process}
-
-
-def crop_size_at(epoch: int, epochs: int, img_size: int, min_img_size: int | None,
-                 ramp: tuple[float, float] = (0.4, 0.85)) -> int:
-    """Progressive resizing (fast.ai; FFCV's ResNet recipes): cheap low-resolution epochs while the
-    network learns coarse features, then a linear ramp to full size over the `ramp` fraction of the
-    run, so the last epochs train at the size the model is evaluated near. `min_img_size` None is
-    two thirds of `img_size`. Sizes in between are multiples of 8 px."""
-    low = min_img_size if min_img_size is not None else max(8, int(round(img_size * 2 / 3 / 8)) * 8)
-    t = (epoch / max(1, epochs - 1) - ramp[0]) / (ramp[1] - ramp[0])
-    if low >= img_size or t >= 1:
-        return img_size
-    if t <= 0:
-        return low
-    return min(img_size, max(low, int(round((low + t * (img_size - low)) / 8)) * 8))
-
-
-def test_size_for(img_size: int) -> int:
-    """Evaluate ~15 % larger than the random crops were: they zoom in (scale < 1), so objects look
-    larger in training than in a centre crop of the same size (Touvron et al. 2019). Multiple of 8."""
-    return max(8, int(round(img_size * 1.15 / 8)) * 8)
-
-
-def fit_to_budget(budget_s: float, spent_s: float, epochs_done: int,
-                  epoch_s: Callable[[int, int], float]) -> int:
-    """How many epochs in total fit the budget, at least one more than `epochs_done`.
-    `epoch_s(epoch, epochs)` is the predicted time of an epoch (training and validation) when the
-    run has `epochs` in total: with progressive resizing, later epochs cost more, and where they
-    fall depends on the total. 3 % of the budget is kept for the final evaluation and report
-    (measured: 18 s of a 20-minute run on 2 cores)."""
-    left = budget_s * 0.97 - spent_s
-    epochs = epochs_done + 1
-    while sum(epoch_s(e, epochs + 1) for e in range(epochs_done, epochs + 1)) <= left:
-        epochs += 1
-    return epochs
-
-
 def from_rank0(values: list[int], device: torch.device) -> list[int]:
     """Rank 0's values on every rank (identity outside DDP)."""
     if not torch.distributed.is_initialized():
@@ -492,36 +288,6 @@ def from_rank0(values: list[int], device: torch.device) -> list[int]:
     t = torch.tensor(values, dtype=torch.long, device=device if nccl else "cpu")
     torch.distributed.broadcast(t, 0)
     return t.tolist()
-
-
-def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch.device,
-                         dtype: torch.dtype | None, channels_last: bool, batch_size: int
-                         ) -> tuple[float, float]:
-    """(seconds of forward + backward for a batch at the smaller size, p) with that time growing as
-    size ** p: timed on random images at both sizes. Compute grows with pixels (p = 2) only in
-    theory: fixed per-layer costs and kernel choices bend it (about 1.65 between 64 and 96 px on
-    the development CPU). Eval mode, so BatchNorm statistics are untouched; gradients are dropped."""
-    small, large = sorted(sizes)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    was_training = model.training
-    model.eval()
-    best = {small: math.inf, large: math.inf}  # one entry when the sizes are equal
-    for rnd in range(4):  # the first round warms up; the fastest of the other three counts
-        for size in best:
-            x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
-            t = time.perf_counter()
-            with autocast(device, dtype):
-                model(x).float().sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if rnd:
-                best[size] = min(best[size], time.perf_counter() - t)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    if small == large:
-        return best[small], 2.0
-    ratio = max(best[large], 1e-9) / max(best[small], 1e-9)
-    return best[small], max(0.5, min(3.0, math.log(ratio) / math.log(large / small)))
 
 
 def tensorboard_writer(out: Path):
@@ -540,3 +306,364 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's set-up and state
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint and restored on resume."""
+
+    epochs: int                       # the plan: epochs in the whole run
+    epoch: int = 0                    # epochs finished
+    step: int = 0                     # optimiser steps taken
+    best_acc: float = -1.0
+    bad_epochs: int = 0               # epochs since the best one (--patience)
+    history: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    partial: dict[str, float] = field(default_factory=dict)  # sums of an epoch interrupted mid-way
+
+    @classmethod
+    def restore(cls, epochs: int, state: dict[str, Any]) -> "Progress":
+        saved = dict(state.get("progress") or {})
+        if not saved:  # checkpoints written before `progress` existed
+            saved = {"epoch": state["epoch"], "step": state["scheduler"]["step"],
+                     "best_acc": state.get("best_acc", -1.0), "history": state.get("history", [])}
+        saved["skipped"] = dict(saved.get("skipped") or state.get("skipped", []))
+        return cls(**{**saved, "epochs": epochs})
+
+
+@dataclass
+class Run:
+    """Everything that lives for the whole run, built once by `set_up`."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    dtype: torch.dtype | None
+    split: D.DataSplit
+    eval_size: int
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    workers: int
+    model: nn.Module                  # what checkpoints save
+    net: nn.Module                    # what trains: `model`, maybe DDP-wrapped and compiled
+    options: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    world: int
+    main: bool
+    steps_per_epoch: int              # of a whole epoch (the loader's length shrinks in a resumed one)
+
+    def crop_at(self, epoch: int, epochs: int) -> int:
+        return crop_size_at(epoch, epochs, self.cfg.img_size, self.cfg.min_img_size)
+
+    def lr(self, step: int, epochs: int) -> float:
+        peak = self.cfg.lr * self.cfg.batch_size / 256  # linear scaling rule (Goyal et al.)
+        warmup = int(self.cfg.warmup_epochs * self.steps_per_epoch)
+        return lr_at(step, epochs * self.steps_per_epoch, warmup, peak, self.cfg.schedule)
+
+
+def set_up_device(cfg: TrainConfig, local_rank: int) -> tuple[torch.device, torch.dtype | None]:
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    return device, amp_dtype(cfg.amp, device)
+
+
+def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: torch.device, rank: int,
+                 world: int) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None, int]:
+    """(training loader, validation loader on rank 0, workers), decoding once into the cache first
+    when it is on (by default: when the decoded copy is small)."""
+    eval_tf = EvalTransform.for_size(eval_size)
+    train_tf = (EvalTransform.for_size(cfg.img_size) if cfg.train_like_eval
+                else TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip))
+    train_cache = val_cache = None
+    cache_size = D.cache_size_for(max(cfg.img_size, eval_size))  # crops are cut from this copy
+    n_images = len(split.train) + len(split.val)
+    if cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= D.AUTO_CACHE_BYTES:
+        root = cfg.cache_dir or D.default_cache_dir()
+        if rank == 0:
+            tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
+        bar = functools.partial(tqdm, desc="decoding", leave=False, disable=rank != 0)
+        train_cache = D.build_cache(split.train, root, cache_size, functools.partial(bar, total=len(split.train)))
+        if split.val:
+            val_cache = D.build_cache(split.val, root, eval_tf.resize_size,
+                                      functools.partial(bar, total=len(split.val)), eval_tf)
+    workers = cfg.workers if cfg.workers is not None else D.default_workers(device.type)
+    train_ds = D.ImageDataset(split.train, train_tf, train_cache)
+    batch_size = cfg.batch_size // world
+    train_loader = D.make_loader(train_ds, batch_size, True, workers, cfg.seed, device.type == "cuda", rank, world,
+                                 drop_last=len(train_ds) > batch_size * world)
+    # Validation runs whole on the main process: exact figures with no gathering across ranks.
+    val_loader = (D.make_loader(D.ImageDataset(split.val, eval_tf, val_cache), batch_size * VAL_BATCH_FACTOR,
+                                False, workers, cfg.seed, device.type == "cuda")
+                  if split.val and rank == 0 else None)
+    return train_loader, val_loader, workers
+
+
+def set_up(cfg: TrainConfig, resuming: bool) -> Run:
+    """Device, data, model, optimiser: every check that can fail on the user's input runs before
+    the expensive work (the pretrained weights are read before the data is scanned and decoded;
+    --out is checked before and created after)."""
+    rank, world, local_rank = distributed()
+    device, dtype = set_up_device(cfg, local_rank)
+    seed_everything(cfg.seed, cfg.deterministic)
+    weights = read_weights(cfg.pretrained, cfg.arch) if cfg.pretrained and not resuming else None
+    if weights is not None:  # do they fit? Checked on shapes alone, before the data is read
+        with torch.device("meta"):
+            probe = create_model(cfg.arch, num_classes=weights["fc.weight"].shape[0] if "fc.weight" in weights
+                                 else None, width=cfg.width)
+        fit_weights(probe, weights, cfg.pretrained, cfg.arch)
+    check_out_dir(cfg.out)
+    split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
+    if not split.val:
+        log.warning("no validation set: best.pt follows training accuracy")
+    eval_size = cfg.eval_size or test_size_for(cfg.img_size)
+    train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
+    model = create_model(cfg.arch, num_classes=len(split.classes), **options)
+    if weights is not None:
+        load_pretrained(model, weights, cfg.arch, source=cfg.pretrained)
+    model = model.to(device, memory_format=memory_format(cfg.channels_last))
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    net: nn.Module = model
+    if torch.distributed.is_initialized():
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
+    return Run(cfg, out, device, dtype, split, eval_size, train_loader, val_loader, workers, model, net, options,
+               optimizer, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world, rank == 0, len(train_loader))
+
+
+def restore(run: Run, state: dict[str, Any]) -> None:
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state.get("scaler") or {})
+    torch.set_rng_state(state["rng"]["torch"])
+
+
+def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metrics: dict) -> None:
+    """A checkpoint of the run as it stands (main process only)."""
+    if not run.main:
+        return
+    cfg = run.cfg
+    save_checkpoint(path, {
+        "model": run.model.state_dict(), "arch": cfg.arch, "model_options": run.options,
+        "classes": run.split.classes, "eval_size": run.eval_size, "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD), "epoch": progress.epoch, "metrics": metrics, "config": asdict(cfg),
+        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "scheduler": {"step": progress.step, "total_steps": progress.epochs * run.steps_per_epoch},
+        "rng": {"torch": torch.get_rng_state()}, "progress": asdict(progress),
+        "budget": budget.state() if budget else None})
+
+
+def announce(run: Run, progress: Progress) -> None:
+    cfg = run.cfg
+    first = run.crop_at(progress.epoch, progress.epochs)
+    sizes = f"{first} -> {cfg.img_size}" if first != cfg.img_size else str(first)
+    ddp = (f", DDP over {run.world} process(es) ({torch.distributed.get_backend()})"
+           if torch.distributed.is_initialized() else "")
+    skipped = len(progress.skipped)
+    tqdm.write(f"{cfg.arch} on {run.device.type}{ddp}: {len(run.split.train)} train / {len(run.split.val)} val "
+               f"images, {len(run.split.classes)} classes, {progress.epochs} epochs of {run.steps_per_epoch} steps"
+               f" at {sizes} px, {run.workers} workers" + (f", {skipped} files skipped" if skipped else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch
+
+
+@dataclass
+class EpochSums:
+    seen: int = 0
+    correct: int = 0
+    loss: float = 0.0
+    seconds: float = 0.0
+
+
+def plan_budget(run: Run, progress: Progress, budget: Budget, step_s: float, crop: int) -> int:
+    """The first plan of a time budget, from the first steps' time and the compute measured at the
+    sizes training will see."""
+    largest = run.cfg.img_size if run.cfg.img_size != crop else run.eval_size
+    compute, p = compute_time_by_size(run.model, (crop, largest), run.device, run.dtype, run.cfg.channels_last,
+                                      run.cfg.batch_size // run.world)
+    epochs = from_rank0([budget.plan(progress.epoch, step_s, compute, crop, p)], run.device)[0]
+    tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs} epochs ({epochs * run.steps_per_epoch} steps) fit"
+               f" (forward + backward measured to grow as crop size ** {budget.model.p:.2f})")
+    return epochs
+
+
+def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSums:
+    """One epoch (or the rest of one, when resumed mid-epoch), updating `progress` step by step.
+    With a budget not yet planned, the plan is made after the first `FIRST_FIT_STEPS` steps."""
+    cfg, steps = run.cfg, run.steps_per_epoch
+    start_in_epoch = progress.step - progress.epoch * steps
+    crop = run.crop_at(progress.epoch, progress.epochs)
+    run.train_loader.sampler.set_epoch(progress.epoch, start_in_epoch * (cfg.batch_size // run.world), crop)
+    sums = EpochSums(**progress.partial) if start_in_epoch else EpochSums()
+    run.net.train()
+    t0 = time.monotonic() - sums.seconds
+    t_timed, done_here = t0, 0
+    bar = tqdm(run.train_loader, desc=f"epoch {progress.epoch + 1}/{progress.epochs}", disable=not run.main,
+               leave=False, dynamic_ncols=True)
+    for batch in bar:
+        for i, reason in batch.failures:
+            progress.skipped.setdefault(run.split.train[i].path, reason)
+        if len(batch.labels) == 0:
+            continue
+        x = normalize(batch.images, device=run.device, channels_last=cfg.channels_last)
+        y = batch.labels.to(run.device, non_blocking=True)
+        for g in run.optimizer.param_groups:
+            g["lr"] = run.lr(progress.step, progress.epochs)
+        with autocast(run.device, run.dtype):
+            logits = run.net(x)
+            loss = run.criterion(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1}: "
+                                f"stopped; the last good checkpoint is {run.out / 'last.pt'}")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        progress.step += 1
+        done_here += 1
+        sums.seen += len(y)
+        sums.loss += loss.item() * len(y)
+        sums.correct += (logits.argmax(1) == y).sum().item()
+        sums.seconds = time.monotonic() - t0
+        bar.set_postfix(loss=f"{sums.loss / sums.seen:.3f}", acc=f"{sums.correct / sums.seen:.3f}",
+                        img_s=f"{sums.seen * run.world / max(sums.seconds, 1e-9):.0f}")
+        if done_here == UNTIMED_STEPS:
+            t_timed = time.monotonic()
+        if budget and budget.model is None and done_here == min(FIRST_FIT_STEPS, steps):
+            step_s = (time.monotonic() - t_timed) / max(1, done_here - UNTIMED_STEPS)
+            progress.epochs = plan_budget(run, progress, budget, step_s, crop)
+            bar.set_description(f"epoch {progress.epoch + 1}/{progress.epochs}")
+        if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step % steps:
+            progress.partial = asdict(sums)
+            save(run, run.out / "last.pt", progress, budget, {})
+    bar.close()
+    progress.partial = {}
+    return sums
+
+
+def validate(run: Run, progress: Progress) -> tuple[float, float]:
+    """(loss, accuracy) on the validation set, through the one inference path; NaN without one."""
+    if run.val_loader is None:
+        return float("nan"), float("nan")
+    run.model.eval()
+    logits, labels, _, failures = run_eval(TorchNet(run.model, run.device, run.dtype, run.cfg.channels_last),
+                                           run.val_loader, IMAGENET_MEAN, IMAGENET_STD)
+    for i, reason in failures:
+        progress.skipped.setdefault(run.split.val[i].path, reason)
+    if not len(labels):
+        return float("nan"), float("nan")
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def end_epoch(run: Run, progress: Progress, sums: EpochSums, val_loss: float, val_acc: float, crop: int,
+              seconds: float) -> tuple[dict, bool]:
+    """Record the finished epoch in `progress`: (its metrics row, whether it is the best so far)."""
+    progress.epoch += 1
+    row = {"epoch": progress.epoch, "img_size": crop, "lr": run.optimizer.param_groups[0]["lr"],
+           "train_loss": sums.loss / max(sums.seen, 1), "train_acc": sums.correct / max(sums.seen, 1),
+           "val_loss": val_loss, "val_acc": val_acc,
+           "images_per_second": sums.seen * run.world / max(sums.seconds, 1e-9), "seconds": seconds}
+    progress.history.append(row)
+    score = val_acc if run.val_loader is not None else row["train_acc"]
+    improved = score > progress.best_acc
+    progress.best_acc = max(progress.best_acc, score)
+    progress.bad_epochs = 0 if improved else progress.bad_epochs + 1
+    return row, improved
+
+
+def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s: float) -> tuple[bool, int]:
+    """(stop now, epochs in the plan), decided on rank 0 and shared: ranks that disagreed would wait
+    on each other forever. Stops on --patience, or when the budget cannot take another epoch; a
+    budget refits the plan every epoch (larger crops are only measured once the ramp reaches them,
+    and a shorter plan still ends with the schedule annealed, where stopping early would not)."""
+    stop, planned = False, progress.epochs
+    if run.cfg.patience and progress.bad_epochs >= run.cfg.patience:
+        tqdm.write(f"no improvement for {run.cfg.patience} epochs: stopping early")
+        stop = True
+    if budget and budget.model is not None and progress.epoch < progress.epochs:
+        planned = budget.refit(progress.history, progress.epoch, progress.epochs)
+        if budget.cannot_fit(last_epoch_s):
+            tqdm.write("time budget spent: stopping")
+            stop = True
+    stop, planned = from_rank0([int(stop), planned], run.device)
+    if planned != progress.epochs and not stop:
+        tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {planned} epochs fit (measured over epoch {progress.epoch})")
+    return bool(stop), planned
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train per `cfg`, or continue the run whose saved `state` `resume_config` returned with its
+    configuration. Returns the final summary."""
+    started = time.monotonic()  # a time budget counts the data scan and the decoded cache too
+    run = set_up(cfg, resuming=state is not None)
+    progress = Progress(epochs=cfg.epochs, skipped=dict(run.split.skipped))
+    budget = None
+    if state is not None:
+        restore(run, state)
+        progress = Progress.restore(cfg.epochs, state)
+        progress.skipped.update(run.split.skipped)
+    if cfg.max_minutes:
+        shape = RunShape(run.steps_per_epoch, len(run.split.val), cfg.batch_size // run.world, run.eval_size,
+                         run.crop_at)
+        budget = Budget.restore(cfg.max_minutes * 60, shape, (state or {}).get("budget"), started=started)
+    if run.main:
+        D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
+        if run.split.val:
+            D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
+        (run.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        announce(run, progress)
+    board = tensorboard_writer(run.out) if run.main else None
+
+    while progress.epoch < progress.epochs:
+        crop = run.crop_at(progress.epoch, progress.epochs)
+        sums = train_epoch(run, progress, budget)
+        t_val = time.monotonic()
+        val_loss, val_acc = validate(run, progress)
+        row, improved = end_epoch(run, progress, sums, val_loss, val_acc, crop, sums.seconds + time.monotonic() - t_val)
+        if run.main:
+            write_metrics(run.out / "metrics.csv", progress.history)
+            if board is not None:
+                for key, value in row.items():
+                    if key != "epoch":
+                        board.add_scalar(key, value, progress.epoch)
+            save(run, run.out / "last.pt", progress, budget, row)
+            if improved:
+                save(run, run.out / "best.pt", progress, budget, row)
+            tqdm.write(f"epoch {progress.epoch}/{progress.epochs}  loss {row['train_loss']:.4f}  "
+                       f"acc {row['train_acc']:.4f}  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
+                       f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
+        stop, progress.epochs = next_plan(run, progress, budget, row["seconds"])
+        if stop:
+            break
+
+    if run.main and progress.skipped:
+        D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
+    if board is not None:
+        board.close()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    final = progress.history[-1] if progress.history else {}
+    return {"best_acc": progress.best_acc, "epochs": progress.epoch, "out": str(run.out),
+            "classes": run.split.classes, "skipped": len(progress.skipped), "validated": bool(run.split.val),
+            "final_train_acc": final.get("train_acc"), "seconds": time.monotonic() - started,
+            "main_process": run.main}

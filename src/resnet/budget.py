@@ -1,0 +1,151 @@
+"""`--max-minutes`: how many epochs fit a time budget, measured rather than guessed.
+
+The `Budget` measures (a step-time model from the first steps, each epoch's real time), plans (how
+many epochs fit, with progressive resizing making later epochs dearer) and refits the plan every
+epoch. It returns plans; the training loop decides what to do with them, and the run's
+configuration is never rewritten. Its state (time already spent, the step model) travels in the
+checkpoint, so a resumed run keeps the budget it was given.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .runtime import autocast, memory_format
+from .tuning import BUDGET_RESERVE, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
+
+
+@dataclass
+class StepModel:
+    """Seconds per training step at a crop size: a part that does not grow with pixels (loading,
+    the optimiser step...) plus forward + backward, which grows as size ** p."""
+
+    overhead: float
+    compute: float
+    size: int
+    p: float
+
+    def compute_at(self, size: int) -> float:
+        return self.compute * (size / self.size) ** self.p
+
+    def step_at(self, size: int) -> float:
+        return self.overhead + self.compute_at(size)
+
+
+@dataclass
+class RunShape:
+    """What an epoch of this run is made of."""
+
+    steps_per_epoch: int
+    val_images: int
+    batch_size: int
+    eval_size: int
+    crop_at: Callable[[int, int], int]  # (epoch, epochs in the run) -> training crop size
+
+
+def fit(budget_s: float, spent_s: float, epochs_done: int, epoch_s: Callable[[int, int], float]) -> int:
+    """How many epochs in total fit `budget_s`, at least one more than `epochs_done`.
+    `epoch_s(epoch, epochs)` is the predicted time of an epoch when the run has `epochs` in all:
+    with progressive resizing, later epochs cost more, and where they fall depends on the total.
+    `BUDGET_RESERVE` of the budget is kept for the final evaluation and report."""
+    left = budget_s * (1 - BUDGET_RESERVE) - spent_s
+    epochs = epochs_done + 1
+    while sum(epoch_s(e, epochs + 1) for e in range(epochs_done, epochs + 1)) <= left:
+        epochs += 1
+    return epochs
+
+
+class Budget:
+    def __init__(self, seconds: float, shape: RunShape, spent_s: float = 0.0,
+                 model: StepModel | None = None, clock: Callable[[], float] = time.monotonic,
+                 started: float | None = None):
+        self.seconds, self.shape, self.model, self.clock = seconds, shape, model, clock
+        self.started = clock() if started is None else started  # this process's share starts here
+        self.spent_before = spent_s
+
+    def elapsed(self) -> float:
+        """Seconds of the budget used, this process's and those of the runs it resumes."""
+        return self.spent_before + self.clock() - self.started
+
+    def state(self) -> dict[str, Any]:
+        return {"spent_s": self.elapsed(), "model": asdict(self.model) if self.model else None}
+
+    @classmethod
+    def restore(cls, seconds: float, shape: RunShape, state: dict[str, Any] | None,
+                clock: Callable[[], float] = time.monotonic, started: float | None = None) -> "Budget":
+        """A budget that goes on from a checkpoint's `state()` (None: a fresh one)."""
+        state = state or {}
+        model = StepModel(**state["model"]) if state.get("model") else None
+        return cls(seconds, shape, state.get("spent_s", 0.0), model, clock, started)
+
+    def epoch_at(self, size: int) -> float:
+        """Predicted seconds of an epoch whose training crops are `size` px, validation included."""
+        s, m = self.shape, self.model
+        val_batches = s.val_images / (VAL_BATCH_FACTOR * s.batch_size)
+        return s.steps_per_epoch * m.step_at(size) + val_batches * VAL_BATCH_COST * m.compute_at(s.eval_size)
+
+    def plan(self, epochs_done: int, step_s: float, compute_s: float, size: int, p: float) -> int:
+        """The first plan, from the first steps' time (`step_s` each, of which `compute_s` is
+        forward + backward at crop `size`, growing as size ** p)."""
+        self.model = StepModel(overhead=max(0.0, step_s - compute_s), compute=min(compute_s, step_s),
+                               size=size, p=p)
+        return fit(self.seconds, self.elapsed(), epochs_done,
+                   lambda e, n: self.epoch_at(self.shape.crop_at(e, n)))
+
+    def refit(self, history: list[dict], epochs_done: int, planned: int) -> int:
+        """The plan again, from whole epochs: predictions are scaled by the median ratio of measured
+        to predicted time over the last `REFIT_WINDOW` epochs (the first epoch, which starts the
+        workers, left out once there are two). The count moves only when it would with half an
+        epoch to spare either way, so noise does not shake the schedule."""
+        recent = history[max(min(1, epochs_done - 1), epochs_done - REFIT_WINDOW):epochs_done]
+        ratios = sorted(r["seconds"] / self.epoch_at(r["img_size"]) for r in recent)
+        k = ratios[len(ratios) // 2]
+
+        def epoch_s(e: int, n: int) -> float:
+            return k * self.epoch_at(self.shape.crop_at(e, n))
+
+        half = epoch_s(epochs_done, planned) / 2
+        cautious = fit(self.seconds, self.elapsed() + half, epochs_done, epoch_s)
+        generous = fit(self.seconds, self.elapsed() - half, epochs_done, epoch_s)
+        return cautious if cautious > planned else generous if generous < planned else planned
+
+    def cannot_fit(self, next_epoch_s: float) -> bool:
+        """The last resort: another epoch like the last one would overrun the budget."""
+        return self.elapsed() + next_epoch_s > self.seconds
+
+
+def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch.device,
+                         dtype: torch.dtype | None, channels_last: bool, batch_size: int
+                         ) -> tuple[float, float]:
+    """(seconds of forward + backward for a batch at the smaller size, p) with that time growing as
+    size ** p: timed on random images at both sizes. Compute grows with pixels (p = 2) only in
+    theory: fixed per-layer costs and kernel choices bend it (about 1.65 between 64 and 96 px on
+    the development CPU). Eval mode, so BatchNorm statistics are untouched; gradients are dropped.
+    With a single size, p is taken as 2."""
+    small, large = sorted(sizes)
+    was_training = model.training
+    model.eval()
+    best = {small: math.inf, large: math.inf}  # one entry when the sizes are equal
+    for rnd in range(4):  # the first round warms up; the fastest of the other three counts
+        for size in best:
+            x = torch.randn(batch_size, 3, size, size, device=device).contiguous(
+                memory_format=memory_format(channels_last))
+            t = time.perf_counter()
+            with autocast(device, dtype):
+                model(x).float().sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if rnd:
+                best[size] = min(best[size], time.perf_counter() - t)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    if small == large:
+        return best[small], 2.0
+    p = math.log(max(best[large], 1e-9) / max(best[small], 1e-9)) / math.log(large / small)
+    return best[small], max(0.5, min(3.0, p))  # a busy machine can time a size absurdly: bounded

@@ -1,0 +1,60 @@
+"""Every tuning constant of the data pipeline and the training loop, in one place, with the reason
+it has the value it has. Measurements are on the development machine (2 cores, AVX2) unless said
+otherwise; docs/training.md and docs/benchmarks.md have the runs behind them."""
+
+# --- Resolution -------------------------------------------------------------------------------
+
+# Evaluate ~15 % larger than the training crops: random crops zoom in (scale < 1), so objects
+# look larger in training than in a centre crop of the same size (Touvron et al. 2019, "Fixing the
+# train-test resolution discrepancy").
+EVAL_SCALE = 1.15
+
+# Progressive resizing starts at this fraction of the final crop size: 64 -> 96 px beat a fixed
+# 80 px by ~2 points in the same 20 minutes.
+START_SIZE_FRACTION = 2 / 3
+
+# The ramp from the start size to the final one spans these fractions of the run: cheap
+# low-resolution epochs while the network learns coarse features, the last ~15 % at full size so
+# that it ends trained at the size it is evaluated near (fast.ai; FFCV's ResNet recipes).
+RAMP = (0.4, 0.85)
+
+# Crop sizes in between are multiples of this: oneDNN's and cuDNN's kernels like them, and fewer
+# distinct sizes mean fewer shapes to time and to compile.
+SIZE_STEP = 8
+
+# --- Time budget (--max-minutes) --------------------------------------------------------------
+
+# Kept back for the final evaluation and report: 18 s of a 20-minute run measured on 2 cores.
+BUDGET_RESERVE = 0.03
+
+# The first steps pay one-off costs (worker start-up, kernel selection, first-touch memory):
+# they are not timed. The plan is made after this many steps...
+UNTIMED_STEPS = 2
+# ...and first fitted after this many (or at the end of the first epoch, if shorter).
+FIRST_FIT_STEPS = 12
+
+# The plan is refitted every epoch from the median ratio of measured to predicted epoch time over
+# this many recent epochs: one epoch can mislead (a slow validation, a busy machine).
+REFIT_WINDOW = 5
+
+# A validation batch is this many times a training batch (forward only: no activations are kept
+# for a backward pass, so twice the images fit the same memory)...
+VAL_BATCH_FACTOR = 2
+# ...and costs this fraction of a training step's forward + backward: twice the images, forward
+# only (a third of forward + backward).
+VAL_BATCH_COST = VAL_BATCH_FACTOR / 3
+
+# --- Data loading -----------------------------------------------------------------------------
+
+# On a GPU, decoding is the bottleneck: up to this many workers, one core left for the main
+# process. On a CPU the same cores also train, so workers only overlap decoding with compute:
+# at most this many, and no more than half the cores.
+MAX_WORKERS_GPU = 8
+MAX_WORKERS_CPU = 2
+
+# Batches each worker prepares ahead: enough to hide the jitter of JPEG decode times.
+PREFETCH_BATCHES = 4
+
+# Training caches its decoded images by itself when the copy is at most this large: decoding then
+# happens once instead of every epoch, which on a 2-core machine is CPU taken from training.
+AUTO_CACHE_BYTES = 2 * 1024**3

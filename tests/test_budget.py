@@ -1,0 +1,119 @@
+"""The time budget (`--max-minutes`) on a fake clock: plans, refits, resumes."""
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from resnet.budget import Budget, RunShape, compute_time_by_size, fit
+from resnet.train import crop_size_at
+
+
+def test_fit_counts_the_epochs_that_fit():
+    # 12 s an epoch; 97 % of 135 s minus 5 s spent = 126 s -> 10 epochs fit, 11 do not
+    assert fit(135, spent_s=5, epochs_done=0, epoch_s=lambda e, n: 12.0) == 10
+    assert fit(1, 5, 0, lambda e, n: 12.0) == 1  # at least one epoch
+    assert fit(135, 5, 4, lambda e, n: 12.0) == 14  # 4 epochs done: 10 more fit
+    # epochs that cost twice as much in the second half of the run: fewer fit
+    assert fit(135, 5, 0, lambda e, n: 12.0 if e < n / 2 else 24.0) == 7
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def true_step_s(size: int) -> float:
+    """The simulated machine: 40 ms of fixed cost a step, compute growing as size ** 1.9."""
+    return 0.04 + 0.2 * (size / 64) ** 1.9
+
+
+def simulate(budget_s: float, clock: Clock, budget: Budget, epochs: int = 10, first_steps: int = 12,
+             stop_after: int | None = None) -> tuple[int, list[dict]]:
+    """The training loop's use of the budget, with known step times: plan after the first steps (whose
+    timing is off, as real first steps are), refit every epoch, stop when another epoch cannot fit."""
+    shape, history, epoch = budget.shape, [], 0
+    while epoch < epochs:
+        crop = shape.crop_at(epoch, epochs)
+        t0 = clock.t
+        steps = shape.steps_per_epoch
+        if budget.model is None:
+            clock.t += first_steps * true_step_s(crop)
+            # measured: a noisy step time, compute at two sizes with a p that is off
+            epochs = budget.plan(epoch, 1.1 * true_step_s(crop), 0.85 * (true_step_s(crop) - 0.04), crop, 1.6)
+            steps -= first_steps
+        clock.t += steps * true_step_s(crop) + 3.0  # + validation
+        history.append({"seconds": clock.t - t0, "img_size": crop})
+        epoch += 1
+        if stop_after is not None and epoch == stop_after:
+            return epochs, history
+        if epoch < epochs:
+            epochs = budget.refit(history, epoch, epochs)
+            if budget.cannot_fit(history[-1]["seconds"]):
+                break
+    return epochs, history
+
+
+def shape() -> RunShape:
+    return RunShape(steps_per_epoch=20, val_images=640, batch_size=64, eval_size=112,
+                    crop_at=lambda e, n: crop_size_at(e, n, 96, None))
+
+
+def test_a_ten_minute_budget_ends_within_3_percent_of_it():
+    clock = Clock()
+    start = clock.t
+    budget = Budget(600, shape(), clock=clock)
+    clock.t += 15  # scanning the data and building the decoded cache count too
+    epochs, history = simulate(600, clock, budget)
+    assert len(history) == epochs > 10  # the plan was refitted to what the budget buys
+    trained = clock.t - start
+    final_evaluation = 0.03 * 600  # what the reserve is kept for
+    assert abs(trained + final_evaluation - 600) <= 0.03 * 600, trained  # the whole run within 3 %
+    assert trained < 600
+    sizes = [h["img_size"] for h in history]
+    assert sizes[0] == 64 and sizes[-1] == 96 and sizes == sorted(sizes)
+
+
+def test_a_resumed_budget_keeps_the_time_already_spent():
+    clock = Clock()
+    budget = Budget(600, shape(), clock=clock)
+    epochs, history = simulate(600, clock, budget, stop_after=5)
+    state = budget.state()
+    assert state["spent_s"] == pytest.approx(sum(h["seconds"] for h in history))
+    later = Clock()
+    later.t = 5000.0  # another process, another clock
+    resumed = Budget.restore(600, shape(), state, clock=later)
+    assert resumed.elapsed() == pytest.approx(state["spent_s"]) and resumed.model == budget.model
+    epochs2, rest = simulate(600, later, resumed, epochs=epochs)
+    # no second first-plan: the step model came with the checkpoint
+    total = state["spent_s"] + sum(h["seconds"] for h in rest)
+    assert abs(total + 0.03 * 600 - 600) <= 0.03 * 600, total
+
+
+class Sleepy(nn.Module):
+    """Forward + backward that take 2 ms x (size / 16) ** power."""
+
+    def __init__(self, power: float):
+        super().__init__()
+        self.power = power
+        self.w = nn.Parameter(torch.ones(1))
+        self.bn = nn.BatchNorm1d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.002 * (x.shape[-1] / 16) ** self.power)
+        return self.bn(x.mean((1, 2, 3))[:, None] * self.w)
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_compute_time_by_size_measures_how_time_grows(power):
+    model = Sleepy(power)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seconds, p = compute_time_by_size(model, (16, 32), torch.device("cpu"), None, False, 4)
+    assert p == pytest.approx(power, abs=0.25) and seconds >= 0.002
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
+    assert all(q.grad is None for q in model.parameters()) and model.training
