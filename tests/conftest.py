@@ -97,7 +97,10 @@ def messy_folder(tmp_path: Path) -> tuple[Path, dict, dict]:
             photo(96, 72, seed=i + (100 if bright else 0), bright=bright).save(root / c / f"{c}.{i}.jpg", quality=85)
     odd = write_odd(root / "cats")
     broken = write_broken(root / "dogs")
-    (root / "dogs" / ".hidden.jpg").write_bytes(b"")  # hidden: ignored, not even skipped
+    # hidden files and folders (editors' and viewers' thumbnails): valid images, ignored all the same
+    photo(96, 72, seed=7).save(root / "dogs" / ".hidden.jpg", quality=85)
+    (root / "dogs" / ".thumbnails").mkdir()
+    photo(96, 72, seed=8).save(root / "dogs" / ".thumbnails" / "dog.0.jpg", quality=85)
     return root, odd, broken
 
 

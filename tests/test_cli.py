@@ -54,6 +54,9 @@ def test_evaluate_json_and_report(trained, tmp_path, capsys):
     r = json.loads((tmp_path / "e.json").read_text())
     assert set(r) >= {"accuracy", "num_images", "per_class", "confusion_matrix", "classes", "skipped"}
     assert r["num_images"] == 24 and r["tta"] is True
+    assert main(["evaluate", str(out / "best.pt"), str(root), "--json", str(tmp_path / "plain.json"),
+                 "--workers", "0"]) == 0
+    assert json.loads((tmp_path / "plain.json").read_text())["loss"] != r["loss"]  # TTA did something
     assert set(r["per_class"]["a"]) == {"precision", "recall", "f1", "support"}
     cm = r["confusion_matrix"]
     assert sum(map(sum, cm)) == 24 and r["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / 24)
@@ -89,11 +92,15 @@ def test_models_table_lists_params_and_gflops(capsys):
 def test_benchmark_json(tmp_path, tiny_folder):
     r = run_cli("benchmark", "data", str(tiny_folder), "--img-size", "32", "--json", "--workers", "0")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["images_per_second"] > 0
+    data = json.loads(r.stdout)
+    assert data["images"] == 32  # every image of the folder went through the pipeline
+    assert data["images_per_second"] == pytest.approx(data["images"] / data["seconds"])
     r = run_cli("benchmark", "infer", "--arch", "resnet20", "--img-size", "32", "--batch-size", "4",
                 "--steps", "2", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["images_per_second"] > 0
+    infer = json.loads(r.stdout)
+    assert infer["images_per_second"] == pytest.approx(4 * 2 / infer["seconds"])
+    assert (infer["arch"], infer["img_size"], infer["amp"]) == ("resnet20", 32, "fp32")
 
 
 def test_demo_end_to_end_short(tmp_path):

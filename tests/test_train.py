@@ -67,6 +67,10 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tiny_folder, tmp_path, monkeypa
     T.train(*T.resume_config(tmp_path / "resumed" / "last.pt"))
     a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the resumed epoch's row counts the whole epoch, not only the step after the resume
+    straight, resumed = (read_checkpoint(tmp_path / d / "last.pt")["metrics"] for d in ("straight", "resumed"))
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
+    assert resumed["train_acc"] == straight["train_acc"]
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
@@ -212,3 +216,81 @@ def test_two_process_ddp_on_cpu(tiny_folder, tmp_path):
     assert r.stdout.count("best validation accuracy") == 1  # one report, from rank 0
     state = read_checkpoint(out / "last.pt")
     assert state["scheduler"]["step"] == 2 * 3  # 24 train images / (8 per step, 4 per rank) = 3 steps
+
+
+RANK_SCRIPT = """
+import os, sys, torch
+from resnet import train as T
+cfg = T.make_config("default", data=sys.argv[1], arch="resnet20", img_size=24, epochs=2, batch_size=8, workers=0,
+                    out=sys.argv[2], seed=5, val_split=0.25)
+torch.manual_seed(5)
+summary = T.train(cfg)
+torch.save(summary["model"].state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+"""
+
+
+def test_ddp_ranks_stay_in_step(tiny_folder, tmp_path):
+    """Each rank trains on its own half of the data: only the gradient all-reduce keeps their
+    weights equal. Compared from each rank's own copy, not rank 0's file."""
+    from resnet import create_model
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    out = tmp_path / "out"
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", str(script), str(tiny_folder), str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (torch.load(out / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    # BatchNorm's running statistics are each rank's own (DDP broadcasts rank 0's before every
+    # forward, so the last step's update differs); the parameters must be identical.
+    params = [k for k in a if "running_" not in k and "num_batches" not in k]
+    assert len(params) == 59 and all(torch.equal(a[k], b[k]) for k in params)  # ResNet-20: 59 tensors
+    assert not all(torch.equal(a[k], b[k]) for k in a if "running_mean" in k)  # the shards did differ
+    torch.manual_seed(0)
+    fresh = create_model("resnet20", num_classes=2, width=0.5).state_dict()
+    assert not torch.equal(a["conv1.weight"], fresh["conv1.weight"])  # and they did train
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path, cache):
+    """With the decoded cache or without it, the validation figures in metrics.csv are those that
+    `evaluate` computes for the same weights on the same images."""
+    from resnet.evaluate import evaluate
+
+    out = tmp_path / "run"
+    T.train(quick(tiny_folder, out, epochs=1, cache=cache, cache_dir=str(tmp_path / "cache")))
+    assert (tmp_path / "cache").exists() == cache
+    row = read_checkpoint(out / "last.pt")["metrics"]
+    result, _, _ = evaluate(out / "last.pt", out / "val.csv", workers=0, device="cpu")
+    assert result["accuracy"] == pytest.approx(row["val_acc"]) and result["num_images"] == 8
+    assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+
+
+def test_patience_stops_a_run_that_does_not_improve(tiny_folder, tmp_path):
+    summary = T.train(quick(tiny_folder, tmp_path / "run", epochs=6, lr=1e-12, patience=2))
+    assert summary["epochs"] == 3  # the first epoch sets the best; two more without improving
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3
+
+
+def test_resume_under_a_time_budget_keeps_the_time_spent(tiny_folder, tmp_path, monkeypatch):
+    real = D.EpochSampler.set_epoch
+
+    def killed_at_epoch_3(self, epoch, start=0, size=None):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        real(self, epoch, start, size)
+
+    monkeypatch.setattr(D.EpochSampler, "set_epoch", killed_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(quick(tiny_folder, tmp_path / "run", max_minutes=0.1))
+    monkeypatch.setattr(D.EpochSampler, "set_epoch", real)
+    before = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert before["budget"]["spent_s"] > 0 and before["budget"]["model"] is not None
+    cfg, state = T.resume_config(tmp_path / "run" / "last.pt")
+    assert cfg.max_minutes == 0.1 and cfg.epochs == before["progress"]["epochs"]  # the plan goes on
+    summary = T.train(cfg, state)
+    after = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert after["budget"]["spent_s"] > before["budget"]["spent_s"]
+    assert after["budget"]["spent_s"] <= 6.0 + after["metrics"]["seconds"]  # the clock went on, not anew
+    assert summary["epochs"] == len(after["progress"]["history"]) >= 3

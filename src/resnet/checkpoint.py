@@ -48,7 +48,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, foreign or unsafe files are all refused
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from e
     if isinstance(state, dict) and "eval_size" not in state and "img_size" in state:
         state["eval_size"] = state.pop("img_size")  # the name older checkpoints used
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]

@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UsageError as e:
-        print(f"resnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"resnet {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
     except TrainingError as e:
         print(f"resnet {args.command}: {e}", file=sys.stderr)

@@ -613,7 +613,7 @@ def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s:
 
 def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train per `cfg`, or continue the run whose saved `state` `resume_config` returned with its
-    configuration. Returns the final summary."""
+    configuration. Returns the final summary, with the trained `model` (this rank's copy)."""
     started = time.monotonic()  # a time budget counts the data scan and the decoded cache too
     run = set_up(cfg, resuming=state is not None)
     progress = Progress(epochs=cfg.epochs, skipped=dict(run.split.skipped))
@@ -666,4 +666,4 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
     return {"best_acc": progress.best_acc, "epochs": progress.epoch, "out": str(run.out),
             "classes": run.split.classes, "skipped": len(progress.skipped), "validated": bool(run.split.val),
             "final_train_acc": final.get("train_acc"), "seconds": time.monotonic() - started,
-            "main_process": run.main}
+            "main_process": run.main, "model": run.model}

@@ -1,0 +1,256 @@
+"""Every user mistake is one line naming the bad value and what is allowed, exit code 2, and nothing
+written or lost; checked before any expensive work. Each case is one a new user hit."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import photo
+from resnet import data as D
+from resnet import train as T
+from resnet.checkpoint import read_checkpoint, save_checkpoint
+from resnet.cli import main
+from resnet.errors import DataError
+from resnet.transforms import EvalTransform
+
+
+def fails(capsys, args: list[str], *needles: str) -> str:
+    """Run the CLI in-process: exit 2, no exception, and the error one line holding every needle
+    (after progress bars, when training had started)."""
+    assert main([str(a) for a in args]) == 2
+    lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()]
+    err = lines[-1]
+    assert err.startswith(f"resnet {args[0]}: error: "), lines
+    assert not any(line.startswith("resnet") for line in lines[:-1]), lines
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def small_run(tiny_folder: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", str(tiny_folder), "--arch", "resnet20", "--img-size", "24", "--epochs", "2",
+            "--batch-size", "8", "--workers", "0", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory) -> Path:
+    """A finished two-epoch run in a/ on its own data."""
+    root = tmp_path_factory.mktemp("errors")
+    data = root / "data"
+    for c, bright in (("a", False), ("b", True)):
+        (data / c).mkdir(parents=True)
+        for i in range(12):
+            photo(40, 40, seed=i + (50 if bright else 0), bright=bright).save(data / c / f"{i}.png")
+    assert main(small_run(data, root / "a", "--cache-dir", str(root / "cache"))) == 0
+    return root / "a"
+
+
+# 1. Resume keeps its word
+
+
+def test_resume_refuses_other_data_arch_or_out(run_a, tiny_folder, tmp_path, capsys):
+    err = fails(capsys, ["train", tiny_folder, "--resume", run_a / "last.pt", "--out", tmp_path / "elsewhere",
+                         "--arch", "resnet56"], "--arch resnet56", "--out", "DATA")
+    assert "continues that run" in err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_resume_from_another_folder_extends_the_same_run(run_a, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # stored paths are absolute: nothing depends on where we stand
+    assert main(["train", "--resume", str(run_a / "last.pt"), "--epochs", "3"]) == 0
+    state = read_checkpoint(run_a / "last.pt")
+    assert state["epoch"] == 3 and len((run_a / "metrics.csv").read_text().splitlines()) == 4
+    assert not any(tmp_path.iterdir())  # nothing written where we stood
+
+
+def test_train_without_data_or_resume(capsys):
+    fails(capsys, ["train"], "needs DATA")
+
+
+# 2. Tracebacks that were
+
+
+def test_full_disk_while_saving(tiny_folder, tmp_path, monkeypatch, capsys):
+    def full(obj, f, *a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    fails(capsys, small_run(tiny_folder, tmp_path / "run"), "cannot write checkpoint", "No space left on device")
+
+
+def test_out_that_is_a_file(tiny_folder, tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    fails(capsys, small_run(tiny_folder, tmp_path / "taken"), "--out", "is a file")
+    fails(capsys, small_run(tiny_folder, tmp_path / "taken" / "run"), "cannot write in")
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--label-pattern", "(", "not a regular expression"),
+    ("--label-pattern", "[a-z]+", "needs a group"),
+    ("--label-smoothing", "2", "--label-smoothing must be in [0, 1)"),
+    ("--scale-min", "2", "--scale-min must be in (0, 1]"),
+    ("--scale-min", "-1", "--scale-min must be in (0, 1]"),
+    ("--img-size", "1", "--img-size must be at least 16"),
+    ("--width", "0", "--width must be in (0, 4.0]"),
+    ("--width", "-1", "--width must be in (0, 4.0]"),
+    ("--save-every", "-5", "--save-every must be 0"),
+    ("--max-minutes", "-1", "--max-minutes must be positive"),
+    ("--warmup-epochs", "-1", "--warmup-epochs must be 0 or more"),
+    ("--lr", "-1", "--lr must be positive"),
+    ("--workers", "-2", "--workers must be 0 or more"),
+])
+def test_out_of_range_options_are_refused_before_anything_is_written(tiny_folder, tmp_path, capsys, flag,
+                                                                      value, needle):
+    fails(capsys, small_run(tiny_folder, tmp_path / "run", flag, value), needle, repr(float(value))
+          if flag not in ("--label-pattern", "--img-size", "--save-every", "--workers") else value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "xdg-cache").exists()
+
+
+def test_bad_pretrained_file_is_refused_before_the_cache_is_built(tiny_folder, tmp_path, capsys):
+    (tmp_path / "w.pth").write_bytes(b"not weights")
+    fails(capsys, small_run(tiny_folder, tmp_path / "run", "--pretrained", tmp_path / "w.pth"), "w.pth")
+    assert not (tmp_path / "xdg-cache").exists() and not (tmp_path / "run").exists()
+
+
+def crafted(run_a: Path, tmp_path: Path, **changes) -> Path:
+    state = read_checkpoint(run_a / "best.pt")
+    state.update(changes)
+    path = tmp_path / "crafted.pt"
+    save_checkpoint(path, state)
+    return path
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"arch": "resnet56"}, "do not fit resnet56"),
+    ({"classes": 3}, "classes must be a list"),
+    ({"classes": ["a", "b", "c"]}, "do not fit resnet20 with 3 classes"),
+    ({"eval_size": "32"}, "eval_size must be a whole number"),
+    ({"model_options": {"width": 1.0, "depth": 3}}, "unknown model options ['depth']"),
+    ({"model_options": {"width": 1000.0}}, "width=1000.0 is outside"),
+])
+def test_checkpoints_that_read_but_do_not_fit(run_a, tiny_folder, tmp_path, capsys, changes, needle):
+    path = crafted(run_a, tmp_path, **changes)
+    fails(capsys, ["predict", path, tiny_folder], needle)
+    fails(capsys, ["evaluate", path, tiny_folder], needle)
+
+
+def test_missing_keys_and_older_img_size_name(run_a, tiny_folder, tmp_path, capsys):
+    state = read_checkpoint(run_a / "best.pt")
+    del state["model"]["fc.weight"]
+    save_checkpoint(tmp_path / "missing.pt", state)
+    fails(capsys, ["predict", tmp_path / "missing.pt", tiny_folder], "fc.weight")
+    state = read_checkpoint(run_a / "best.pt")
+    state["img_size"] = state.pop("eval_size")  # as checkpoints were written before
+    save_checkpoint(tmp_path / "old.pt", state)
+    assert main(["predict", str(tmp_path / "old.pt"), str(tiny_folder), "--output", str(tmp_path / "p.csv")]) == 0
+
+
+# 3. Settings are not bad images
+
+
+def test_a_failing_transform_is_an_error_not_a_skipped_file(tiny_folder):
+    samples = [D.Sample(str(p), 0) for p in sorted(tiny_folder.rglob("*.png"))[:2]]
+    broken = EvalTransform(img_size=64, resize_size=32)  # a crop larger than the resize: a bug
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        D.ImageDataset(samples, broken)[0]
+
+
+# 4. Degenerate data
+
+
+def folder(tmp_path: Path, layout: dict[str, int], flat: bool = False) -> Path:
+    root = tmp_path / "data"
+    for name, n in layout.items():
+        for i in range(n):
+            path = root / f"{name}_{i}.png" if flat else root / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            photo(32, 32, seed=i).save(path)
+    return root
+
+
+def test_one_class(tmp_path, capsys):
+    fails(capsys, small_run(folder(tmp_path, {"cats": 6}), tmp_path / "run"), "single class (cats)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_flat_folder_without_labels(tmp_path, capsys):
+    root = tmp_path / "flat"
+    root.mkdir()
+    for i in range(8):
+        photo(32, 32, seed=i).save(root / f"IMG_{i:04d}.png")
+    fails(capsys, small_run(root, tmp_path / "run"), "do not carry labels", "--label-pattern")
+
+
+def test_class_with_one_image_is_named(tmp_path, capsys):
+    fails(capsys, small_run(folder(tmp_path, {"cats": 6, "dogs": 6, "owls": 1}), tmp_path / "run"),
+          "owls (1)")
+
+
+def test_csv_with_an_empty_label(tmp_path, capsys):
+    root = folder(tmp_path, {"a": 3, "b": 3})
+    rows = [f"{p},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
+    rows[2] = rows[2].split(",")[0] + ","
+    (tmp_path / "d.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    fails(capsys, small_run(tmp_path / "d.csv", tmp_path / "run"), "d.csv:4", "neither empty")
+
+
+def test_val_split_zero_says_there_is_no_validation(tiny_folder, tmp_path, capsys):
+    assert main(small_run(tiny_folder, tmp_path / "run", "--val-split", "0")) == 0
+    out = capsys.readouterr().out
+    assert "no validation set" in out and "best validation accuracy" not in out
+    assert not (tmp_path / "run" / "evaluation.json").exists()
+
+
+# 5. A crafted "safe" checkpoint cannot make us allocate without bound (see the width case above).
+
+
+# 6. Smaller ones
+
+
+def test_finetune_evaluates_at_the_size_it_trains():
+    assert T.make_config("finetune", img_size=160).eval_size == 160
+    assert T.make_config("finetune", img_size=160, eval_size=192).eval_size == 192
+    assert T.make_config("finetune").eval_size == 224
+
+
+def test_weights_of_another_width_are_not_called_a_new_head(tmp_path):
+    from resnet import create_model
+    from resnet.errors import WeightsError
+    from resnet.models import load_pretrained
+
+    torch.save(create_model("resnet18", num_classes=2).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(WeightsError, match="wrong shapes") as e:
+        load_pretrained(create_model("resnet18", num_classes=2, width=0.5), str(tmp_path / "w.pth"), "resnet18")
+    assert "replacing" not in str(e.value)
+
+
+def test_cli_help_does_not_import_torch():
+    code = "import sys; from resnet.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "False", r.stderr
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "resnet20", "plain_resnet34"])
+def test_flops_without_a_forward_pass_equal_torchs_counter(name):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from resnet import create_model
+    from resnet.models import count_flops, model_spec
+
+    size = model_spec(name).input_size
+    model = create_model(name).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    assert count_flops(name)[1] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-9)
+
+
+def test_no_traceback_from_a_subprocess(run_a, tmp_path):
+    """The same, end to end, as a user sees it."""
+    r = subprocess.run([sys.executable, "-m", "resnet", "predict", str(crafted(run_a, tmp_path, classes=3)), "x.jpg"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
