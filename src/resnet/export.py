@@ -67,8 +67,11 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask)  # as any file written here would be (mkstemp makes it private)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -143,8 +146,8 @@ def _images_in(folder: str | Path) -> list[str]:
 
 
 def quantize_onnx(fp32: str | Path, output: str | Path, calib: str | Path) -> Path:
-    """Static int8 (QDQ: int8 weights per output channel, uint8 activations with ranges measured on
-    `calib` images), with onnxruntime's quantizer; the card is carried over."""
+    """Static int8 (QDQ: int8 weights per output channel, in 7 bits, uint8 activations with ranges
+    measured on `calib` images), with onnxruntime's quantizer; the card is carried over."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -165,8 +168,13 @@ def quantize_onnx(fp32: str | Path, output: str | Path, calib: str | Path) -> Pa
         with tempfile.TemporaryDirectory() as work, _quiet():
             prepared = Path(work) / "prepared.onnx"
             quant_pre_process(str(fp32), str(prepared))  # shape inference + graph clean-up, as advised
+            # reduce_range: 7-bit weights. On CPUs without VNNI (AVX2, plain AVX-512) onnxruntime's
+            # uint8 x int8 kernels add pairs of products in int16, which saturates with 8-bit
+            # weights: measured on the dogs-vs-cats model (AVX2), 89.85 % with 8 bits, 90.60 %
+            # with 7, against 90.95 % in fp32, at the same speed. uint8 weights avoid it too, but
+            # ran slower than fp32 there.
             quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
         model = onnx.load(str(tmp))
         _set_metadata(model, clf.card, "int8")
