@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import DataError
+from .tuning import AUTO_CACHE_BYTES, MAX_WORKERS_CPU, MAX_WORKERS_GPU, PREFETCH_BATCHES
 from .transforms import (EvalTransform, TrainTransform, pixels, resize_size_for, resized_crop,
                          shorter_side_size, warm_up)
 
@@ -543,7 +544,9 @@ def default_workers(device: str) -> int:
     """On a GPU, decoding is the bottleneck: use the cores. On a CPU the same cores also train, so
     a worker or two only overlaps decoding with compute."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, max(1, cpus - 1)) if device == "cuda" else max(1, min(2, cpus // 2))
+    if device == "cuda":
+        return min(MAX_WORKERS_GPU, max(1, cpus - 1))
+    return max(1, min(MAX_WORKERS_CPU, cpus // 2))
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -568,7 +571,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=workers > 0, worker_init_fn=_seed_worker,
-                      prefetch_factor=4 if workers > 0 else None)
+                      prefetch_factor=PREFETCH_BATCHES if workers > 0 else None)
 
 
 def build_cache(samples: Sequence[Sample], cache_root: str | Path, size: int,
@@ -582,11 +585,6 @@ def build_cache(samples: Sequence[Sample], cache_root: str | Path, size: int,
 
 def cache_size_for(img_size: int) -> int:
     return resize_size_for(img_size)
-
-
-# Training caches its decoded images by itself when the copy is at most this large: decoding then
-# happens once instead of every epoch, which on a 2-core machine is CPU taken from training.
-AUTO_CACHE_BYTES = 2 * 1024**3
 
 
 def cache_bytes(n_images: int, size: int) -> int:

@@ -46,7 +46,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
 from .runtime import TorchNet, amp_dtype, autocast, memory_format, pick_device, run_eval
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, normalize
-from .tuning import (EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_STEP, START_SIZE_FRACTION, UNTIMED_STEPS,
+from .tuning import (AUTO_CACHE_BYTES, EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_STEP, START_SIZE_FRACTION, UNTIMED_STEPS,
                      VAL_BATCH_FACTOR)
 
 log = logging.getLogger(__name__)
@@ -386,7 +386,7 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
     train_cache = val_cache = None
     cache_size = D.cache_size_for(max(cfg.img_size, eval_size))  # crops are cut from this copy
     n_images = len(split.train) + len(split.val)
-    if cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= D.AUTO_CACHE_BYTES:
+    if cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= AUTO_CACHE_BYTES:
         root = cfg.cache_dir or D.default_cache_dir()
         if rank == 0:
             tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
