@@ -85,6 +85,9 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
         raise bad(f"classes must be a list of 1 to {MAX_CLASSES} names, not {type(classes).__name__}")
     if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= MAX_EVAL_SIZE:
         raise bad(f"eval_size must be a whole number of pixels from 8 to {MAX_EVAL_SIZE}, not {size!r}")
+    crop_pct = state.get("crop_pct", 0.875)
+    if not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        raise bad(f"crop_pct must be in (0, 1], not {crop_pct!r}")
     for key in ("mean", "std"):
         v = state[key]
         if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):

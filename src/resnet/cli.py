@@ -65,7 +65,7 @@ def build_parser() -> Parser:
                    help="continue the run saved in CKPT (its last.pt) as it was: its data, folder and "
                         "settings; --epochs extends it")
     t.add_argument("--pretrained", metavar="SRC", help="imagenet, a .pth/.safetensors file or a URL")
-    t.add_argument("--preset", choices=["default", "seed", "finetune"])
+    t.add_argument("--preset", choices=["default", "seed", "finetune", "cifar-paper"])
     t.add_argument("--seed", type=int)
     t.add_argument("--deterministic", action="store_true", default=None)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -137,6 +137,21 @@ def build_parser() -> Parser:
     b.add_argument("--compile", action="store_true")
     b.add_argument("--normalize", action="store_true", help="data: also normalise the batches on the CPU")
     b.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("experiment", help="the ResNet paper's experiments")
+    exs = ex.add_subparsers(dest="experiment", required=True, parser_class=Parser)
+    dg = exs.add_parser("degradation", help="plain vs residual networks of two depths (the paper's Figure 6)")
+    dg.add_argument("data", help="labelled images, e.g. CIFAR-10's train/<class>/ folders")
+    dg.add_argument("--val", help="test images (default: 10 %% of DATA held out, as the paper's 45k/5k)")
+    dg.add_argument("--depths", default="20,56", help="comma-separated CIFAR depths (20, 32, 44, 56, 110)")
+    budget = dg.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=_positive_int, help="epochs for every network")
+    budget.add_argument("--max-minutes", type=float, help="the whole experiment's time; split evenly in epochs")
+    dg.add_argument("--train-images", type=_positive_int, help="a stratified subset of the training images")
+    dg.add_argument("--test-images", type=_positive_int, help="a stratified subset of the test images")
+    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--workers", type=int, default=0)
+    dg.add_argument("--out", default="runs/degradation")
 
     d = sub.add_parser("demo", help="train and evaluate on scikit-learn's digits, offline")
     d.add_argument("--out", default="runs/demo")
@@ -366,6 +381,24 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from .experiment import degradation
+
+    try:
+        depths = [int(d) for d in a.depths.split(",") if d.strip()]
+    except ValueError:
+        raise ConfigError(f"--depths {a.depths!r}: give whole numbers separated by commas, e.g. 20,56") from None
+    if a.max_minutes is not None and a.max_minutes <= 0:
+        raise ConfigError(f"--max-minutes must be positive, not {a.max_minutes}")
+    summary = degradation(a.data, a.out, a.val, depths, a.epochs, a.max_minutes, a.train_images, a.test_images,
+                          a.seed, a.workers)
+    print(f"history, summary and figure: {Path(a.out) / 'history.csv'}, {Path(a.out) / 'summary.json'}, "
+          f"{Path(a.out) / 'figure6.png'}")
+    names = list(summary)
+    print("final training error: " + ", ".join(f"{n} {summary[n]['final_train_error']:.2%}" for n in names))
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -374,7 +407,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
-            "serve": cmd_serve, "models": cmd_models, "benchmark": cmd_benchmark, "demo": cmd_demo}
+            "serve": cmd_serve, "models": cmd_models, "benchmark": cmd_benchmark, "experiment": cmd_experiment,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import DataError
 from .tuning import AUTO_CACHE_BYTES, MAX_WORKERS_CPU, MAX_WORKERS_GPU, PREFETCH_BATCHES
-from .transforms import (EvalTransform, TrainTransform, pixels, resize_size_for, resized_crop,
+from .transforms import (EvalTransform, PadCropTransform, TrainTransform, pixels, resize_size_for, resized_crop,
                          shorter_side_size, warm_up)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -456,7 +456,7 @@ class ImageDataset(Dataset):
     resuming repeats them; `size`, when given, overrides the random crop's size (progressive
     resizing: persistent workers never see attributes changed in the main process, items they do)."""
 
-    def __init__(self, samples: Sequence[Sample], transform: EvalTransform | TrainTransform,
+    def __init__(self, samples: Sequence[Sample], transform: EvalTransform | TrainTransform | PadCropTransform,
                  cache: DecodedCache | None = None):
         if cache is not None and cache.crop is not None and cache.crop != transform:
             raise ValueError(f"the cache holds the output of {cache.crop}, not of {transform}")
@@ -474,7 +474,7 @@ class ImageDataset(Dataset):
         index, seed, size = (tuple(item) + (None,))[:3] if isinstance(item, tuple) else (item, 0, None)
         sample = self.samples[index]
         transform = self.transform
-        if size is not None and isinstance(transform, TrainTransform):
+        if size is not None and isinstance(transform, (TrainTransform, PadCropTransform)):
             transform = replace(transform, img_size=size)
         try:
             if self.cache is not None and self.cache.crop is not None:  # already the transform's output

@@ -26,11 +26,11 @@ from . import runtime
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, ConfigError
 from .data import collate
-from .transforms import EvalTransform, normalize
+from .transforms import CROP_PCT, EvalTransform, normalize
 
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
 # safetensors metadata as JSON strings, read back by `Classifier.load`.
-CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "mean", "std")
+CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean", "std")
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Classifier:
         self.card = {k: card[k] for k in CARD_KEYS if k in card}
         self.classes: list[str] = [str(c) for c in card["classes"]]
         self.mean, self.std = tuple(card["mean"]), tuple(card["std"])
-        self.transform = EvalTransform.for_size(int(card["eval_size"]))
+        self.transform = EvalTransform.for_size(int(card["eval_size"]), float(card.get("crop_pct", CROP_PCT)))
         self.source = source
 
     # -- loading ---------------------------------------------------------------------------

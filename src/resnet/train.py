@@ -45,7 +45,8 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
 from .runtime import TorchNet, amp_dtype, autocast, memory_format, pick_device, run_eval
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, normalize
+from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
+                         normalize)
 from .tuning import (AUTO_CACHE_BYTES, EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_STEP, START_SIZE_FRACTION, UNTIMED_STEPS,
                      VAL_BATCH_FACTOR)
 
@@ -74,7 +75,9 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
     scale_min: float = 0.25               # RandomResizedCrop's lower area bound
+    augment: str = "random-resized-crop"  # or "pad-crop": the paper's CIFAR augmentation
     hflip: bool = True
+    crop_pct: float = CROP_PCT            # evaluation: resize to eval_size / crop_pct, centre-crop
     train_like_eval: bool = False         # the tutorial trains on its eval preprocessing
     zero_init_residual: bool = False      # measured: on short schedules it stalls learning
     pretrained: str | None = None
@@ -102,6 +105,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                  momentum=0.0, nesterov=False, weight_decay=0.0, schedule="constant",
                  warmup_epochs=0.0, label_smoothing=0.0, train_like_eval=True, hflip=False,
                  channels_last=False, epochs=10),
+    # The ResNet paper's CIFAR-10 recipe (section 4.2): batch 128, SGD lr 0.1 (0.2 per 256),
+    # momentum 0.9, weight decay 1e-4, lr / 10 at 32k and 48k of 64k iterations (half and three
+    # quarters of the run), 45k/5k split, 4-px padding + random 32 px crop + flip, no resizing;
+    # 64k iterations of 128 images over 45k images are 182 epochs.
+    "cifar-paper": dict(arch="resnet20", width=1.0, img_size=32, min_img_size=32, eval_size=32, crop_pct=1.0,
+                        batch_size=128, lr=0.2, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                        schedule="step", warmup_epochs=0.0, label_smoothing=0.0, augment="pad-crop",
+                        val_split=0.1, epochs=182),
     # Fine-tuning ImageNet weights: full resolution, a tenth of the learning rate, short.
     "finetune": dict(width=1.0, img_size=224, min_img_size=224, eval_size=224, lr=0.02, epochs=5, warmup_epochs=0.5,
                      scale_min=0.35, weight_decay=1e-4),
@@ -129,7 +140,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "max_minutes": (lambda v: v is None or v > 0, "positive"),
     "patience": (lambda v: v is None or v >= 1, "at least 1"),
     "save_every": (lambda v: v >= 0, "0 (off) or more steps"),
-    "schedule": (lambda v: v in ("onecycle", "cosine", "constant"), "onecycle, cosine or constant"),
+    "schedule": (lambda v: v in ("onecycle", "cosine", "step", "constant"), "onecycle, cosine, step or constant"),
+    "augment": (lambda v: v in ("random-resized-crop", "pad-crop"), "random-resized-crop or pad-crop"),
+    "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "amp": (lambda v: v in ("auto", "off", "bf16", "fp16"), "auto, off, bf16 or fp16"),
     "device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
 }
@@ -236,8 +249,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> float:
+    """`constant`; `step`: divided by 10 at half and three quarters of the run (the ResNet paper's
+    32k and 48k of 64k iterations); `onecycle` / `cosine`: linear warm-up, then cosine decay."""
     if schedule == "constant":
         return peak
+    if schedule == "step":
+        return peak * (0.1 ** ((step >= total // 2) + (step >= total * 3 // 4)))
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -380,11 +397,17 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
                  world: int) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None, int]:
     """(training loader, validation loader on rank 0, workers), decoding once into the cache first
     when it is on (by default: when the decoded copy is small)."""
-    eval_tf = EvalTransform.for_size(eval_size)
-    train_tf = (EvalTransform.for_size(cfg.img_size) if cfg.train_like_eval
-                else TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip))
+    eval_tf = EvalTransform.for_size(eval_size, cfg.crop_pct)
+    if cfg.train_like_eval:
+        train_tf = EvalTransform.for_size(cfg.img_size, cfg.crop_pct)
+    elif cfg.augment == "pad-crop":
+        train_tf = PadCropTransform(cfg.img_size, hflip=cfg.hflip)
+    else:
+        train_tf = TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip)
     train_cache = val_cache = None
-    cache_size = D.cache_size_for(max(cfg.img_size, eval_size))  # crops are cut from this copy
+    # Crops are cut from this copy; padded crops need the images at the training size, not larger.
+    cache_size = (cfg.img_size if cfg.augment == "pad-crop" and not cfg.train_like_eval
+                  else D.cache_size_for(max(cfg.img_size, eval_size)))
     n_images = len(split.train) + len(split.val)
     if cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= AUTO_CACHE_BYTES:
         root = cfg.cache_dir or D.default_cache_dir()
@@ -459,7 +482,7 @@ def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metric
     cfg = run.cfg
     save_checkpoint(path, {
         "model": run.model.state_dict(), "arch": cfg.arch, "model_options": run.options,
-        "classes": run.split.classes, "eval_size": run.eval_size, "mean": list(IMAGENET_MEAN),
+        "classes": run.split.classes, "eval_size": run.eval_size, "crop_pct": cfg.crop_pct, "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD), "epoch": progress.epoch, "metrics": metrics, "config": asdict(cfg),
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "scheduler": {"step": progress.step, "total_steps": progress.epochs * run.steps_per_epoch},

@@ -263,6 +263,34 @@ class TrainTransform:
         return to_tensor_uint8(out)
 
 
+@dataclass(frozen=True)
+class PadCropTransform:
+    """The ResNet paper's CIFAR augmentation (He et al. 2015, section 4.2, after Lee et al.): pad
+    `pad` zero pixels on each side, take a random `img_size` crop, flip half the images. On uint8
+    pixels: no resampling at all, so a 32 px image stays 32 px, exactly."""
+
+    img_size: int
+    pad: int = 4
+    hflip: bool = True
+
+    def __call__(self, img: Image.Image | np.ndarray, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+        g = generator if generator is not None else torch.default_generator
+        a = pixels(img)
+        p = self.pad
+        padded = np.zeros((a.shape[0] + 2 * p, a.shape[1] + 2 * p, 3), np.uint8)
+        padded[p:p + a.shape[0], p:p + a.shape[1]] = a
+        s = self.img_size
+        if padded.shape[0] < s or padded.shape[1] < s:
+            raise ValueError(f"a {a.shape[1]}x{a.shape[0]} image padded by {p} is smaller than the crop {s}")
+        top = int(torch.randint(0, padded.shape[0] - s + 1, (1,), generator=g).item())
+        left = int(torch.randint(0, padded.shape[1] - s + 1, (1,), generator=g).item())
+        out = padded[top:top + s, left:left + s]
+        if self.hflip and torch.rand(1, generator=g).item() < 0.5:
+            out = out[:, ::-1]
+        return to_tensor_uint8(np.ascontiguousarray(out))
+
+
 def normalize(batch: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD, device: torch.device | str = "cpu",
               channels_last: bool = False) -> torch.Tensor:
