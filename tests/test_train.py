@@ -294,3 +294,17 @@ def test_resume_under_a_time_budget_keeps_the_time_spent(tiny_folder, tmp_path, 
     assert after["budget"]["spent_s"] > before["budget"]["spent_s"]
     assert after["budget"]["spent_s"] <= 6.0 + after["metrics"]["seconds"]  # the clock went on, not anew
     assert summary["epochs"] == len(after["progress"]["history"]) >= 3
+
+
+def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
+    lrs = [T.lr_at(s, 100, 0, 0.1, "step") for s in range(100)]
+    assert lrs[49] == 0.1 and lrs[50] == pytest.approx(0.01) and lrs[74] == pytest.approx(0.01)
+    assert lrs[75] == pytest.approx(0.001) and lrs[99] == pytest.approx(0.001)
+
+
+def test_cifar_paper_preset_is_the_papers_recipe():
+    cfg = T.make_config("cifar-paper", data=".")
+    assert cfg.lr * cfg.batch_size / 256 == pytest.approx(0.1) and cfg.batch_size == 128
+    assert (cfg.momentum, cfg.weight_decay, cfg.schedule, cfg.augment) == (0.9, 1e-4, "step", "pad-crop")
+    assert cfg.img_size == cfg.eval_size == 32 and cfg.crop_pct == 1.0  # no resizing at 32 px
+    assert round(64_000 * 128 / 45_000) == cfg.epochs  # 64k iterations of 128 on 45k images

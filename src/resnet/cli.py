@@ -149,6 +149,9 @@ def build_parser() -> Parser:
     budget.add_argument("--max-minutes", type=float, help="the whole experiment's time; split evenly in epochs")
     dg.add_argument("--train-images", type=_positive_int, help="a stratified subset of the training images")
     dg.add_argument("--test-images", type=_positive_int, help="a stratified subset of the test images")
+    dg.add_argument("--batch-size", type=_positive_int, default=128,
+                    help="the paper's 128; a short run on a CPU gets more steps from a smaller one "
+                         "(the learning rate follows it linearly)")
     dg.add_argument("--seed", type=int, default=0)
     dg.add_argument("--workers", type=int, default=0)
     dg.add_argument("--out", default="runs/degradation")
@@ -391,7 +394,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     if a.max_minutes is not None and a.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be positive, not {a.max_minutes}")
     summary = degradation(a.data, a.out, a.val, depths, a.epochs, a.max_minutes, a.train_images, a.test_images,
-                          a.seed, a.workers)
+                          a.seed, a.workers, a.batch_size)
     print(f"history, summary and figure: {Path(a.out) / 'history.csv'}, {Path(a.out) / 'summary.json'}, "
           f"{Path(a.out) / 'figure6.png'}")
     names = list(summary)

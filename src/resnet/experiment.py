@@ -16,20 +16,16 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from . import data as D
-from .budget import compute_time_by_size
 from .errors import ConfigError
-from .models import create_model, model_spec
+from .models import model_spec
 from .train import make_config, train
 
-# The real step costs more than the forward + backward that `compute_time_by_size` times (loading,
-# the optimiser, validation): measured 1.2-1.4x on the development CPU for ResNet-20/56 at 32 px.
-STEP_OVERHEAD = 1.5
-# Kept back from --max-minutes: the plot, the summary, the difference between the estimate and the
-# epochs as they run.
-PLAN_FRACTION = 0.9
+# A training epoch costs more than its timed steps (loading batches, metrics, the epoch's
+# validation pass is counted apart): measured 1.1x for ResNet-20/56 at 32 px on the development CPU.
+EPOCH_OVERHEAD = 1.15
+# Kept back from --max-minutes: the plot, the summary, the noise in the estimate.
+PLAN_FRACTION = 0.92
 
 
 def networks(depths: Sequence[int]) -> list[tuple[str, str]]:
@@ -64,18 +60,22 @@ def subset(data: str | Path, val: str | Path | None, train_images: int | None, v
 
 def plan_epochs(archs: Sequence[str], train_images: int, test_images: int, minutes: float,
                 batch_size: int = 128) -> int:
-    """Epochs that every network can have within `minutes`, from timed steps of each."""
+    """Epochs that every network can have within `minutes`, from real training steps of each
+    (`resnet benchmark train`'s code: forward, backward and the SGD step at 32 px); a test image
+    costs about a third of a training one (forward only)."""
+    from .bench import bench_model
+
     seconds = 0.0
     for arch in archs:
-        model = create_model(arch).train()
-        step_s, _ = compute_time_by_size(model, (32, 32), torch.device("cpu"), None, True, batch_size)
-        seconds += STEP_OVERHEAD * step_s * (train_images + test_images / 3) / batch_size
+        ips = bench_model("train", arch, 32, batch_size, steps=3, device="cpu", amp="off")["images_per_second"]
+        seconds += EPOCH_OVERHEAD * (train_images + test_images / 3) / ips
     return max(1, math.floor(minutes * 60 * PLAN_FRACTION / seconds))
 
 
 def degradation(data: str | Path, out: str | Path, val: str | Path | None = None, depths: Sequence[int] = (20, 56),
                 epochs: int | None = None, max_minutes: float | None = None, train_images: int | None = None,
-                test_images: int | None = None, seed: int = 0, workers: int = 0) -> dict[str, Any]:
+                test_images: int | None = None, seed: int = 0, workers: int = 0, batch_size: int = 128
+                ) -> dict[str, Any]:
     """Train plain and residual networks of each depth on the same images for the same epochs;
     write history.csv, summary.json and figure6.png to `out`. Returns the summary."""
     if (epochs is None) == (max_minutes is None):
@@ -86,13 +86,13 @@ def degradation(data: str | Path, out: str | Path, val: str | Path | None = None
     n_train = len(Path(train_csv).read_text().splitlines()) - 1
     n_test = len(Path(test_csv).read_text().splitlines()) - 1
     if epochs is None:
-        epochs = plan_epochs([a for _, a in nets], n_train, n_test, max_minutes)
+        epochs = plan_epochs([a for _, a in nets], n_train, n_test, max_minutes, batch_size)
         print(f"--max-minutes {max_minutes}: {epochs} epochs for each of {len(nets)} networks "
               f"({n_train} training, {n_test} test images)")
     history, summary = [], {}
     for name, arch in nets:
         cfg = make_config("cifar-paper", data=train_csv, val=test_csv, arch=arch, epochs=epochs,
-                          out=str(out / name), seed=seed, workers=workers)
+                          out=str(out / name), seed=seed, workers=workers, batch_size=batch_size)
         started = time.monotonic()
         train(cfg)
         seconds = time.monotonic() - started
