@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .models import MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec
+from .transforms import CROP_PCT
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
 
@@ -31,7 +32,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new, never half
     except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         raise CheckpointError(f"cannot write checkpoint {path}: {reason} (the previous one, if any, "
                               "is untouched)") from e
     finally:
@@ -48,8 +49,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, foreign or unsafe files are all refused
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(e)}") from e
     if isinstance(state, dict) and "eval_size" not in state and "img_size" in state:
         state["eval_size"] = state.pop("img_size")  # the name older checkpoints used
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
@@ -85,7 +85,7 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
         raise bad(f"classes must be a list of 1 to {MAX_CLASSES} names, not {type(classes).__name__}")
     if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= MAX_EVAL_SIZE:
         raise bad(f"eval_size must be a whole number of pixels from 8 to {MAX_EVAL_SIZE}, not {size!r}")
-    crop_pct = state.get("crop_pct", 0.875)
+    crop_pct = state.get("crop_pct", CROP_PCT)
     if not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
         raise bad(f"crop_pct must be in (0, 1], not {crop_pct!r}")
     for key in ("mean", "std"):

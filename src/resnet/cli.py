@@ -323,7 +323,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise ConfigError("--quantize goes with --format onnx")
     if a.quantize and not a.calib:
         raise ConfigError("--quantize int8 needs --calib DIR: images to measure activation ranges on")
-    images = X.verify_images(a.verify or None) if a.verify is not None else None
+    images = X.verify_images(a.verify or None)  # `--verify` alone (""): random images
     ckpt = Path(a.checkpoint)
     suffix = {"safetensors": ".safetensors", "onnx": ".int8.onnx" if a.quantize else ".onnx"}[a.format]
     output = Path(a.output or ckpt.with_suffix(suffix))

@@ -23,5 +23,11 @@ class WeightsError(UsageError):
     """Pretrained weights that cannot be read or do not fit the model."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an exception's message (torch.load's refusals run to a page of
+    advice; torch.save's to a C++ trace), or its type's name when it has none."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
 class TrainingError(RuntimeError):
     """The run cannot go on (a NaN loss, say); the last good checkpoint is kept. Exit code 1."""

@@ -25,7 +25,7 @@ from . import data as D
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError
 from .predict import Classifier, card_from_strings, card_strings
-from .transforms import normalize
+from .transforms import CROP_PCT, normalize
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
 CALIBRATION_IMAGES = 128  # enough for MinMax ranges of a ResNet's activations to settle
@@ -81,9 +81,10 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
 def _set_metadata(model, card: dict[str, Any], precision: str) -> None:
     from . import __version__
 
+    crop_pct = card.get("crop_pct", CROP_PCT)
     entries = {**card_strings(card), "precision": precision, "producer": f"resnet {__version__}",
                "input": "float32 NCHW, RGB, (pixel / 255 - mean) / std after resizing the shorter "
-                        "side to round(eval_size / 0.875) and centre-cropping eval_size"}
+                        f"side to round(eval_size / {crop_pct}) and centre-cropping eval_size"}
     del model.metadata_props[:]
     for key, value in entries.items():
         prop = model.metadata_props.add()
@@ -123,11 +124,7 @@ def calibration_batches(clf: Classifier, folder: str | Path, limit: int = CALIBR
                         batch_size: int = 16) -> list[np.ndarray]:
     """Normalised input batches of up to `limit` images of `folder` (class folders or not), spread
     over its classes, preprocessed exactly as at inference."""
-    paths = _images_in(folder)
-    if not paths:
-        raise D.DataError(f"no images to calibrate on in {folder}")
-    step = max(1, len(paths) // limit)
-    images = [img for img in D.read_images(paths[::step][:limit])
+    images = [img for img in D.read_images(sample_images(folder, limit, "calibrate"))
               if not isinstance(img, str)]
     if not images:
         raise D.DataError(f"no readable image to calibrate on in {folder}")
@@ -138,11 +135,16 @@ def calibration_batches(clf: Classifier, folder: str | Path, limit: int = CALIBR
     return batches
 
 
-def _images_in(folder: str | Path) -> list[str]:
+def sample_images(folder: str | Path, limit: int, purpose: str) -> list[str]:
+    """Up to `limit` images of `folder` (class folders or not), taken at even steps through its
+    sorted list, so that every class is represented."""
     folder = Path(folder)
     if not folder.is_dir():
         raise D.DataError(f"not a folder: {folder}")
-    return [str(p) for p in D.find_images(folder)]
+    paths = [str(p) for p in D.find_images(folder)]
+    if not paths:
+        raise D.DataError(f"no images to {purpose} on in {folder}")
+    return paths[:: max(1, len(paths) // limit)][:limit]
 
 
 def quantize_onnx(fp32: str | Path, output: str | Path, calib: str | Path) -> Path:
@@ -215,9 +217,4 @@ def compare(reference: Classifier, exported: Classifier, images: Sequence[D.Imag
 
 def verify_images(folder: str | Path | None, limit: int = 64) -> list[str] | None:
     """Up to `limit` images of `folder`, spread over it (None: use random images)."""
-    if folder is None:
-        return None
-    paths = _images_in(folder)
-    if not paths:
-        raise D.DataError(f"no images to verify on in {folder}")
-    return paths[:: max(1, len(paths) // limit)][:limit]
+    return None if folder is None else sample_images(folder, limit, "verify")

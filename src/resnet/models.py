@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError, WeightsError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -312,11 +312,6 @@ def _fetch_url(url: str) -> dict[str, Tensor]:
         raise WeightsError(f"cannot download {url}: {e}") from e
 
 
-def _first_line(e: BaseException) -> str:
-    """torch.load's refusals run to a page of advice: the first line says what happened."""
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-
-
 def read_weights(src: str, arch: str | None = None) -> dict[str, Tensor]:
     """A state_dict from a local .pth/.pt/.safetensors file, an http(s)/file URL, or "imagenet"
     (torchvision's official weights for `arch`). Our own checkpoints are accepted too."""
@@ -338,7 +333,7 @@ def read_weights(src: str, arch: str | None = None) -> dict[str, Tensor]:
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-            raise WeightsError(f"cannot read weights from {src}: {_first_line(e)}") from e
+            raise WeightsError(f"cannot read weights from {src}: {first_line(e)}") from e
     if isinstance(state, dict):
         for key in ("model", "state_dict"):  # our checkpoints, and common training scripts
             if isinstance(state.get(key), dict):

@@ -25,7 +25,6 @@ from . import data as D
 from . import runtime
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, ConfigError
-from .data import collate
 from .transforms import CROP_PCT, EvalTransform, normalize
 
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
@@ -107,7 +106,7 @@ class Classifier:
 
     def logits(self, images: Sequence[Image.Image | np.ndarray], tta: bool = False) -> torch.Tensor:
         """float32 logits of already-decoded RGB images (what `read_images` returns), one batch."""
-        batch = collate([(self.transform(img), 0, i, None) for i, img in enumerate(images)])
+        batch = D.collate([(self.transform(img), 0, i, None) for i, img in enumerate(images)])
         return runtime.logits(self.net, batch.images, self.mean, self.std, tta)
 
     def predict(self, images: Sequence[D.ImageInput], top_k: int = 1, tta: bool = False,
