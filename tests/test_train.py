@@ -203,55 +203,6 @@ def test_no_weight_decay_on_batchnorm_and_biases():
     assert no_decay["weight_decay"] == 0
 
 
-def test_two_process_ddp_on_cpu(tiny_folder, tmp_path):
-    """torchrun, 2 ranks, Gloo: each trains on its shard; rank 0 validates and writes the files."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    out = tmp_path / "ddp"
-    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "resnet", "train", str(tiny_folder),
-                        "--arch", "resnet20", "--img-size", "24", "--epochs", "2", "--batch-size", "8",
-                        "--workers", "0", "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = (out / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 3 and (out / "evaluation.json").is_file()
-    assert r.stdout.count("best validation accuracy") == 1  # one report, from rank 0
-    state = read_checkpoint(out / "last.pt")
-    assert state["scheduler"]["step"] == 2 * 3  # 24 train images / (8 per step, 4 per rank) = 3 steps
-
-
-RANK_SCRIPT = """
-import os, sys, torch
-from resnet import train as T
-cfg = T.make_config("default", data=sys.argv[1], arch="resnet20", img_size=24, epochs=2, batch_size=8, workers=0,
-                    out=sys.argv[2], seed=5, val_split=0.25)
-torch.manual_seed(5)
-summary = T.train(cfg)
-torch.save(summary["model"].state_dict(), os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
-"""
-
-
-def test_ddp_ranks_stay_in_step(tiny_folder, tmp_path):
-    """Each rank trains on its own half of the data: only the gradient all-reduce keeps their
-    weights equal. Compared from each rank's own copy, not rank 0's file."""
-    from resnet import create_model
-
-    torchrun = Path(sys.executable).with_name("torchrun")
-    script = tmp_path / "ranks.py"
-    script.write_text(RANK_SCRIPT)
-    out = tmp_path / "out"
-    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", str(script), str(tiny_folder), str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    a, b = (torch.load(out / f"rank{i}.pt", weights_only=True) for i in (0, 1))
-    # BatchNorm's running statistics are each rank's own (DDP broadcasts rank 0's before every
-    # forward, so the last step's update differs); the parameters must be identical.
-    params = [k for k in a if "running_" not in k and "num_batches" not in k]
-    assert len(params) == 59 and all(torch.equal(a[k], b[k]) for k in params)  # ResNet-20: 59 tensors
-    assert not all(torch.equal(a[k], b[k]) for k in a if "running_mean" in k)  # the shards did differ
-    torch.manual_seed(0)
-    fresh = create_model("resnet20", num_classes=2, width=0.5).state_dict()
-    assert not torch.equal(a["conv1.weight"], fresh["conv1.weight"])  # and they did train
-
-
 @pytest.mark.parametrize("cache", [False, True])
 def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path, cache):
     """With the decoded cache or without it, the validation figures in metrics.csv are those that

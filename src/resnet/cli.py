@@ -61,9 +61,10 @@ def build_parser() -> Parser:
     t.add_argument("--scale-min", type=float, help="RandomResizedCrop's smallest area fraction")
     t.add_argument("--workers", type=int)
     t.add_argument("--out", help="the run's folder (default: runs/train)")
-    t.add_argument("--resume", metavar="CKPT",
+    t.add_argument("--resume", metavar="CKPT|auto",
                    help="continue the run saved in CKPT (its last.pt) as it was: its data, folder and "
-                        "settings; --epochs extends it")
+                        "settings; --epochs extends it. auto: OUT/last.pt if it exists, else a new run "
+                        "(one command line for torchrun --max-restarts and requeued jobs)")
     t.add_argument("--pretrained", metavar="SRC", help="imagenet, a .pth/.safetensors file or a URL")
     t.add_argument("--preset", choices=["default", "seed", "finetune", "cifar-paper"])
     t.add_argument("--seed", type=int)
@@ -74,6 +75,10 @@ def build_parser() -> Parser:
                    help="decode once into a uint8 cache (default: when it takes at most 2 GiB)")
     t.add_argument("--cache-dir")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (GPU)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on, oneDNN's and cuDNN's faster layout)")
+    t.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun: BatchNorm statistics over the global batch, not each process's part")
     t.add_argument("--max-minutes", type=float, help="fit the schedule to this time budget")
     t.add_argument("--patience", type=_positive_int, help="stop after N epochs without improvement")
     t.add_argument("--save-every", type=int, help="also write last.pt every N steps")
@@ -164,15 +169,19 @@ def build_parser() -> Parser:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from .evaluate import write_json, write_report, evaluate
-    from .train import make_config, resume_config, train
+    from .train import TrainConfig, make_config, resume_config, train
 
     opts = {k: getattr(a, k) for k in (
         "data", "val", "val_split", "label_pattern", "arch", "width", "img_size", "min_img_size", "eval_size",
         "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "scale_min", "workers", "out",
         "pretrained", "seed", "deterministic", "device", "amp", "cache", "cache_dir", "max_minutes",
-        "patience", "save_every", "compile")}
-    if a.resume:
-        cfg, state = resume_config(a.resume, {**opts, "preset": a.preset})
+        "patience", "save_every", "compile", "sync_bn", "channels_last")}
+    resume = a.resume
+    if resume == "auto":
+        last = Path(a.out or TrainConfig.out) / "last.pt"
+        resume = last if last.is_file() else None
+    if resume:
+        cfg, state = resume_config(resume, {**opts, "preset": a.preset})
     elif a.data is None:
         raise ConfigError("train needs DATA (or --resume OUT/last.pt)")
     else:

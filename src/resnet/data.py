@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import DataError
-from .tuning import AUTO_CACHE_BYTES, MAX_WORKERS_CPU, MAX_WORKERS_GPU, PREFETCH_BATCHES
+from .tuning import AUTO_CACHE_BYTES, CACHE_POLL_S, MAX_WORKERS_CPU, MAX_WORKERS_GPU, PREFETCH_BATCHES
 from .transforms import (EvalTransform, PadCropTransform, TrainTransform, pixels, resize_size_for, resized_crop,
                          shorter_side_size, warm_up)
 
@@ -382,6 +383,9 @@ class DecodedCache:
         self.paths = list(paths)
         self._array: np.ndarray | None = None
         self.entries: list[list] = []  # [offset, h, w] per path, or [-1, reason]
+        self.load_index()
+
+    def load_index(self) -> None:
         if self.index_file.exists():
             self.entries = json.loads(self.index_file.read_text())["entries"]
 
@@ -512,15 +516,17 @@ def collate(items: list) -> Batch:
 
 class EpochSampler(Sampler):
     """A permutation fixed by (seed, epoch), sharded over `world_size` ranks as DistributedSampler
-    does (padded to equal length), yielding `(index, per-sample seed)`, or `(index, seed, size)`
+    does (rank r takes every world_size-th sample from r), yielding `(index, per-sample seed)`, or `(index, seed, size)`
     when the epoch has its own crop size. `start` skips the first samples of the epoch: a run
     resumed mid-epoch continues with exactly the batches it missed."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
         self.n, self.shuffle, self.seed = n, shuffle, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start, self.size = 0, 0, None
-        self.per_rank = -(-n // world_size)
+        # Training pads the shards to one length (every rank takes the same number of steps);
+        # evaluation does not (each image counted once: the ranks' counts are summed).
+        self.per_rank = -(-n // world_size) if pad else len(range(rank, n, world_size))
 
     def set_epoch(self, epoch: int, start: int = 0, size: int | None = None) -> None:
         self.epoch, self.start, self.size = epoch, start, size
@@ -532,7 +538,8 @@ class EpochSampler(Sampler):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         order = order.tolist()
-        order += order[: self.per_rank * self.world_size - self.n]
+        if self.pad:
+            order += order[: self.per_rank * self.world_size - self.n]
         mine = order[self.rank::self.world_size]
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
         for index in mine[self.start:]:
@@ -567,7 +574,8 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: 
         workers = 0
     elif workers > 0:
         warm_up()  # load the compiled resampler once, here: forked workers inherit it
-    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size)
+    # A training loader (shuffled) pads its shards; an evaluation loader counts every image once.
+    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad=shuffle)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=workers > 0, worker_init_fn=_seed_worker,
@@ -575,11 +583,18 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: 
 
 
 def build_cache(samples: Sequence[Sample], cache_root: str | Path, size: int,
-                progress: Callable[[Iterator], Iterator] = iter, crop: EvalTransform | None = None
-                ) -> DecodedCache:
+                progress: Callable[[Iterator], Iterator] = iter, crop: EvalTransform | None = None,
+                builder: bool = True) -> DecodedCache:
+    """The cache of `samples`, built unless it exists. Of several processes on one machine, one is
+    the `builder`; the others wait for its finished index (written last, by an atomic rename), so
+    the images are decoded once per machine and nobody reads a half-written cache. No collective
+    is used for the wait: a long build cannot run into the process group's timeout."""
     cache = DecodedCache(cache_root, [s.path for s in samples], size, crop)
-    if not cache.ready:
+    if not cache.ready and builder:
         cache.build(progress)
+    while not cache.ready:  # if the builder fails, torchrun stops us all
+        time.sleep(CACHE_POLL_S)
+        cache.load_index()
     return cache
 
 

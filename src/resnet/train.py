@@ -40,6 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import data as D
+from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
@@ -90,6 +91,7 @@ class TrainConfig:
     amp: str = "auto"                     # auto | off | bf16 | fp16
     channels_last: bool = True
     compile: bool = False                 # torch.compile: measured faster on CUDA, slower on this CPU
+    sync_bn: bool = False                 # under torchrun: BatchNorm statistics over the global batch
     max_minutes: float | None = None
     patience: int | None = None
     save_every: int = 0                   # also write last.pt every N steps (long epochs)
@@ -287,26 +289,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) under torchrun, else (0, 1, 0). Under torchrun the process
-    group is started even for one process, so a one-GPU launch runs the same DDP code as eight."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if (world > 1 or "TORCHELASTIC_RUN_ID" in os.environ) and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def from_rank0(values: list[int], device: torch.device) -> list[int]:
-    """Rank 0's values on every rank (identity outside DDP)."""
-    if not torch.distributed.is_initialized():
-        return values
-    nccl = torch.distributed.get_backend() == "nccl"
-    t = torch.tensor(values, dtype=torch.long, device=device if nccl else "cpu")
-    torch.distributed.broadcast(t, 0)
-    return t.tolist()
-
-
 def tensorboard_writer(out: Path):
     """A SummaryWriter in OUT/tensorboard when the optional `tensorboard` package is installed."""
     try:
@@ -372,6 +354,7 @@ class Run:
     scaler: torch.amp.GradScaler
     criterion: nn.Module
     world: int
+    batch: int                        # images per step on this rank: the global batch / world
     main: bool
     steps_per_epoch: int              # of a whole epoch (the loader's length shrinks in a resumed one)
 
@@ -379,24 +362,27 @@ class Run:
         return crop_size_at(epoch, epochs, self.cfg.img_size, self.cfg.min_img_size)
 
     def lr(self, step: int, epochs: int) -> float:
-        peak = self.cfg.lr * self.cfg.batch_size / 256  # linear scaling rule (Goyal et al.)
+        # Linear scaling rule (Goyal et al.) on the global batch, whatever the number of processes.
+        peak = self.cfg.lr * self.cfg.batch_size / 256
         warmup = int(self.cfg.warmup_epochs * self.steps_per_epoch)
         return lr_at(step, epochs * self.steps_per_epoch, warmup, peak, self.cfg.schedule)
 
 
-def set_up_device(cfg: TrainConfig, local_rank: int) -> tuple[torch.device, torch.dtype | None]:
+def set_up_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
+    """The device (under torchrun on CUDA: the local rank's GPU) and the autocast dtype."""
     device = pick_device(cfg.device)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = not cfg.deterministic
     return device, amp_dtype(cfg.amp, device)
 
 
 def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: torch.device, rank: int,
-                 world: int) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None, int]:
-    """(training loader, validation loader on rank 0, workers), decoding once into the cache first
-    when it is on (by default: when the decoded copy is small)."""
+                 world: int, local_rank: int) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None, int]:
+    """(training loader, validation loader, workers), each over this rank's shard, decoding once
+    into the cache first when it is on (by default: when the decoded copy is small): the first
+    process of each machine decodes, the others wait for it and read its cache."""
     eval_tf = EvalTransform.for_size(eval_size, cfg.crop_pct)
     if cfg.train_like_eval:
         train_tf = EvalTransform.for_size(cfg.img_size, cfg.crop_pct)
@@ -414,19 +400,19 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
         if rank == 0:
             tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
         bar = functools.partial(tqdm, desc="decoding", leave=False, disable=rank != 0)
-        train_cache = D.build_cache(split.train, root, cache_size, functools.partial(bar, total=len(split.train)))
+        train_cache = D.build_cache(split.train, root, cache_size, functools.partial(bar, total=len(split.train)),
+                                    builder=local_rank == 0)
         if split.val:
             val_cache = D.build_cache(split.val, root, eval_tf.resize_size,
-                                      functools.partial(bar, total=len(split.val)), eval_tf)
+                                      functools.partial(bar, total=len(split.val)), eval_tf, builder=local_rank == 0)
     workers = cfg.workers if cfg.workers is not None else D.default_workers(device.type)
     train_ds = D.ImageDataset(split.train, train_tf, train_cache)
-    batch_size = cfg.batch_size // world
+    batch_size = ddp.per_rank_batch(cfg.batch_size, world)
     train_loader = D.make_loader(train_ds, batch_size, True, workers, cfg.seed, device.type == "cuda", rank, world,
                                  drop_last=len(train_ds) > batch_size * world)
-    # Validation runs whole on the main process: exact figures with no gathering across ranks.
     val_loader = (D.make_loader(D.ImageDataset(split.val, eval_tf, val_cache), batch_size * VAL_BATCH_FACTOR,
-                                False, workers, cfg.seed, device.type == "cuda")
-                  if split.val and rank == 0 else None)
+                                False, workers, cfg.seed, device.type == "cuda", rank, world)
+                  if split.val else None)
     return train_loader, val_loader, workers
 
 
@@ -434,8 +420,9 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     """Device, data, model, optimiser: every check that can fail on the user's input runs before
     the expensive work (the pretrained weights are read before the data is scanned and decoded;
     --out is checked before and created after)."""
-    rank, world, local_rank = distributed()
-    device, dtype = set_up_device(cfg, local_rank)
+    device, dtype = set_up_device(cfg)
+    rank, world, local_rank = ddp.start(device)
+    batch = ddp.per_rank_batch(cfg.batch_size, world)
     seed_everything(cfg.seed, cfg.deterministic)
     weights = read_weights(cfg.pretrained, cfg.arch) if cfg.pretrained and not resuming else None
     if weights is not None:  # do they fit? Checked on shapes alone, before the data is read
@@ -448,24 +435,26 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
     eval_size = cfg.eval_size or test_size_for(cfg.img_size)
-    train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world)
+    train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world, local_rank)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
     model = create_model(cfg.arch, num_classes=len(split.classes), **options)
     if weights is not None:
         load_pretrained(model, weights, cfg.arch, source=cfg.pretrained)
+    if cfg.sync_bn and world > 1:
+        model = ddp.sync_batchnorm(model, device)
     model = model.to(device, memory_format=memory_format(cfg.channels_last))
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     net: nn.Module = model
     if torch.distributed.is_initialized():
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
     return Run(cfg, out, device, dtype, split, eval_size, train_loader, val_loader, workers, model, net, options,
                optimizer, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world, rank == 0, len(train_loader))
+               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world, batch, rank == 0, len(train_loader))
 
 
 def restore(run: Run, state: dict[str, Any]) -> None:
@@ -494,10 +483,11 @@ def announce(run: Run, progress: Progress) -> None:
     cfg = run.cfg
     first = run.crop_at(progress.epoch, progress.epochs)
     sizes = f"{first} -> {cfg.img_size}" if first != cfg.img_size else str(first)
-    ddp = (f", DDP over {run.world} process(es) ({torch.distributed.get_backend()})"
-           if torch.distributed.is_initialized() else "")
+    over = (f", DDP over {run.world} process(es) ({torch.distributed.get_backend()}"
+            f"{', synchronised BatchNorm' if run.cfg.sync_bn and run.world > 1 else ''})"
+            if torch.distributed.is_initialized() else "")
     skipped = len(progress.skipped)
-    tqdm.write(f"{cfg.arch} on {run.device.type}{ddp}: {len(run.split.train)} train / {len(run.split.val)} val "
+    tqdm.write(f"{cfg.arch} on {run.device.type}{over}: {len(run.split.train)} train / {len(run.split.val)} val "
                f"images, {len(run.split.classes)} classes, {progress.epochs} epochs of {run.steps_per_epoch} steps"
                f" at {sizes} px, {run.workers} workers" + (f", {skipped} files skipped" if skipped else ""))
 
@@ -513,14 +503,20 @@ class EpochSums:
     loss: float = 0.0
     seconds: float = 0.0
 
+    def over_ranks(self) -> "EpochSums":
+        """The sums of all ranks (the time is rank 0's): the epoch's figures cover every image."""
+        parts = ddp.gather(asdict(self))
+        return EpochSums(sum(p["seen"] for p in parts), sum(p["correct"] for p in parts),
+                         sum(p["loss"] for p in parts), parts[0]["seconds"])
+
 
 def plan_budget(run: Run, progress: Progress, budget: Budget, step_s: float, crop: int) -> int:
     """The first plan of a time budget, from the first steps' time and the compute measured at the
     sizes training will see."""
     largest = run.cfg.img_size if run.cfg.img_size != crop else run.eval_size
     compute, p = compute_time_by_size(run.model, (crop, largest), run.device, run.dtype, run.cfg.channels_last,
-                                      run.cfg.batch_size // run.world)
-    epochs = from_rank0([budget.plan(progress.epoch, step_s, compute, crop, p)], run.device)[0]
+                                      run.batch)
+    epochs = ddp.from_rank0([budget.plan(progress.epoch, step_s, compute, crop, p)], run.device)[0]
     tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs} epochs ({epochs * run.steps_per_epoch} steps) fit"
                f" (forward + backward measured to grow as crop size ** {budget.model.p:.2f})")
     return epochs
@@ -532,8 +528,11 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
     cfg, steps = run.cfg, run.steps_per_epoch
     start_in_epoch = progress.step - progress.epoch * steps
     crop = run.crop_at(progress.epoch, progress.epochs)
-    run.train_loader.sampler.set_epoch(progress.epoch, start_in_epoch * (cfg.batch_size // run.world), crop)
+    run.train_loader.sampler.set_epoch(progress.epoch, start_in_epoch * run.batch, crop)
+    # A mid-epoch checkpoint holds the sums of all ranks: rank 0 carries them on, the others add theirs.
     sums = EpochSums(**progress.partial) if start_in_epoch else EpochSums()
+    if not run.main:
+        sums = EpochSums(seconds=sums.seconds)
     run.net.train()
     t0 = time.monotonic() - sums.seconds
     t_timed, done_here = t0, 0
@@ -573,25 +572,30 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
             progress.epochs = plan_budget(run, progress, budget, step_s, crop)
             bar.set_description(f"epoch {progress.epoch + 1}/{progress.epochs}")
         if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step % steps:
-            progress.partial = asdict(sums)
+            progress.partial = asdict(sums.over_ranks())
             save(run, run.out / "last.pt", progress, budget, {})
     bar.close()
     progress.partial = {}
-    return sums
+    return sums.over_ranks()
 
 
 def validate(run: Run, progress: Progress) -> tuple[float, float]:
-    """(loss, accuracy) on the validation set, through the one inference path; NaN without one."""
+    """(loss, accuracy) on the validation set, through the one inference path; NaN without one.
+    Each rank scores its own slice with rank 0's weights, and the counts are summed."""
     if run.val_loader is None:
         return float("nan"), float("nan")
     run.model.eval()
     logits, labels, _, failures = run_eval(TorchNet(run.model, run.device, run.dtype, run.cfg.channels_last),
                                            run.val_loader, IMAGENET_MEAN, IMAGENET_STD)
-    for i, reason in failures:
+    mine = (F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
+            (logits.argmax(1) == labels).sum().item(), len(labels), failures)
+    parts = ddp.gather(mine)
+    for i, reason in (f for part in parts for f in part[3]):
         progress.skipped.setdefault(run.split.val[i].path, reason)
-    if not len(labels):
+    n = sum(part[2] for part in parts)
+    if not n:
         return float("nan"), float("nan")
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+    return sum(part[0] for part in parts) / n, sum(part[1] for part in parts) / n
 
 
 def end_epoch(run: Run, progress: Progress, sums: EpochSums, val_loss: float, val_acc: float, crop: int,
@@ -601,7 +605,7 @@ def end_epoch(run: Run, progress: Progress, sums: EpochSums, val_loss: float, va
     row = {"epoch": progress.epoch, "img_size": crop, "lr": run.optimizer.param_groups[0]["lr"],
            "train_loss": sums.loss / max(sums.seen, 1), "train_acc": sums.correct / max(sums.seen, 1),
            "val_loss": val_loss, "val_acc": val_acc,
-           "images_per_second": sums.seen * run.world / max(sums.seconds, 1e-9), "seconds": seconds}
+           "images_per_second": sums.seen / max(sums.seconds, 1e-9), "seconds": seconds}
     progress.history.append(row)
     score = val_acc if run.val_loader is not None else row["train_acc"]
     improved = score > progress.best_acc
@@ -624,7 +628,7 @@ def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s:
         if budget.cannot_fit(last_epoch_s):
             tqdm.write("time budget spent: stopping")
             stop = True
-    stop, planned = from_rank0([int(stop), planned], run.device)
+    stop, planned = ddp.from_rank0([int(stop), planned], run.device)
     if planned != progress.epochs and not stop:
         tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {planned} epochs fit (measured over epoch {progress.epoch})")
     return bool(stop), planned
@@ -636,55 +640,61 @@ def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s:
 
 def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train per `cfg`, or continue the run whose saved `state` `resume_config` returned with its
-    configuration. Returns the final summary, with the trained `model` (this rank's copy)."""
+    configuration. Returns the final summary, with the trained `model` (this rank's copy). Under
+    torchrun the process group is destroyed on every way out, errors included."""
     started = time.monotonic()  # a time budget counts the data scan and the decoded cache too
-    run = set_up(cfg, resuming=state is not None)
-    progress = Progress(epochs=cfg.epochs, skipped=dict(run.split.skipped))
-    budget = None
-    if state is not None:
-        restore(run, state)
-        progress = Progress.restore(cfg.epochs, state)
-        progress.skipped.update(run.split.skipped)
-    if cfg.max_minutes:
-        shape = RunShape(run.steps_per_epoch, len(run.split.val), cfg.batch_size // run.world, run.eval_size,
-                         run.crop_at)
-        budget = Budget.restore(cfg.max_minutes * 60, shape, (state or {}).get("budget"), started=started)
-    if run.main:
-        D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
-        if run.split.val:
-            D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
-        (run.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        announce(run, progress)
-    board = tensorboard_writer(run.out) if run.main else None
-
-    while progress.epoch < progress.epochs:
-        crop = run.crop_at(progress.epoch, progress.epochs)
-        sums = train_epoch(run, progress, budget)
-        t_val = time.monotonic()
-        val_loss, val_acc = validate(run, progress)
-        row, improved = end_epoch(run, progress, sums, val_loss, val_acc, crop, sums.seconds + time.monotonic() - t_val)
+    try:
+        run = set_up(cfg, resuming=state is not None)
+        progress = Progress(epochs=cfg.epochs, skipped=dict(run.split.skipped))
+        budget = None
+        if state is not None:
+            restore(run, state)
+            progress = Progress.restore(cfg.epochs, state)
+            progress.skipped.update(run.split.skipped)
+        ddp.same_on_all_ranks("the step to start from (resuming needs --out on a file system all nodes share)",
+                              progress.step)
+        if cfg.max_minutes:
+            shape = RunShape(run.steps_per_epoch, -(-len(run.split.val) // run.world), run.batch, run.eval_size,
+                             run.crop_at)
+            budget = Budget.restore(cfg.max_minutes * 60, shape, (state or {}).get("budget"), started=started)
         if run.main:
-            write_metrics(run.out / "metrics.csv", progress.history)
-            if board is not None:
-                for key, value in row.items():
-                    if key != "epoch":
-                        board.add_scalar(key, value, progress.epoch)
-            save(run, run.out / "last.pt", progress, budget, row)
-            if improved:
-                save(run, run.out / "best.pt", progress, budget, row)
-            tqdm.write(f"epoch {progress.epoch}/{progress.epochs}  loss {row['train_loss']:.4f}  "
-                       f"acc {row['train_acc']:.4f}  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
-                       f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
-        stop, progress.epochs = next_plan(run, progress, budget, row["seconds"])
-        if stop:
-            break
+            D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
+            if run.split.val:
+                D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
+            (run.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+            announce(run, progress)
+        board = tensorboard_writer(run.out) if run.main else None
 
-    if run.main and progress.skipped:
-        D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
-    if board is not None:
-        board.close()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        while progress.epoch < progress.epochs:
+            crop = run.crop_at(progress.epoch, progress.epochs)
+            sums = train_epoch(run, progress, budget)
+            ddp.sync_buffers(run.model)
+            t_val = time.monotonic()
+            val_loss, val_acc = validate(run, progress)
+            row, improved = end_epoch(run, progress, sums, val_loss, val_acc, crop,
+                                      sums.seconds + time.monotonic() - t_val)
+            if run.main:
+                write_metrics(run.out / "metrics.csv", progress.history)
+                if board is not None:
+                    for key, value in row.items():
+                        if key != "epoch":
+                            board.add_scalar(key, value, progress.epoch)
+                save(run, run.out / "last.pt", progress, budget, row)
+                if improved:
+                    save(run, run.out / "best.pt", progress, budget, row)
+                tqdm.write(f"epoch {progress.epoch}/{progress.epochs}  loss {row['train_loss']:.4f}  "
+                           f"acc {row['train_acc']:.4f}  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
+                           f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
+            stop, progress.epochs = next_plan(run, progress, budget, row["seconds"])
+            if stop:
+                break
+
+        if run.main and progress.skipped:
+            D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
+        if board is not None:
+            board.close()
+    finally:
+        ddp.stop()
     final = progress.history[-1] if progress.history else {}
     return {"best_acc": progress.best_acc, "epochs": progress.epoch, "out": str(run.out),
             "classes": run.split.classes, "skipped": len(progress.skipped), "validated": bool(run.split.val),

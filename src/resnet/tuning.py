@@ -58,3 +58,7 @@ PREFETCH_BATCHES = 4
 # Training caches its decoded images by itself when the copy is at most this large: decoding then
 # happens once instead of every epoch, which on a 2-core machine is CPU taken from training.
 AUTO_CACHE_BYTES = 2 * 1024**3
+
+# Processes other than the one decoding a machine's cache look for its finished index this often:
+# a build takes seconds to hours, and a stat twice a second costs nothing.
+CACHE_POLL_S = 0.5

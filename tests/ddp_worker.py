@@ -1,0 +1,75 @@
+"""`resnet train` under torchrun, as the CLI runs it, plus what the distributed tests need to see
+from inside each rank (set through the environment):
+
+- RESNET_TEST_RECORD=DIR: each rank writes DIR/rank{R}.attempt{A}.json (the files it loaded, per
+  epoch and split, and the caches it decoded) and DIR/rank{R}.pt (its own final weights);
+- RESNET_TEST_KILL_AFTER_EPOCH=N: in torchrun's first attempt, rank 1 copies OUT/metrics.csv to
+  DIR/metrics_at_kill.csv once epoch N is saved, then SIGKILLs itself.
+"""
+
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+from resnet import data as D
+from resnet import train as T
+from resnet.cli import main
+from resnet.transforms import EvalTransform
+
+RECORD = Path(os.environ["RESNET_TEST_RECORD"])
+KILL_AFTER = int(os.environ.get("RESNET_TEST_KILL_AFTER_EPOCH", "0"))
+RANK = int(os.environ.get("RANK", "0"))
+ATTEMPT = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+seen: dict = {"loaded": {}, "built": []}
+epoch = [0]
+
+
+def save_record() -> None:
+    RECORD.mkdir(parents=True, exist_ok=True)
+    (RECORD / f"rank{RANK}.attempt{ATTEMPT}.json").write_text(json.dumps(seen))
+
+
+def getitem(self, item, _orig=D.ImageDataset.__getitem__):
+    split = "val" if isinstance(self.transform, EvalTransform) else "train"
+    index = item[0] if isinstance(item, tuple) else item
+    seen["loaded"].setdefault(f"{split}{epoch[0]}", []).append(self.samples[index].path)
+    return _orig(self, item)
+
+
+def build(self, *args, _orig=D.DecodedCache.build, **kwargs):
+    seen["built"].append(self.dir.name)
+    return _orig(self, *args, **kwargs)
+
+
+def train_epoch(run, progress, budget, _orig=T.train_epoch):
+    epoch[0] = progress.epoch
+    return _orig(run, progress, budget)
+
+
+def next_plan(run, progress, *args, _orig=T.next_plan):
+    decided = _orig(run, progress, *args)  # rank 0 has saved the epoch when this returns
+    if RANK == 1 and ATTEMPT == 0 and progress.epoch == KILL_AFTER:
+        save_record()
+        shutil.copy(Path(run.cfg.out) / "metrics.csv", RECORD / "metrics_at_kill.csv")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return decided
+
+
+def train(cfg, state=None, _orig=T.train):
+    summary = _orig(cfg, state)
+    save_record()
+    torch.save(summary["model"].state_dict(), RECORD / f"rank{RANK}.pt")
+    return summary
+
+
+D.ImageDataset.__getitem__ = getitem
+D.DecodedCache.build = build
+T.train_epoch, T.next_plan, T.train = train_epoch, next_plan, train
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,201 @@
+"""torchrun + DDP on the CPU (Gloo, localhost): ranks see disjoint halves and stay in step, N
+processes train what one process does, two "nodes" over a real network path, and a killed worker
+ends in a finished run with the uninterrupted run's weights. Each rank is `resnet train` as the CLI
+runs it (tests/ddp_worker.py), recording from inside what it loaded and its own final weights."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnet.checkpoint import read_checkpoint
+from resnet.evaluate import evaluate
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+WORKER = str(Path(__file__).with_name("ddp_worker.py"))
+# 32 images, a quarter held out: 24 to train on (3 steps of 4 per rank), 8 to validate on.
+QUICK = ["--arch", "resnet20", "--img-size", "24", "--batch-size", "8", "--workers", "0", "--val-split", "0.25"]
+
+
+def run(cmd: list[str], record: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "RESNET_TEST_RECORD": str(record), **env})
+
+
+def torchrun(args: list[str], record: Path, restarts: int = 0, **env: str):
+    """One machine, two ranks, as docs/distributed.md launches it (--standalone: a free port)."""
+    return run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--max-restarts", str(restarts), WORKER,
+                "train", *args], record, **env)
+
+
+def final_weights(record: Path, rank: int) -> dict[str, torch.Tensor]:
+    return torch.load(record / f"rank{rank}.pt", weights_only=True)
+
+
+def loaded(record: Path, rank: int, attempt: int = 0) -> dict:
+    return json.loads((record / f"rank{rank}.attempt{attempt}.json").read_text())
+
+
+def rows(out: Path) -> list[dict]:
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_two_ranks_load_disjoint_halves_and_end_with_identical_weights(tiny_folder, tmp_path):
+    """Each rank trains on its own half: only the gradient all-reduce can keep their weights
+    equal, and each rank's own copy is compared (parameters and BatchNorm statistics). The cache
+    is decoded by one process of the machine; validation is split over the ranks, and its figure
+    is the one `evaluate` gives for the saved weights."""
+    out, record = tmp_path / "out", tmp_path / "record"
+    r = torchrun([str(tiny_folder), *QUICK, "--epochs", "2", "--cache", "--out", str(out)], record)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [loaded(record, 0), loaded(record, 1)]
+    train_files = {row.split(",")[0] for row in (out / "train.csv").read_text().splitlines()[1:]}
+    val_files = {row.split(",")[0] for row in (out / "val.csv").read_text().splitlines()[1:]}
+    assert len(train_files) == 24 and len(val_files) == 8
+    for epoch in (0, 1):
+        a, b = (set(rank["loaded"][f"train{epoch}"]) for rank in ranks)
+        assert len(a) == len(b) == 12 and not a & b and a | b == train_files
+        a, b = (set(rank["loaded"][f"val{epoch}"]) for rank in ranks)
+        assert len(a) == len(b) == 4 and not a & b and a | b == val_files
+    assert len(ranks[0]["built"]) == 2 and ranks[1]["built"] == []  # train and val caches, once
+
+    assert_same_weights(final_weights(record, 0), final_weights(record, 1))
+    last = read_checkpoint(out / "last.pt")
+    assert_same_weights(last["model"], final_weights(record, 0))
+    assert last["progress"]["step"] == 2 * 3
+    result, _, _ = evaluate(out / "last.pt", out / "val.csv", workers=0)
+    assert float(rows(out)[-1]["val_acc"]) == pytest.approx(result["accuracy"], abs=1e-9)
+    assert r.stdout.count("best validation accuracy") == 1  # one report, from rank 0
+
+
+def test_two_ranks_with_half_the_batch_train_what_one_process_does(tiny_folder, tmp_path):
+    """2 ranks x batch 4 == 1 process x batch 8, same seed, after 6 steps: weights within 1e-5 and
+    the same epoch figures (training sums and validation reduced over the ranks). --sync-bn makes
+    BatchNorm see the global batch; without it the statistics of half batches differ, and so do
+    the weights (the control: this test can tell). Contiguous layout: channels_last's CPU
+    BatchNorm backward sums in a different order, a difference of 1e-4 after a few steps between
+    one and two threads of the same process, which would hide what is compared here."""
+    args = [str(tiny_folder), *QUICK, "--epochs", "2", "--no-channels-last", "--seed", "4"]
+    one = run([sys.executable, WORKER, "train", *args, "--out", str(tmp_path / "one")], tmp_path / "r1")
+    two = torchrun([*args, "--sync-bn", "--out", str(tmp_path / "two")], tmp_path / "r2")
+    unsynced = torchrun([*args, "--out", str(tmp_path / "unsynced")], tmp_path / "r3")
+    assert one.returncode == two.returncode == unsynced.returncode == 0, two.stderr[-3000:]
+    assert "synchronised BatchNorm" in two.stdout + two.stderr
+
+    def gap(a: dict, b: dict) -> float:
+        return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+    single = final_weights(tmp_path / "r1", 0)
+    assert gap(single, final_weights(tmp_path / "r2", 0)) < 1e-5
+    assert gap(single, final_weights(tmp_path / "r2", 1)) < 1e-5
+    assert gap(single, final_weights(tmp_path / "r3", 0)) > 1e-4
+    for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), key
+
+
+def test_killed_rank_restarts_and_ends_as_an_uninterrupted_run(tiny_folder, tmp_path):
+    """SIGKILL rank 1 after epoch 1 under `--max-restarts 1 --resume auto`: torchrun restarts the
+    group, which resumes from last.pt (epoch 1 is not trained again: its metrics row is the one
+    written before the kill, timings included), and the weights equal an uninterrupted run's."""
+    args = [str(tiny_folder), *QUICK, "--epochs", "3", "--resume", "auto"]
+    straight = torchrun([*args, "--out", str(tmp_path / "straight")], tmp_path / "r1")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    out, record = tmp_path / "killed", tmp_path / "r2"
+    r = torchrun([*args, "--out", str(out)], record, restarts=1, RESNET_TEST_KILL_AFTER_EPOCH="1",
+                 TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")  # see docs/distributed.md: restarts
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (record / "metrics_at_kill.csv").is_file() and (record / "rank1.attempt1.json").is_file()
+    assert "train0" not in loaded(record, 0, attempt=1)["loaded"]  # the second attempt began at epoch 2
+    assert "train1" in loaded(record, 0, attempt=1)["loaded"]
+
+    before = (record / "metrics_at_kill.csv").read_text().splitlines()
+    after = (out / "metrics.csv").read_text().splitlines()
+    assert len(before) == 2 and len(after) == 4 and after[:2] == before
+    assert [row["epoch"] for row in rows(out)] == ["1", "2", "3"]
+    last = read_checkpoint(out / "last.pt")
+    assert last["progress"]["epoch"] == 3 and len(last["progress"]["history"]) == 3
+    assert not list(out.rglob("*.tmp")) and (out / "evaluation.json").is_file()
+    assert_same_weights(last["model"], read_checkpoint(tmp_path / "straight" / "last.pt")["model"])
+
+
+def test_without_restarts_a_killed_rank_ends_the_job_promptly(tiny_folder, tmp_path):
+    started = time.monotonic()
+    r = torchrun([str(tiny_folder), *QUICK, "--epochs", "3", "--out", str(tmp_path / "out")], tmp_path / "r",
+                 RESNET_TEST_KILL_AFTER_EPOCH="1")
+    assert r.returncode != 0 and time.monotonic() - started < 60
+    assert "SIGKILL" in r.stderr
+
+
+def test_a_global_batch_that_does_not_divide_is_a_one_line_error(tiny_folder, tmp_path):
+    r = torchrun([str(tiny_folder), "--arch", "resnet20", "--batch-size", "7", "--out", str(tmp_path / "out")],
+                 tmp_path / "r")
+    assert r.returncode != 0  # torchrun's own, after each rank's one line (exit 2):
+    assert "resnet train: error: --batch-size 7 is the global batch: it must divide evenly over 2 processes" in r.stderr
+    assert "resnet/train.py" not in r.stderr  # no traceback from our code
+
+
+def make_namespaces(tag: str) -> list[str] | None:
+    """Two network namespaces joined by a veth pair (10.231.0.1 and .2); None if they cannot be made."""
+    names = [f"rn{tag}a", f"rn{tag}b"]
+    steps = [["ip", "netns", "add", names[0]], ["ip", "netns", "add", names[1]],
+             ["ip", "link", "add", f"rv{tag}a", "type", "veth", "peer", "name", f"rv{tag}b"]]
+    for i, ns in enumerate(names):
+        dev = f"rv{tag}{'ab'[i]}"
+        steps += [["ip", "link", "set", dev, "netns", ns], ["ip", "-n", ns, "addr", "add", f"10.231.0.{i + 1}/24", "dev", dev],
+                  ["ip", "-n", ns, "link", "set", dev, "up"], ["ip", "-n", ns, "link", "set", "lo", "up"]]
+    for step in steps:
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            remove_namespaces(names)
+            return None
+    return names
+
+
+def remove_namespaces(names: list[str]) -> None:
+    for ns in names:  # deleting a namespace deletes its end of the veth pair, and so the pair
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+def test_two_nodes_over_a_network_path_end_with_identical_weights(tiny_folder, tmp_path):
+    """Two single-process "nodes" in two network namespaces, a veth pair between them: torchrun
+    --nnodes 2 with c10d rendezvous, Gloo over that link."""
+    tag = uuid.uuid4().hex[:6]
+    names = make_namespaces(tag)
+    if names is None:
+        pytest.skip("cannot make network namespaces here (needs root or CAP_NET_ADMIN and iproute2)")
+    record = tmp_path / "record"
+    env = {**os.environ, "RESNET_TEST_RECORD": str(record)}
+    nodes: list[subprocess.Popen] = []
+    try:
+        nodes = [subprocess.Popen(
+            ["ip", "netns", "exec", ns, "env", f"GLOO_SOCKET_IFNAME=rv{tag}{'ab'[i]}", TORCHRUN,
+             "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", tag,
+             "--rdzv-endpoint", "10.231.0.1:29461", "--local-addr", f"10.231.0.{i + 1}",
+             # both "nodes" share one hostname, which torchrun would otherwise use to find the store's host
+             "--rdzv-conf", f"is_host={int(i == 0)}", WORKER, "train",
+             str(tiny_folder), *QUICK, "--epochs", "2", "--out", str(tmp_path / "out")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i, ns in enumerate(names)]
+        results = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+        remove_namespaces(names)
+    assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert "DDP over 2 process(es) (gloo)" in "".join(results[0] + results[1])
+    a, b = (set(loaded(record, rank)["loaded"]["train0"]) for rank in (0, 1))
+    assert len(a) == len(b) == 12 and not a & b
+    assert_same_weights(final_weights(record, 0), final_weights(record, 1))
