@@ -23,21 +23,10 @@ import torch
 from PIL import Image
 
 from resnet import Classifier, create_model, runtime
+from resnet.bench import cpu_description
 from resnet.checkpoint import save_checkpoint
 from resnet.export import export_onnx, quantize_onnx
 from resnet.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-
-def cpu_description() -> str:
-    model = flags = ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and not model:
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = " ".join(f for f in line.split(":", 1)[1].split()
-                             if f.startswith(("avx", "amx", "fma", "f16c")) or f in ("avx512_bf16", "avx512_vnni"))
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return f"{model} ({torch.get_num_threads()} threads); flags: {flags}; oneDNN bf16: {bf16}"
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 import time
 from typing import Any, Callable
 
@@ -9,8 +11,22 @@ import torch
 
 from . import data as D
 from . import runtime
+from .budget import step_seconds
 from .models import create_model
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
+
+
+def cpu_description() -> str:
+    """The CPU's model, the threads torch uses and the flags that decide the fast paths: what every
+    benchmark figure is printed with, since the machines differ from one session to the next."""
+    model = flags = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and not model:
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = " ".join(f for f in line.split(":", 1)[1].split()
+                             if f.startswith(("avx", "amx", "fma", "f16c")) or f in ("avx512_bf16", "avx512_vnni"))
+    return f"{model} ({torch.get_num_threads()} threads); flags: {flags}; oneDNN bf16: {runtime.cpu_has_bf16()}"
 
 
 def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int = 64,
@@ -39,15 +55,20 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
     warm-up steps (which also pay for compilation with `compile`). Inference is `runtime.logits`,
     the function every predict, evaluate and serve call goes through."""
     dev = runtime.pick_device(device)
-    dtype = runtime.amp_dtype(amp, dev)
     model = create_model(arch, num_classes=1000, width=width)
-    net = runtime.TorchNet.prepare(model, dev, dtype, channels_last)
-    if compile:
-        net.model = torch.compile(model)
+    if task == "train":  # as `train` sets it up: BatchNorm kept, precision chosen on training steps
+        model = model.to(dev, memory_format=runtime.memory_format(channels_last))
+        timer = functools.partial(step_seconds, model, img_size, dev, channels_last, batch_size)
+    else:  # as `Classifier` does: BatchNorm folded, precision chosen on inference batches
+        model = runtime.TorchNet.prepare(model, dev, None, channels_last).model
+        timer = functools.partial(runtime.forward_seconds, model, img_size, dev, channels_last, batch_size)
+    precision = runtime.choose_precision(amp, dev, timer)
+    compiled = (torch.compile(model) if task == "train" else runtime.compile_for_inference(model)) if compile else model
+    net = runtime.TorchNet(compiled, dev, precision.dtype, channels_last)
     x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
     model.train(task == "train")
     if task == "train":
-        step = _train_step(net, x, dev, dtype)
+        step = _train_step(net, x, dev, precision.dtype)
     else:
         def step() -> None:
             runtime.logits(net, x, IMAGENET_MEAN, IMAGENET_STD)
@@ -64,7 +85,8 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
     seconds = time.perf_counter() - t
     return {"task": task, "arch": arch, "width": width, "img_size": img_size, "batch_size": batch_size,
             "channels_last": channels_last, "compile": compile, "device": dev.type,
-            "amp": runtime.precision_name(dtype), "images_per_second": batch_size * steps / seconds,
+            "amp": precision.name, "precision_reason": precision.reason,
+            "images_per_second": batch_size * steps / seconds,
             "seconds": seconds}
 
 

@@ -120,6 +120,12 @@ class Budget:
         return self.elapsed() + next_epoch_s > self.seconds
 
 
+def step_seconds(model: nn.Module, size: int, device: torch.device, channels_last: bool, batch_size: int,
+                 dtype: torch.dtype | None) -> float:
+    """Forward + backward of one batch at `size` in `dtype`: what choosing the precision compares."""
+    return compute_time_by_size(model, (size, size), device, dtype, channels_last, batch_size)[0]
+
+
 def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch.device,
                          dtype: torch.dtype | None, channels_last: bool, batch_size: int
                          ) -> tuple[float, float]:

@@ -34,6 +34,11 @@ def _fraction(text: str) -> float:
     return value
 
 
+AMP_CHOICES = ["auto", "off", "bf16", "fp16"]
+AMP_HELP = "autocast precision (auto: bf16 where this machine runs it faster, else fp32)"
+COMPILE_HELP = "torch.compile with freezing: ~1.15x faster inference after ~15 s of compiling (long runs)"
+
+
 def build_parser() -> Parser:
     p = Parser(prog="resnet", description="Train, evaluate and use ResNet image classifiers.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -70,7 +75,7 @@ def build_parser() -> Parser:
     t.add_argument("--seed", type=int)
     t.add_argument("--deterministic", action="store_true", default=None)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
+    t.add_argument("--amp", choices=AMP_CHOICES, help=AMP_HELP)
     t.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="decode once into a uint8 cache (default: when it takes at most 2 GiB)")
     t.add_argument("--cache-dir")
@@ -92,6 +97,8 @@ def build_parser() -> Parser:
     e.add_argument("--batch-size", type=_positive_int, default=64)
     e.add_argument("--workers", type=int)
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
+    e.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     e.add_argument("--label-pattern")
 
     pr = sub.add_parser("predict", help="label image files, folders or globs")
@@ -104,6 +111,8 @@ def build_parser() -> Parser:
     pr.add_argument("--tta", action="store_true", help="average with the mirrored image")
     pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pr.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    pr.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX or safetensors")
     x.add_argument("checkpoint")
@@ -121,6 +130,7 @@ def build_parser() -> Parser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body")
     sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sv.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
 
     m = sub.add_parser("models", help="list the architectures")
     m.add_argument("--json", action="store_true")
@@ -136,7 +146,7 @@ def build_parser() -> Parser:
     b.add_argument("--cache", action="store_true")
     b.add_argument("--cache-dir")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    b.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto")
+    b.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
     b.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     b.add_argument("--compile", action="store_true")
@@ -209,7 +219,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_json, write_report
 
     result, samples, probs = evaluate(a.checkpoint, a.data, a.tta, a.batch_size, a.workers, a.device,
-                                      a.label_pattern)
+                                      a.label_pattern, a.amp, a.compile)
     if a.json:
         write_json(a.json, result)
     if a.report:
@@ -251,7 +261,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if not files:
         print(f"resnet predict: no files match {' '.join(a.paths)}", file=sys.stderr)
         return 1
-    clf = Classifier.load(a.model, a.device)
+    clf = Classifier.load(a.model, a.device, a.amp, a.compile)
     if a.cam and clf.model is None:
         raise ConfigError("--cam needs the PyTorch model: give a checkpoint, not an ONNX file")
     batches = -(-len(files) // a.batch_size)
@@ -357,7 +367,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .predict import Classifier
     from .serve import serve
 
-    serve(Classifier.load(a.model, a.device), a.host, a.port, a.max_upload_mb)
+    serve(Classifier.load(a.model, a.device, a.amp), a.host, a.port, a.max_upload_mb)
     return 0
 
 

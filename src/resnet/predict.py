@@ -11,6 +11,7 @@ exception.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from . import runtime
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, ConfigError
 from .transforms import CROP_PCT, EvalTransform, normalize
+from .tuning import PRECISION_PROBE_BATCH
 
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
 # safetensors metadata as JSON strings, read back by `Classifier.load`.
@@ -56,8 +58,9 @@ class Explanation:
 
 class Classifier:
     def __init__(self, net: runtime.Net, card: dict[str, Any], source: str = "",
-                 model: torch.nn.Module | None = None):
+                 model: torch.nn.Module | None = None, precision_reason: str = ""):
         self.net = net
+        self.precision_reason = precision_reason
         self.model = model  # the PyTorch model behind `net`, when there is one (Grad-CAM needs it)
         self.card = {k: card[k] for k in CARD_KEYS if k in card}
         self.classes: list[str] = [str(c) for c in card["classes"]]
@@ -69,12 +72,20 @@ class Classifier:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto",
-                        channels_last: bool = True) -> "Classifier":
-        """A training checkpoint (.pt) or exported safetensors."""
+                        channels_last: bool = True, compile: bool = False) -> "Classifier":
+        """A training checkpoint (.pt) or exported safetensors; `compile`: see
+        `runtime.compile_for_inference` (Grad-CAM keeps the eager model)."""
         model, meta = load_checkpoint(path)
         dev = runtime.pick_device(device)
-        net = runtime.TorchNet.prepare(model, dev, runtime.amp_dtype(amp, dev), channels_last)
-        return cls(net, meta, str(path), net.model)
+        net = runtime.TorchNet.prepare(model, dev, None, channels_last)
+        timer = functools.partial(runtime.forward_seconds, net.model, int(meta["eval_size"]), dev, channels_last,
+                                  PRECISION_PROBE_BATCH)
+        precision = runtime.choose_precision(amp, dev, timer)
+        net.dtype = precision.dtype
+        model = net.model
+        if compile:
+            net.model = runtime.compile_for_inference(model)
+        return cls(net, meta, str(path), model, precision.reason)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Classifier":
@@ -87,20 +98,23 @@ class Classifier:
         return cls(net, net.metadata, str(path))
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", amp: str = "auto") -> "Classifier":
+    def load(cls, path: str | Path, device: str = "auto", amp: str = "auto", compile: bool = False) -> "Classifier":
         """Whatever `path` holds: ONNX by its suffix, otherwise a checkpoint."""
         if str(path).lower().endswith(".onnx"):
             if device == "cuda":
                 raise ConfigError("ONNX models run on the CPU here: leave out --device cuda")
+            if compile:
+                raise ConfigError("--compile applies to PyTorch checkpoints: an ONNX file runs on onnxruntime")
             return cls.from_onnx(path)
-        return cls.from_checkpoint(path, device, amp)
+        return cls.from_checkpoint(path, device, amp, compile=compile)
 
     def describe(self) -> dict[str, Any]:
         """What the model is and how it runs: for `serve`'s /info and the CLI."""
         return {"classes": self.classes, "input_size": self.transform.img_size,
                 "resize_size": self.transform.resize_size, "mean": list(self.mean), "std": list(self.std),
                 "arch": self.card.get("arch"), "source": self.source, "device": self.net.device.type,
-                "precision": getattr(self.net, "precision", "fp32"), "explain": self.model is not None}
+                "precision": getattr(self.net, "precision", "fp32"), "precision_reason": self.precision_reason,
+                "explain": self.model is not None}
 
     # -- inference -------------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ scratch on a 2-core CPU (measured in docs/benchmarks.md):
   biases only hurts), linear warm-up then one-cycle cosine decay, label smoothing 0.1. Not zero-init
   of each block's last BN: measured here, it stalls the first epochs of short runs (ResNet-20 on
   digits: loss still 2.30 after an epoch, against 0.79 without it);
-- channels_last memory format (oneDNN's faster layout on CPU); fp32 on CPU because bf16 autocast
-  is many times slower on CPUs without AVX-512 BF16, bf16 autocast on CUDA.
+- channels_last memory format (oneDNN's faster layout on CPU); the precision is `--amp auto`:
+  bf16 autocast on CUDA; on a CPU with bf16 kernels (AVX-512-BF16, AMX) the faster of fp32 and bf16
+  on a few timed steps of the actual model; fp32 on other CPUs, where bf16 is emulated and ~15x
+  slower (`runtime.choose_precision`).
 Every other tuning constant is in `tuning.py`, with its reason; the time budget is `budget.py`.
 
 The file reads top to bottom: the configuration and its checks, resuming, the small pieces, the
@@ -41,11 +43,11 @@ from tqdm import tqdm
 
 from . import data as D
 from . import distributed as ddp
-from .budget import Budget, RunShape, compute_time_by_size
+from .budget import Budget, RunShape, compute_time_by_size, step_seconds
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
-from .runtime import TorchNet, amp_dtype, autocast, memory_format, pick_device, run_eval
+from .runtime import Precision, TorchNet, autocast, choose_precision, memory_format, pick_device, run_eval
 from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
                          normalize)
 from .tuning import (AUTO_CACHE_BYTES, EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_STEP, START_SIZE_FRACTION, UNTIMED_STEPS,
@@ -341,7 +343,7 @@ class Run:
     cfg: TrainConfig
     out: Path
     device: torch.device
-    dtype: torch.dtype | None
+    precision: Precision              # the autocast dtype (None: fp32) and why it was chosen
     split: D.DataSplit
     eval_size: int
     train_loader: torch.utils.data.DataLoader
@@ -358,6 +360,10 @@ class Run:
     main: bool
     steps_per_epoch: int              # of a whole epoch (the loader's length shrinks in a resumed one)
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return self.precision.dtype
+
     def crop_at(self, epoch: int, epochs: int) -> int:
         return crop_size_at(epoch, epochs, self.cfg.img_size, self.cfg.min_img_size)
 
@@ -368,14 +374,14 @@ class Run:
         return lr_at(step, epochs * self.steps_per_epoch, warmup, peak, self.cfg.schedule)
 
 
-def set_up_device(cfg: TrainConfig) -> tuple[torch.device, torch.dtype | None]:
-    """The device (under torchrun on CUDA: the local rank's GPU) and the autocast dtype."""
+def set_up_device(cfg: TrainConfig) -> torch.device:
+    """The device: under torchrun on CUDA, the local rank's GPU."""
     device = pick_device(cfg.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = not cfg.deterministic
-    return device, amp_dtype(cfg.amp, device)
+    return device
 
 
 def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: torch.device, rank: int,
@@ -420,7 +426,7 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     """Device, data, model, optimiser: every check that can fail on the user's input runs before
     the expensive work (the pretrained weights are read before the data is scanned and decoded;
     --out is checked before and created after)."""
-    device, dtype = set_up_device(cfg)
+    device = set_up_device(cfg)
     rank, world, local_rank = ddp.start(device)
     batch = ddp.per_rank_batch(cfg.batch_size, world)
     seed_everything(cfg.seed, cfg.deterministic)
@@ -445,6 +451,9 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     if cfg.sync_bn and world > 1:
         model = ddp.sync_batchnorm(model, device)
     model = model.to(device, memory_format=memory_format(cfg.channels_last))
+    # Timed on the final crop size, where most of the compute is; every rank takes rank 0's choice.
+    timer = functools.partial(step_seconds, model, cfg.img_size, device, cfg.channels_last, batch)
+    precision = ddp.gather(choose_precision(cfg.amp, device, timer))[0]
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     net: nn.Module = model
@@ -452,8 +461,8 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
-    return Run(cfg, out, device, dtype, split, eval_size, train_loader, val_loader, workers, model, net, options,
-               optimizer, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+    return Run(cfg, out, device, precision, split, eval_size, train_loader, val_loader, workers, model, net, options,
+               optimizer, torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world, batch, rank == 0, len(train_loader))
 
 
@@ -475,7 +484,7 @@ def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metric
         "std": list(IMAGENET_STD), "epoch": progress.epoch, "metrics": metrics, "config": asdict(cfg),
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "scheduler": {"step": progress.step, "total_steps": progress.epochs * run.steps_per_epoch},
-        "rng": {"torch": torch.get_rng_state()}, "progress": asdict(progress),
+        "rng": {"torch": torch.get_rng_state()}, "progress": asdict(progress), "precision": run.precision.record(),
         "budget": budget.state() if budget else None})
 
 
@@ -490,6 +499,7 @@ def announce(run: Run, progress: Progress) -> None:
     tqdm.write(f"{cfg.arch} on {run.device.type}{over}: {len(run.split.train)} train / {len(run.split.val)} val "
                f"images, {len(run.split.classes)} classes, {progress.epochs} epochs of {run.steps_per_epoch} steps"
                f" at {sizes} px, {run.workers} workers" + (f", {skipped} files skipped" if skipped else ""))
+    tqdm.write(f"precision: {run.precision.name} ({run.precision.reason})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -661,7 +671,8 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
             D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
             if run.split.val:
                 D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
-            (run.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+            (run.out / "config.json").write_text(json.dumps({**asdict(cfg), "precision": run.precision.record()},
+                                                        indent=2))
             announce(run, progress)
         board = tensorboard_writer(run.out) if run.main else None
 

@@ -62,3 +62,9 @@ AUTO_CACHE_BYTES = 2 * 1024**3
 # Processes other than the one decoding a machine's cache look for its finished index this often:
 # a build takes seconds to hours, and a stat twice a second costs nothing.
 CACHE_POLL_S = 0.5
+
+# --- Precision (--amp auto) -------------------------------------------------------------------
+
+# On a CPU with bf16 kernels, the precision of inference is chosen by timing fp32 and bf16 batches
+# of this many images at the model's input size: a second or two for ResNet-50, once per load.
+PRECISION_PROBE_BATCH = 16

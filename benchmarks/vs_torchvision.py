@@ -1,0 +1,107 @@
+"""ResNet-18 at 224 px, ours against torchvision's own model, side by side in one run: training
+steps (batch 32: forward, backward, SGD) and inference (batch 64). Rounds alternate between all
+configurations and the medians are printed as a markdown table, with the CPU's model and flags.
+
+    python benchmarks/vs_torchvision.py [--rounds 3] [--steps 4] [--peer-python /tmp/tv-peer/bin/python]
+
+torchvision runs in the peer venv (../shared/peers/setup-torchvision-peer.sh), configured by hand as
+its users would: the default (fp32, NCHW), channels_last, and channels_last with bf16 autocast (only
+on CPUs whose oneDNN has bf16 kernels: elsewhere it is emulated, ~15x slower, and skipped). Ours is
+`resnet benchmark train|infer` with its defaults: what the tool chooses on this machine (inference
+is the `Classifier`'s path, from uint8 pixels, normalisation included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+from resnet import runtime
+from resnet.bench import cpu_description
+
+PEER = """
+import json, sys, time, tvpeer, torch, torchvision
+task, layout, amp, batch, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+model = torchvision.models.resnet18().to(memory_format=fmt)
+x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
+cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp == "bf16" else torch.no_grad
+if task == "train":
+    y = torch.randint(0, 1000, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    def step():
+        with (torch.autocast("cpu", dtype=torch.bfloat16) if amp == "bf16" else torch.enable_grad()):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+else:
+    model.eval()
+    def step():
+        with torch.inference_mode(), cast():
+            model(x)
+for _ in range(2):
+    step()
+t = time.perf_counter()
+for _ in range(steps):
+    step()
+print(json.dumps({"images_per_second": batch * steps / (time.perf_counter() - t)}))
+"""
+
+BATCH = {"train": 32, "infer": 64}
+
+
+def peer(python: str, task: str, layout: str, amp: str, steps: int) -> float:
+    out = subprocess.run([python, "-c", PEER, task, layout, amp, str(BATCH[task]), str(steps)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["images_per_second"]
+
+
+def ours(task: str, steps: int, *options: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "resnet", "benchmark", task, "--arch", "resnet18", "--img-size", "224",
+                          "--batch-size", str(BATCH[task]), "--steps", str(steps), "--json", *options],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--peer-python", default="/tmp/tv-peer/bin/python")
+    a = ap.parse_args()
+    amps = ["fp32", "bf16"] if runtime.cpu_has_bf16() else ["fp32"]
+    peers = [("NCHW", "fp32")] + [("channels_last", amp) for amp in amps]
+    results: dict[tuple[str, str], list[float]] = {}
+    chosen = {}
+    for rnd in range(a.rounds):
+        for task in ("train", "infer"):
+            for layout, amp in peers:
+                if task == "infer" and layout == "NCHW":
+                    continue  # the manual inference configs are the channels_last ones
+                results.setdefault((task, f"torchvision {layout} {amp}"), []).append(
+                    peer(a.peer_python, task, layout, amp, a.steps))
+            r = ours(task, a.steps)
+            chosen[task] = f"{r['amp']}: {r['precision_reason']}"
+            results.setdefault((task, "ours"), []).append(r["images_per_second"])
+            if task == "infer":  # long runs: compiled with freezing (the warm-up steps pay the compiling)
+                results.setdefault((task, "ours --compile"), []).append(ours(task, a.steps, "--compile")["images_per_second"])
+        print(f"round {rnd + 1}/{a.rounds} done", file=sys.stderr)
+    print(f"CPU: {cpu_description()}\n")
+    names = list(dict.fromkeys(name for _, name in results))
+    print("| ResNet-18 @224 | " + " | ".join(names) + " | ours / best of torchvision |")
+    print("|---" * (len(names) + 2) + "|")
+    for task in ("train", "infer"):
+        row = {name: statistics.median(v) for (t, name), v in results.items() if t == task}
+        best = max(v for name, v in row.items() if name.startswith("torchvision"))
+        cells = [f"{row[name]:.1f}" if name in row else "—" for name in names]
+        label = "train step, batch 32, img/s" if task == "train" else "inference, batch 64, img/s"
+        ratios = ", ".join(f"{row[n] / best:.2f}x" for n in row if n.startswith("ours"))
+        print(f"| {label} | " + " | ".join(cells) + f" | {ratios} |")
+    for task, why in chosen.items():
+        print(f"\nours, {task}: {why}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Choosing the precision and the inference fast path: bf16 only where this CPU has the kernels
+and measures faster, the choice recorded; BatchNorm folded without changing a logit."""
+
+import json
+
+import pytest
+import torch
+
+from resnet import create_model
+from resnet import data as D
+from resnet import runtime
+from resnet import train as T
+from resnet.checkpoint import read_checkpoint
+from resnet.evaluate import evaluate
+
+CPU = torch.device("cpu")
+
+
+def timings(fp32: float, bf16: float):
+    calls = []
+
+    def seconds_with(dtype):
+        calls.append(dtype)
+        return bf16 if dtype == torch.bfloat16 else fp32
+
+    return seconds_with, calls
+
+
+def test_bf16_only_where_the_cpu_has_the_kernels_and_it_measures_faster(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    seconds_with, calls = timings(2.0, 1.0)
+    p = runtime.choose_precision("auto", CPU, seconds_with)
+    assert p.dtype is None and calls == [] and "no bf16 kernels" in p.reason  # not even measured
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    seconds_with, calls = timings(2.0, 1.0)
+    p = runtime.choose_precision("auto", CPU, seconds_with)
+    assert p.dtype == torch.bfloat16 and set(calls) == {None, torch.bfloat16}
+    assert "2000 ms in fp32, 1000 ms with bf16" in p.reason
+    assert runtime.choose_precision("auto", CPU, timings(1.0, 1.5)[0]).dtype is None  # bf16 slower: fp32
+
+    for amp, dtype in (("off", None), ("bf16", torch.bfloat16)):  # --amp overrides, without measuring
+        seconds_with, calls = timings(1.0, 2.0)
+        p = runtime.choose_precision(amp, CPU, seconds_with)
+        assert p.dtype == dtype and calls == [] and p.reason == f"--amp {amp}"
+
+
+@pytest.mark.parametrize("capable", [False, True])
+def test_training_says_and_records_the_precision_it_chose(tiny_folder, tmp_path, monkeypatch, capsys, capable):
+    """On a CPU with bf16 kernels (faked, with a faked measurement favouring bf16) the run trains
+    under bf16 autocast; without them in fp32. Either way the first lines, config.json and every
+    checkpoint say which and why."""
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: capable)
+    monkeypatch.setattr(T, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
+    used = []
+    real_autocast = T.autocast
+    monkeypatch.setattr(T, "autocast", lambda device, dtype: used.append(dtype) or real_autocast(device, dtype))
+    out = tmp_path / "run"
+    T.train(T.make_config("default", data=str(tiny_folder), arch="resnet20", img_size=24, epochs=1,
+                          batch_size=8, workers=0, out=str(out), val_split=0.25))
+    name = "bfloat16" if capable else "fp32"
+    assert set(used) == {torch.bfloat16 if capable else None}
+    assert f"precision: {name} (" in capsys.readouterr().out
+    for record in (json.loads((out / "config.json").read_text())["precision"],
+                   read_checkpoint(out / "last.pt")["precision"]):
+        assert record["dtype"] == name
+        assert ("1000 ms with bf16" in record["reason"]) if capable else ("no bf16 kernels" in record["reason"])
+
+
+def test_bf16_and_fp32_evaluation_agree(trained):
+    """The same checkpoint evaluated in bf16 and fp32: accuracy within 0.3 points (here: the same
+    labels), probabilities within bf16's rounding."""
+    data, run = trained
+    fp32, _, p32 = evaluate(run / "best.pt", data, workers=0, amp="off")
+    bf16, _, p16 = evaluate(run / "best.pt", data, workers=0, amp="bf16")
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bfloat16"
+    assert abs(fp32["accuracy"] - bf16["accuracy"]) <= 0.003
+    assert torch.equal(p32.argmax(1), p16.argmax(1))
+    assert 0 < (p32 - p16).abs().max() < 0.05  # bf16 did run, and stayed close
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet20", "plain20"])
+def test_folding_batchnorm_keeps_the_logits(arch):
+    """Every BatchNorm folded into its convolution (none left behind), the logits unchanged, for
+    basic and bottleneck blocks, projection and padding shortcuts, and plain nets."""
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=5, width=0.25).eval()
+    for m in model.modules():  # statistics a trained model would have, not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        net = runtime.TorchNet.prepare(model, CPU, None, channels_last=True)
+        got = net(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.model.modules())
+    assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+def test_compiled_inference_gives_the_eager_logits(trained):
+    """`--compile` (Inductor with freezing) computes what the eager model does, and Grad-CAM,
+    which needs autograd, still runs on the eager model behind it."""
+    from resnet import Classifier
+
+    data, run = trained
+    images = sorted(data.rglob("*.png"))[:6]
+    eager = Classifier.from_checkpoint(run / "best.pt")
+    compiled = Classifier.from_checkpoint(run / "best.pt", compile=True)
+    assert compiled.net.model is not compiled.model  # the compiled module runs, the eager one explains
+    a = eager.logits([D.load_image(p) for p in images])
+    b = compiled.logits([D.load_image(p) for p in images])
+    assert (a - b).abs().max() < 1e-4
+    assert compiled.explain(images[0]).heatmap.max() > 0
