@@ -93,10 +93,10 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
 def _train_step(net: runtime.TorchNet, x: torch.Tensor, dev: torch.device, dtype: torch.dtype | None
                 ) -> Callable[[], None]:
     """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
-    from .train import param_groups  # the training run's optimiser set-up, measured as it is
+    from .train import make_optimizer  # the training run's optimiser, measured as it is
 
     y = torch.randint(0, 1000, (len(x),), device=dev)
-    opt = torch.optim.SGD(param_groups(net.model, 5e-5), lr=0.01, momentum=0.9)
+    opt = make_optimizer(net.model, 0.01, 0.9, True, 5e-5)
 
     def step() -> None:
         inp = normalize(x, device=dev, channels_last=net.channels_last)
