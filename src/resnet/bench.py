@@ -59,12 +59,13 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
     if task == "train":  # as `train` sets it up: BatchNorm kept, precision chosen on training steps
         model = model.to(dev, memory_format=runtime.memory_format(channels_last))
         timer = functools.partial(step_seconds, model, img_size, dev, channels_last, batch_size)
+        precision = runtime.choose_precision(amp, dev, timer)
+        net = runtime.TorchNet(torch.compile(model) if compile else model, dev, precision.dtype, channels_last)
     else:  # as `Classifier` does: BatchNorm folded, precision chosen on inference batches
-        model = runtime.TorchNet.prepare(model, dev, None, channels_last).model
-        timer = functools.partial(runtime.forward_seconds, model, img_size, dev, channels_last, batch_size)
-    precision = runtime.choose_precision(amp, dev, timer)
-    compiled = (torch.compile(model) if task == "train" else runtime.compile_for_inference(model)) if compile else model
-    net = runtime.TorchNet(compiled, dev, precision.dtype, channels_last)
+        net, precision = runtime.TorchNet.for_inference(model, dev, amp, channels_last, img_size)
+        model = net.model
+        if compile:
+            net.model = runtime.compile_for_inference(model)
     x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
     model.train(task == "train")
     if task == "train":

@@ -11,7 +11,6 @@ exception.
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from . import runtime
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, ConfigError
 from .transforms import CROP_PCT, EvalTransform, normalize
-from .tuning import PRECISION_PROBE_BATCH
 
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
 # safetensors metadata as JSON strings, read back by `Classifier.load`.
@@ -77,11 +75,7 @@ class Classifier:
         `runtime.compile_for_inference` (Grad-CAM keeps the eager model)."""
         model, meta = load_checkpoint(path)
         dev = runtime.pick_device(device)
-        net = runtime.TorchNet.prepare(model, dev, None, channels_last)
-        timer = functools.partial(runtime.forward_seconds, net.model, int(meta["eval_size"]), dev, channels_last,
-                                  PRECISION_PROBE_BATCH)
-        precision = runtime.choose_precision(amp, dev, timer)
-        net.dtype = precision.dtype
+        net, precision = runtime.TorchNet.for_inference(model, dev, amp, channels_last, int(meta["eval_size"]))
         model = net.model
         if compile:
             net.model = runtime.compile_for_inference(model)

@@ -9,6 +9,7 @@ imports the training loop: `import resnet` stays light.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol, Sequence
@@ -18,6 +19,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .transforms import normalize
+from .tuning import PRECISION_PROBE_BATCH
 
 if TYPE_CHECKING:
     from .data import Batch
@@ -167,6 +169,17 @@ class TorchNet:
         (measured in docs/benchmarks.md)."""
         model = fold_batchnorm(model.eval()).to(device, memory_format=memory_format(channels_last))
         return cls(model, device, dtype, channels_last)
+
+    @classmethod
+    def for_inference(cls, model: nn.Module, device: torch.device, amp: str, channels_last: bool,
+                      size: int) -> tuple["TorchNet", Precision]:
+        """`prepare`d, in the precision `choose_precision` takes for `--amp` on inference batches
+        of `PRECISION_PROBE_BATCH` images at `size`: the `Classifier`'s path, and the benchmark's."""
+        net = cls.prepare(model, device, None, channels_last)
+        timer = functools.partial(forward_seconds, net.model, size, device, channels_last, PRECISION_PROBE_BATCH)
+        precision = choose_precision(amp, device, timer)
+        net.dtype = precision.dtype
+        return net, precision
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.device, self.dtype):
