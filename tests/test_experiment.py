@@ -21,7 +21,7 @@ def test_degradation_writes_history_summary_and_figure(tmp_path):
             photo(32, 32, seed=i + (40 if bright else 0), bright=bright).save(root / c / f"{i}.png")
     out = tmp_path / "exp"
     assert main(["experiment", "degradation", str(root), "--depths", "20", "--epochs", "2", "--out", str(out),
-                 "--train-images", "20"]) == 0
+                 "--train-images", "20", "--lr", "0.05"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["plain20", "resnet20"]
     for s in summary.values():
@@ -37,6 +37,8 @@ def test_degradation_writes_history_summary_and_figure(tmp_path):
     # every network saw the same images: one training list (the subset asked for), one test list
     assert len((out / "train.csv").read_text().splitlines()) == 1 + 20
     assert len((out / "test.csv").read_text().splitlines()) == 1 + 4  # the paper's 10 % held out
+    for name in summary:  # one recipe for all: --lr reached every network's run
+        assert json.loads((out / name / "config.json").read_text())["lr"] == 0.05
 
 
 def test_pad_crop_moves_the_image_without_resampling():

@@ -251,6 +251,8 @@ def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
     lrs = [T.lr_at(s, 100, 0, 0.1, "step") for s in range(100)]
     assert lrs[49] == 0.1 and lrs[50] == pytest.approx(0.01) and lrs[74] == pytest.approx(0.01)
     assert lrs[75] == pytest.approx(0.001) and lrs[99] == pytest.approx(0.001)
+    warm = [T.lr_at(s, 100, 10, 0.1, "step") for s in range(100)]  # --warmup-epochs (ResNet-110's)
+    assert warm[0] == pytest.approx(0.01) and warm[9:50] == pytest.approx([0.1] * 41) and warm[60] == lrs[60]
 
 
 def test_cifar_paper_preset_is_the_papers_recipe():

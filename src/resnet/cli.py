@@ -175,6 +175,8 @@ def build_parser() -> Parser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--minutes", type=float, default=None, help=argparse.SUPPRESS)
     return p
+    dg.add_argument("--lr", type=float,
+                    help="learning rate for batch 256, scaled linearly (default: the paper's 0.1 at batch 128)")
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -413,7 +415,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
     if a.max_minutes is not None and a.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be positive, not {a.max_minutes}")
     summary = degradation(a.data, a.out, a.val, depths, a.epochs, a.max_minutes, a.train_images, a.test_images,
-                          a.seed, a.workers, a.batch_size)
+                          a.seed, a.workers, a.batch_size, a.lr)
     print(f"history, summary and figure: {Path(a.out) / 'history.csv'}, {Path(a.out) / 'summary.json'}, "
           f"{Path(a.out) / 'figure6.png'}")
     names = list(summary)

@@ -74,10 +74,11 @@ def plan_epochs(archs: Sequence[str], train_images: int, test_images: int, minut
 
 def degradation(data: str | Path, out: str | Path, val: str | Path | None = None, depths: Sequence[int] = (20, 56),
                 epochs: int | None = None, max_minutes: float | None = None, train_images: int | None = None,
-                test_images: int | None = None, seed: int = 0, workers: int = 0, batch_size: int = 128
-                ) -> dict[str, Any]:
+                test_images: int | None = None, seed: int = 0, workers: int = 0, batch_size: int = 128,
+                lr: float | None = None) -> dict[str, Any]:
     """Train plain and residual networks of each depth on the same images for the same epochs;
-    write history.csv, summary.json and figure6.png to `out`. Returns the summary."""
+    write history.csv, summary.json and figure6.png to `out`. Returns the summary. `lr`: for batch
+    256 (None: the paper's), the same for every network."""
     if (epochs is None) == (max_minutes is None):
         raise ConfigError("give --epochs N or --max-minutes M (one of them)")
     out = Path(out)
@@ -92,7 +93,7 @@ def degradation(data: str | Path, out: str | Path, val: str | Path | None = None
     history, summary = [], {}
     for name, arch in nets:
         cfg = make_config("cifar-paper", data=train_csv, val=test_csv, arch=arch, epochs=epochs,
-                          out=str(out / name), seed=seed, workers=workers, batch_size=batch_size)
+                          out=str(out / name), seed=seed, workers=workers, batch_size=batch_size, lr=lr)
         started = time.monotonic()
         train(cfg)
         seconds = time.monotonic() - started

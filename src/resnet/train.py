@@ -261,14 +261,15 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool,
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> float:
-    """`constant`; `step`: divided by 10 at half and three quarters of the run (the ResNet paper's
-    32k and 48k of 64k iterations); `onecycle` / `cosine`: linear warm-up, then cosine decay."""
+    """A linear warm-up over `warmup` steps, then `constant`; `step`: divided by 10 at half and
+    three quarters of the run (the ResNet paper's 32k and 48k of 64k iterations); `onecycle` /
+    `cosine`: cosine decay."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
     if schedule == "constant":
         return peak
     if schedule == "step":
         return peak * (0.1 ** ((step >= total // 2) + (step >= total * 3 // 4)))
-    if step < warmup:
-        return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
