@@ -8,7 +8,8 @@ torchvision runs in the peer venv (../shared/peers/setup-torchvision-peer.sh), c
 its users would: the default (fp32, NCHW), channels_last, and channels_last with bf16 autocast (only
 on CPUs whose oneDNN has bf16 kernels: elsewhere it is emulated, ~15x slower, and skipped). Ours is
 `resnet benchmark train|infer` with its defaults: what the tool chooses on this machine (inference
-is the `Classifier`'s path, from uint8 pixels, normalisation included).
+is the `Classifier`'s path, from uint8 pixels, normalisation included, with the engine a long-lived
+`Classifier` chooses by timing; `--engine torch` and `--compile` are shown beside it).
 """
 
 from __future__ import annotations
@@ -83,10 +84,13 @@ def main() -> None:
                 results.setdefault((task, f"torchvision {layout} {amp}"), []).append(
                     peer(a.peer_python, task, layout, amp, a.steps))
             r = ours(task, a.steps)
-            chosen[task] = f"{r['amp']}: {r['precision_reason']}"
+            chosen[task] = f"{r['amp']}: {r['precision_reason']}" + (
+                f"; engine {r['engine']}: {r['engine_reason']}" if "engine" in r else "")
             results.setdefault((task, "ours"), []).append(r["images_per_second"])
-            if task == "infer":  # long runs: compiled with freezing (the warm-up steps pay the compiling)
-                results.setdefault((task, "ours --compile"), []).append(ours(task, a.steps, "--compile")["images_per_second"])
+            if task == "infer":  # the default's alternatives, each pinned: PyTorch eager, and compiled
+                for option in (["--engine", "torch"], ["--compile"]):  # with freezing (warm-up pays it)
+                    results.setdefault((task, f"ours {' '.join(option)}"), []).append(
+                        ours(task, a.steps, *option)["images_per_second"])
         print(f"round {rnd + 1}/{a.rounds} done", file=sys.stderr)
     print(f"CPU: {cpu_description()}\n")
     names = list(dict.fromkeys(name for _, name in results))

@@ -101,6 +101,7 @@ def test_benchmark_json(tmp_path, tiny_folder):
     infer = json.loads(r.stdout)
     assert infer["images_per_second"] == pytest.approx(4 * 2 / infer["seconds"])
     assert (infer["arch"], infer["img_size"], infer["amp"]) == ("resnet20", 32, "fp32")
+    assert "measured here" in infer["engine_reason"]  # a long-lived Classifier's engine, timed
 
 
 def test_demo_end_to_end_short(tmp_path):

@@ -2,6 +2,9 @@
 and measures faster, the choice recorded; BatchNorm folded without changing a logit."""
 
 import json
+import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from resnet import data as D
 from resnet import runtime
 from resnet import train as T
 from resnet.checkpoint import read_checkpoint
+from resnet.errors import ConfigError
 from resnet.evaluate import evaluate
 
 CPU = torch.device("cpu")
@@ -112,3 +116,82 @@ def test_compiled_inference_gives_the_eager_logits(trained):
     b = compiled.logits([D.load_image(p) for p in images])
     assert (a - b).abs().max() < 1e-4
     assert compiled.explain(images[0]).heatmap.max() > 0
+
+
+def test_engine_choice_without_timing():
+    """What `--engine` decides before anything is timed: onnxruntime only on the CPU and without
+    --compile; `auto` makes an export only when the work pays for it, and leaves both engines to
+    the timing (None) where an export is there or the work is long."""
+    from resnet.tuning import ONNX_MIN_IMAGES
+
+    cuda = torch.device("cuda")
+    assert runtime.choose_engine("torch", CPU, False, math.inf, True).name == "torch"
+    assert runtime.choose_engine("onnxruntime", CPU, False, 1, False).name == "onnxruntime"
+    for device, compile in ((cuda, False), (CPU, True)):
+        with pytest.raises(ConfigError):
+            runtime.choose_engine("onnxruntime", device, compile, math.inf, True)
+        assert runtime.choose_engine("auto", device, compile, math.inf, True).name == "torch"
+    few = runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, False)
+    assert few.name == "torch" and str(ONNX_MIN_IMAGES) in few.reason
+    assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, True) is None  # exported: time both
+    assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES, False) is None
+    assert runtime.choose_engine("auto", CPU, False, math.inf, False) is None
+    fast = runtime.faster_engine({"torch": 0.2, "onnxruntime": 0.1}, 16)
+    assert fast.name == "onnxruntime" and "torch 200 ms, onnxruntime 100 ms per 16 images" in fast.reason
+
+
+def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained, monkeypatch):
+    """The checkpoint run by onnxruntime on its cached export gives PyTorch's probabilities; the
+    export is made once and found again by the weights (a second load exports nothing); `auto`
+    takes whichever engine times faster; an export that computes something else is never used."""
+    from resnet import Classifier
+    from resnet import export as X
+
+    data, run = trained
+    images = [D.load_image(p) for p in sorted(data.rglob("*.png"))[:8]]
+    cache = D.default_cache_dir("onnx")
+    eager = Classifier.from_checkpoint(run / "best.pt", engine="torch")
+    ort = Classifier.from_checkpoint(run / "best.pt", engine="onnxruntime")
+    assert isinstance(ort.net, X.OnnxNet) and ort.describe()["engine"] == "onnxruntime"
+    assert (eager.logits(images).softmax(1) - ort.logits(images).softmax(1)).abs().max() < 1e-5
+    assert ort.explain(images[0]).heatmap.max() > 0  # Grad-CAM on the PyTorch model behind it
+    assert len(list(Path(cache).glob("*.onnx"))) == 1
+
+    monkeypatch.setattr(X, "export_onnx", lambda *a: pytest.fail("exported twice"))
+    for faster, slower in (("onnxruntime", "torch"), ("torch", "onnxruntime")):
+        monkeypatch.setattr(runtime, "net_seconds",
+                            lambda net, *a, fast=faster: 0.1 if isinstance(net, X.OnnxNet) == (fast != "torch") else 0.2)
+        clf = Classifier.from_checkpoint(run / "best.pt")  # images=0, but the export is there: timed
+        assert clf.engine.name == faster and "measured here" in clf.engine.reason
+        assert isinstance(clf.net, X.OnnxNet) == (faster == "onnxruntime")
+
+    real_call = X.OnnxNet.__call__
+    monkeypatch.setattr(X.OnnxNet, "__call__", lambda self, x: real_call(self, x) + 0.5)
+    clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf)
+    assert clf.engine.name == "torch" and "differ" in clf.engine.reason
+
+
+def test_few_images_make_no_export(trained, tmp_path):
+    """`evaluate` of a few images with `--engine auto` runs PyTorch and writes nothing to the
+    cache; with `--engine onnxruntime` it gives the same result, saying which engine ran."""
+    data, run = trained
+    torch_run, _, p_torch = evaluate(run / "best.pt", data, workers=0)
+    assert torch_run["engine"] == "torch" and "pays from" in torch_run["engine_reason"]
+    assert not Path(D.default_cache_dir("onnx")).exists()
+    ort_run, _, p_ort = evaluate(run / "best.pt", data, workers=0, engine="onnxruntime")
+    assert ort_run["engine"] == "onnxruntime" and ort_run["accuracy"] == torch_run["accuracy"]
+    assert (p_torch - p_ort).abs().max() < 1e-5
+
+
+def test_export_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    from resnet import export as X
+    from resnet.tuning import ONNX_CACHE_KEEP
+
+    monkeypatch.setattr(X, "export_onnx", lambda checkpoint, path: Path(path).write_bytes(b"onnx"))
+    for i in range(ONNX_CACHE_KEEP + 3):
+        X.cached_onnx("model.pt", f"key{i}", tmp_path)
+        os.utime(tmp_path / f"key{i}.onnx", (1000 + i, 1000 + i))
+    X.cached_onnx("model.pt", "key0", tmp_path)  # dropped already: made again, now the newest
+    kept = {p.stem for p in tmp_path.glob("*.onnx")}
+    assert len(kept) == ONNX_CACHE_KEEP and "key0" in kept and f"key{ONNX_CACHE_KEEP + 2}" in kept
+    assert "key3" not in kept  # the least recently used when key0 came back

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -12,7 +14,9 @@ import torch
 from . import data as D
 from . import runtime
 from .budget import step_seconds
+from .checkpoint import save_checkpoint
 from .models import create_model
+from .predict import Classifier
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
 
 
@@ -50,30 +54,47 @@ def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int
 
 def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_size: int = 32,
                 steps: int = 10, device: str = "auto", amp: str = "auto", channels_last: bool = True,
-                width: float = 1.0, compile: bool = False) -> dict[str, Any]:
+                width: float = 1.0, compile: bool = False, engine: str = "auto") -> dict[str, Any]:
     """Training steps (forward, backward, SGD) or inference on random uint8 batches, after 3
-    warm-up steps (which also pay for compilation with `compile`). Inference is `runtime.logits`,
-    the function every predict, evaluate and serve call goes through."""
+    warm-up steps (which also pay for compilation with `compile`). Inference is a `Classifier`
+    loaded from a checkpoint of the model, as a long-lived one (`serve`) loads it, through
+    `runtime.logits`, the function every predict, evaluate and serve call goes through."""
     dev = runtime.pick_device(device)
     model = create_model(arch, num_classes=1000, width=width)
-    if task == "train":  # as `train` sets it up: BatchNorm kept, precision chosen on training steps
-        model = model.to(dev, memory_format=runtime.memory_format(channels_last))
-        timer = functools.partial(step_seconds, model, img_size, dev, channels_last, batch_size)
-        precision = runtime.choose_precision(amp, dev, timer)
-        net = runtime.TorchNet(torch.compile(model) if compile else model, dev, precision.dtype, channels_last)
-    else:  # as `Classifier` does: BatchNorm folded, precision chosen on inference batches
-        net, precision = runtime.TorchNet.for_inference(model, dev, amp, channels_last, img_size)
-        model = net.model
-        if compile:
-            net.model = runtime.compile_for_inference(model)
-    x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
-    model.train(task == "train")
-    if task == "train":
-        step = _train_step(net, x, dev, precision.dtype)
-    else:
-        def step() -> None:
-            runtime.logits(net, x, IMAGENET_MEAN, IMAGENET_STD)
+    with tempfile.TemporaryDirectory() as work:
+        if task == "train":  # as `train` sets it up: BatchNorm kept, precision chosen on training steps
+            model = model.to(dev, memory_format=runtime.memory_format(channels_last))
+            timer = functools.partial(step_seconds, model, img_size, dev, channels_last, batch_size)
+            precision = runtime.choose_precision(amp, dev, timer)
+            net = runtime.TorchNet(torch.compile(model) if compile else model, dev, precision.dtype, channels_last)
+            step = _train_step(net, model, dev, precision.dtype, batch_size, img_size)
+            chosen = {"amp": precision.name, "precision_reason": precision.reason}
+        else:
+            clf = _classifier(model, arch, width, img_size, Path(work), device, amp, channels_last, compile, engine)
+            x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
+            step = functools.partial(runtime.logits, clf.net, x, clf.mean, clf.std)
+            info = clf.describe()
+            chosen = {"amp": info["precision"], "precision_reason": info["precision_reason"],
+                      "engine": clf.engine.name, "engine_reason": clf.engine.reason}
+        seconds = _timed(step, steps, dev)
+    return {"task": task, "arch": arch, "width": width, "img_size": img_size, "batch_size": batch_size,
+            "channels_last": channels_last, "compile": compile, "device": dev.type, **chosen,
+            "images_per_second": batch_size * steps / seconds, "seconds": seconds}
 
+
+def _classifier(model: torch.nn.Module, arch: str, width: float, img_size: int, work: Path, device: str, amp: str,
+                channels_last: bool, compile: bool, engine: str) -> Classifier:
+    """`model` saved as a checkpoint in `work` and loaded as `serve` loads one (ONNX exports kept
+    in `work` too, so that the user's cache is left alone)."""
+    path = work / "model.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "model_options": {"width": width},
+                           "classes": [str(i) for i in range(1000)], "eval_size": img_size, "crop_pct": 1.0,
+                           "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+    return Classifier.from_checkpoint(path, device, amp, channels_last, compile, engine, math.inf, work)
+
+
+def _timed(step: Callable[[], Any], steps: int, dev: torch.device) -> float:
+    """Seconds for `steps` calls of `step`, after 3 untimed ones."""
     for _ in range(3):
         step()
     if dev.type == "cuda":
@@ -83,21 +104,18 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
         step()
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - t
-    return {"task": task, "arch": arch, "width": width, "img_size": img_size, "batch_size": batch_size,
-            "channels_last": channels_last, "compile": compile, "device": dev.type,
-            "amp": precision.name, "precision_reason": precision.reason,
-            "images_per_second": batch_size * steps / seconds,
-            "seconds": seconds}
+    return time.perf_counter() - t
 
 
-def _train_step(net: runtime.TorchNet, x: torch.Tensor, dev: torch.device, dtype: torch.dtype | None
-                ) -> Callable[[], None]:
+def _train_step(net: runtime.TorchNet, model: torch.nn.Module, dev: torch.device, dtype: torch.dtype | None,
+                batch_size: int, img_size: int) -> Callable[[], None]:
     """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
     from .train import make_optimizer  # the training run's optimiser, measured as it is
 
-    y = torch.randint(0, 1000, (len(x),), device=dev)
-    opt = make_optimizer(net.model, 0.01, 0.9, True, 5e-5)
+    model.train()
+    x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
+    y = torch.randint(0, 1000, (batch_size,), device=dev)
+    opt = make_optimizer(model, 0.01, 0.9, True, 5e-5)
 
     def step() -> None:
         inp = normalize(x, device=dev, channels_last=net.channels_last)

@@ -8,6 +8,7 @@ import csv
 import functools
 import json
 import logging
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +38,9 @@ def _fraction(text: str) -> float:
 AMP_CHOICES = ["auto", "off", "bf16", "fp16"]
 AMP_HELP = "autocast precision (auto: bf16 where this machine runs it faster, else fp32)"
 COMPILE_HELP = "torch.compile with freezing: ~1.15x faster inference after ~15 s of compiling (long runs)"
+ENGINE_CHOICES = ["auto", "torch", "onnxruntime"]
+ENGINE_HELP = ("what runs the model (auto: onnxruntime on a cached ONNX export where it times faster on this "
+               "CPU and the work pays for the export; else PyTorch)")
 
 
 def build_parser() -> Parser:
@@ -99,6 +103,7 @@ def build_parser() -> Parser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     e.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
     e.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    e.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help=ENGINE_HELP)
     e.add_argument("--label-pattern")
 
     pr = sub.add_parser("predict", help="label image files, folders or globs")
@@ -113,6 +118,7 @@ def build_parser() -> Parser:
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pr.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     pr.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
+    pr.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help=ENGINE_HELP)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX or safetensors")
     x.add_argument("checkpoint")
@@ -131,6 +137,7 @@ def build_parser() -> Parser:
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body")
     sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     sv.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
+    sv.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help=ENGINE_HELP)
 
     m = sub.add_parser("models", help="list the architectures")
     m.add_argument("--json", action="store_true")
@@ -150,6 +157,7 @@ def build_parser() -> Parser:
     b.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     b.add_argument("--compile", action="store_true")
+    b.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="infer: " + ENGINE_HELP)
     b.add_argument("--normalize", action="store_true", help="data: also normalise the batches on the CPU")
     b.add_argument("--json", action="store_true")
 
@@ -167,6 +175,8 @@ def build_parser() -> Parser:
     dg.add_argument("--batch-size", type=_positive_int, default=128,
                     help="the paper's 128; a short run on a CPU gets more steps from a smaller one "
                          "(the learning rate follows it linearly)")
+    dg.add_argument("--lr", type=float,
+                    help="learning rate for batch 256, scaled linearly (default: the paper's 0.1 at batch 128)")
     dg.add_argument("--seed", type=int, default=0)
     dg.add_argument("--workers", type=int, default=0)
     dg.add_argument("--out", default="runs/degradation")
@@ -175,8 +185,6 @@ def build_parser() -> Parser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--minutes", type=float, default=None, help=argparse.SUPPRESS)
     return p
-    dg.add_argument("--lr", type=float,
-                    help="learning rate for batch 256, scaled linearly (default: the paper's 0.1 at batch 128)")
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -221,7 +229,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_json, write_report
 
     result, samples, probs = evaluate(a.checkpoint, a.data, a.tta, a.batch_size, a.workers, a.device,
-                                      a.label_pattern, a.amp, a.compile)
+                                      a.label_pattern, a.amp, a.compile, a.engine)
     if a.json:
         write_json(a.json, result)
     if a.report:
@@ -229,6 +237,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"report: {write_report(a.report, result, samples, probs, metrics)}")
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} unreadable files")
+    print(f"inference: {result['precision']} on {result['engine']} ({result['engine_reason']})")
     top5 = f"  top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
     print(f"accuracy: {result['accuracy']:.4f} on {result['num_images']} images{top5}")
     return 0
@@ -263,7 +272,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if not files:
         print(f"resnet predict: no files match {' '.join(a.paths)}", file=sys.stderr)
         return 1
-    clf = Classifier.load(a.model, a.device, a.amp, a.compile)
+    clf = Classifier.load(a.model, a.device, a.amp, a.compile, a.engine, images=len(files))
     if a.cam and clf.model is None:
         raise ConfigError("--cam needs the PyTorch model: give a checkpoint, not an ONNX file")
     batches = -(-len(files) // a.batch_size)
@@ -369,7 +378,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .predict import Classifier
     from .serve import serve
 
-    serve(Classifier.load(a.model, a.device, a.amp), a.host, a.port, a.max_upload_mb)
+    clf = Classifier.load(a.model, a.device, a.amp, engine=a.engine, images=math.inf)  # long-lived
+    serve(clf, a.host, a.port, a.max_upload_mb)
     return 0
 
 
@@ -400,7 +410,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
         r = bench_data(a.root, a.img_size, a.workers, max(a.batch_size, 64), a.cache, a.cache_dir, a.normalize)
     else:
         r = bench_model(a.task, a.arch, a.img_size, a.batch_size, a.steps, a.device, a.amp,
-                        a.channels_last, a.width, a.compile)
+                        a.channels_last, a.width, a.compile, a.engine)
     print(json.dumps(r) if a.json else f"{r['images_per_second']:.1f} images/s ({a.task})")
     return 0
 

@@ -232,18 +232,24 @@ def discover(data: str | Path, val: str | Path | None = None, val_split: float |
     return DataSplit(classes, train, vals, skipped)
 
 
-def load_samples(source: str | Path, classes: Sequence[str], label_pattern: str | None = None
-                 ) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """A labelled source scored against a model's classes (for evaluate): a `train/`+`val/` root
-    means its validation part. Labels the model does not know are an error naming them."""
+def labelled_files(source: str | Path, label_pattern: str | None = None
+                   ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(path, class name) of every image of a labelled source to score (for evaluate: a
+    `train/`+`val/` root means its validation part), and the entries skipped with their reasons."""
     source = Path(source)
     roots = _split_roots(source)
     files, skipped, _ = scan(roots[1] if roots else source, label_pattern)
+    return files, skipped
+
+
+def samples_for(files: Sequence[tuple[str, str]], classes: Sequence[str]) -> list[Sample]:
+    """`labelled_files` scored against a model's classes: labels it does not know are an error
+    naming them."""
     unknown = sorted({c for _, c in files} - set(classes))
     if unknown:
         raise DataError(f"labels not among the model's classes {list(classes)}: {unknown}")
     index = {c: i for i, c in enumerate(classes)}
-    return [Sample(p, index[c]) for p, c in files], skipped
+    return [Sample(p, index[c]) for p, c in files]
 
 
 def write_samples(path: str | Path, samples: Sequence[Sample], classes: Sequence[str]) -> None:
@@ -607,6 +613,7 @@ def cache_bytes(n_images: int, size: int) -> int:
     return int(n_images * size * size * 4 / 3 * 3)
 
 
-def default_cache_dir() -> str:
+def default_cache_dir(kind: str = "decoded") -> str:
+    """Where this user's caches of `kind` live: decoded images, ONNX exports."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "resnet", "decoded")
+    return os.path.join(base, "resnet", kind)

@@ -42,12 +42,14 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequenc
 
 def evaluate(model: str | Path, data: str | Path, tta: bool = False, batch_size: int = 64,
              workers: int | None = None, device: str = "auto", label_pattern: str | None = None,
-             amp: str = "auto", compile: bool = False) -> tuple[dict[str, Any], list[D.Sample], torch.Tensor]:
+             amp: str = "auto", compile: bool = False, engine: str = "auto"
+             ) -> tuple[dict[str, Any], list[D.Sample], torch.Tensor]:
     """Score a stored model (checkpoint, safetensors or ONNX) on a labelled source, on the
     `Classifier`'s own inference path: what `predict` would say about each image. Returns (the JSON
     result, the samples that were scored, in order, and their probabilities)."""
-    clf = Classifier.load(model, device, amp, compile)
-    samples, skipped = D.load_samples(data, clf.classes, label_pattern)
+    files, skipped = D.labelled_files(data, label_pattern)
+    clf = Classifier.load(model, device, amp, compile, engine, images=len(files))
+    samples = D.samples_for(files, clf.classes)
     loader = D.make_loader(D.ImageDataset(samples, clf.transform), batch_size, False,
                            D.default_workers(clf.net.device.type) if workers is None else workers)
     logits, labels, indices, failures = run_eval(clf.net, loader, clf.mean, clf.std, tta)
@@ -57,6 +59,7 @@ def evaluate(model: str | Path, data: str | Path, tta: bool = False, batch_size:
     result["checkpoint"] = str(model)
     result["precision"] = clf.describe()["precision"]
     result["precision_reason"] = clf.precision_reason
+    result["engine"], result["engine_reason"] = clf.engine.name, clf.engine.reason
     result["skipped"] = [{"path": p, "reason": r} for p, r in skipped]
     scored = [samples[i] for i in indices.tolist()]
     probs = logits.softmax(1) if len(labels) else logits

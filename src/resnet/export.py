@@ -10,7 +10,9 @@ dynamic) and returns `logits`; preprocessing is the card's, as timm and torchvis
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -26,6 +28,7 @@ from .checkpoint import load_checkpoint
 from .errors import CheckpointError
 from .predict import Classifier, card_from_strings, card_strings
 from .transforms import CROP_PCT, normalize
+from .tuning import ONNX_CACHE_KEEP
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
 CALIBRATION_IMAGES = 128  # enough for MinMax ranges of a ResNet's activations to settle
@@ -108,6 +111,40 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET) 
     proto = program.model_proto
     _set_metadata(proto, meta, "fp32")
     return _replace_atomically(Path(output), lambda tmp: onnx.save_model(proto, str(tmp)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache of exports that `--engine auto|onnxruntime` runs
+
+
+def onnx_key(model: torch.nn.Module, card: dict[str, Any]) -> str:
+    """What an export depends on — the weights, the model card, torch's exporter and the opset —
+    so that a checkpoint copied, renamed or saved again as safetensors finds its export."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(card_strings(card), sort_keys=True).encode())
+    digest.update(f"torch {torch.__version__}, opset {OPSET}".encode())
+    return digest.hexdigest()[:32]
+
+
+def onnx_cache_path(key: str, cache_dir: str | Path | None = None) -> Path:
+    return Path(cache_dir or D.default_cache_dir("onnx")) / f"{key}.onnx"
+
+
+def cached_onnx(checkpoint: str | Path, key: str, cache_dir: str | Path | None = None) -> Path:
+    """The fp32 ONNX export of `checkpoint` kept under `key`, made now when it is not there; the
+    least recently used beyond `ONNX_CACHE_KEEP` are dropped."""
+    path = onnx_cache_path(key, cache_dir)
+    if path.is_file():
+        path.touch()  # used now: the last to be dropped
+        return path
+    export_onnx(checkpoint, path)
+    kept = sorted(path.parent.glob("*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for old in kept[ONNX_CACHE_KEEP:]:
+        old.unlink(missing_ok=True)
+    return path
 
 
 @contextlib.contextmanager

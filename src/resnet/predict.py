@@ -12,7 +12,7 @@ exception.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -26,6 +26,7 @@ from . import runtime
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, ConfigError
 from .transforms import CROP_PCT, EvalTransform, normalize
+from .tuning import PRECISION_PROBE_BATCH
 
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
 # safetensors metadata as JSON strings, read back by `Classifier.load`.
@@ -56,9 +57,11 @@ class Explanation:
 
 class Classifier:
     def __init__(self, net: runtime.Net, card: dict[str, Any], source: str = "",
-                 model: torch.nn.Module | None = None, precision_reason: str = ""):
+                 model: torch.nn.Module | None = None, precision_reason: str = "",
+                 engine: runtime.Engine = runtime.Engine("torch", "")):
         self.net = net
         self.precision_reason = precision_reason
+        self.engine = engine
         self.model = model  # the PyTorch model behind `net`, when there is one (Grad-CAM needs it)
         self.card = {k: card[k] for k in CARD_KEYS if k in card}
         self.classes: list[str] = [str(c) for c in card["classes"]]
@@ -70,16 +73,30 @@ class Classifier:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto",
-                        channels_last: bool = True, compile: bool = False) -> "Classifier":
-        """A training checkpoint (.pt) or exported safetensors; `compile`: see
-        `runtime.compile_for_inference` (Grad-CAM keeps the eager model)."""
+                        channels_last: bool = True, compile: bool = False, engine: str = "auto",
+                        images: float = 0, cache_dir: str | Path | None = None) -> "Classifier":
+        """A training checkpoint (.pt) or exported safetensors. `compile`: see
+        `runtime.compile_for_inference`; `engine` and `images` (how many images it will score;
+        `math.inf`: long-lived): see `runtime.choose_engine`, with ONNX exports kept in
+        `cache_dir`. Grad-CAM uses the eager PyTorch model whichever engine predicts."""
+        from .export import OnnxNet, cached_onnx, onnx_cache_path, onnx_key
+
         model, meta = load_checkpoint(path)
         dev = runtime.pick_device(device)
-        net, precision = runtime.TorchNet.for_inference(model, dev, amp, channels_last, int(meta["eval_size"]))
-        model = net.model
+        key = onnx_key(model, meta) if engine != "torch" and dev.type == "cpu" else None
+        exported = key is not None and onnx_cache_path(key, cache_dir).is_file()
+        chosen = runtime.choose_engine(engine, dev, compile, images, exported)
+        size = int(meta["eval_size"])
+        net, precision = runtime.TorchNet.for_inference(model, dev, amp, channels_last, size)
+        eager = net.model
         if compile:
-            net.model = runtime.compile_for_inference(model)
-        return cls(net, meta, str(path), model, precision.reason)
+            net.model = runtime.compile_for_inference(eager)
+        if chosen is None or chosen.name == "onnxruntime":
+            onnx_net = OnnxNet(cached_onnx(path, key, cache_dir))
+            chosen = chosen or _faster(net, onnx_net, size)
+            if chosen.name == "onnxruntime":
+                return cls(onnx_net, meta, str(path), eager, "onnxruntime runs the fp32 export", chosen)
+        return cls(net, meta, str(path), eager, precision.reason, chosen)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Classifier":
@@ -89,18 +106,20 @@ class Classifier:
         missing = [k for k in ("classes", "eval_size", "mean", "std") if k not in net.metadata]
         if missing:
             raise CheckpointError(f"{path}: ONNX file without resnet metadata (missing: {', '.join(missing)})")
-        return cls(net, net.metadata, str(path))
+        return cls(net, net.metadata, str(path), engine=runtime.Engine("onnxruntime", "an ONNX file"))
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", amp: str = "auto", compile: bool = False) -> "Classifier":
+    def load(cls, path: str | Path, device: str = "auto", amp: str = "auto", compile: bool = False,
+             engine: str = "auto", images: float = 0) -> "Classifier":
         """Whatever `path` holds: ONNX by its suffix, otherwise a checkpoint."""
         if str(path).lower().endswith(".onnx"):
             if device == "cuda":
                 raise ConfigError("ONNX models run on the CPU here: leave out --device cuda")
-            if compile:
-                raise ConfigError("--compile applies to PyTorch checkpoints: an ONNX file runs on onnxruntime")
+            if compile or engine == "torch":
+                raise ConfigError(f"{'--compile' if compile else '--engine torch'} applies to PyTorch checkpoints: "
+                                  "an ONNX file runs on onnxruntime")
             return cls.from_onnx(path)
-        return cls.from_checkpoint(path, device, amp, compile=compile)
+        return cls.from_checkpoint(path, device, amp, compile=compile, engine=engine, images=images)
 
     def describe(self) -> dict[str, Any]:
         """What the model is and how it runs: for `serve`'s /info and the CLI."""
@@ -108,6 +127,7 @@ class Classifier:
                 "resize_size": self.transform.resize_size, "mean": list(self.mean), "std": list(self.std),
                 "arch": self.card.get("arch"), "source": self.source, "device": self.net.device.type,
                 "precision": getattr(self.net, "precision", "fp32"), "precision_reason": self.precision_reason,
+                "engine": self.engine.name, "engine_reason": self.engine.reason,
                 "explain": self.model is not None}
 
     # -- inference -------------------------------------------------------------------------
@@ -195,6 +215,21 @@ class Classifier:
         box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
         size = max(min_side, self.transform.img_size, min(448, int(side)))
         return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def _faster(torch_net: runtime.TorchNet, onnx_net: runtime.Net, size: int) -> runtime.Engine:
+    """PyTorch or onnxruntime, whichever scores probe batches at `size` faster — provided the
+    export computes what PyTorch computes: its logits on a random batch within 1e-3 of fp32
+    PyTorch's (relative to their scale), else PyTorch, saying so."""
+    x = torch.randn(PRECISION_PROBE_BATCH, 3, size, size)
+    reference = replace(torch_net, dtype=None)(
+        x.to(torch_net.device, memory_format=runtime.memory_format(torch_net.channels_last))).float().cpu()
+    gap = float((onnx_net(x) - reference).abs().max())
+    if gap > 1e-3 * max(1.0, float(reference.abs().max())):
+        return runtime.Engine("torch", f"the ONNX export's logits differ from PyTorch's by {gap:.2g}")
+    seconds = {name: runtime.net_seconds(net, size, PRECISION_PROBE_BATCH)
+               for name, net in (("torch", torch_net), ("onnxruntime", onnx_net))}
+    return runtime.faster_engine(seconds, PRECISION_PROBE_BATCH)
 
 
 def _name(item: D.ImageInput) -> str:

@@ -9,9 +9,8 @@ imports the training loop: `import resnet` stays light.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .transforms import normalize
-from .tuning import PRECISION_PROBE_BATCH
+from .tuning import ONNX_MIN_IMAGES, PRECISION_PROBE_BATCH
 
 if TYPE_CHECKING:
     from .data import Batch
@@ -86,19 +85,61 @@ def choose_precision(amp: str, device: torch.device, seconds_with: Callable[[tor
     return Precision(dtype, f"measured here: {fp32_s * 1e3:.0f} ms in fp32, {bf16_s * 1e3:.0f} ms with bf16 autocast")
 
 
-def forward_seconds(model: nn.Module, size: int, device: torch.device, channels_last: bool, batch_size: int,
-                    dtype: torch.dtype | None) -> float:
-    """The fastest of three timed inference batches of `model` (after one untimed) at `size`."""
-    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format(channels_last))
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What runs inference — PyTorch, or onnxruntime on an ONNX export — and why."""
+
+    name: str
+    reason: str
+
+
+def choose_engine(engine: str, device: torch.device, compile: bool, images: float, exported: bool
+                  ) -> Engine | None:
+    """`--engine` as given, or for `auto` what can be decided without timing anything; None when
+    both engines are candidates, to be timed on the actual work. onnxruntime runs on the CPU
+    only, and `auto` considers it only where the model's export (made once and kept) is already
+    there or the work is long enough to pay for making it: `images` to score (`math.inf` for a
+    long-lived classifier, as `serve` holds) against `ONNX_MIN_IMAGES`."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "onnxruntime" and (device.type != "cpu" or compile):
+        raise ConfigError("--engine onnxruntime runs on the CPU without --compile: "
+                          + ("add --device cpu" if device.type != "cpu" else "leave out --compile"))
+    if engine != "auto":
+        return Engine(engine, f"--engine {engine}")
+    if device.type != "cpu":
+        return Engine("torch", "PyTorch on the GPU")
+    if compile:
+        return Engine("torch", "--compile")
+    if not exported and images < ONNX_MIN_IMAGES:
+        return Engine("torch", f"no ONNX export of this model yet, and making one pays from {ONNX_MIN_IMAGES} "
+                               f"images, not {images:g}")
+    return None
+
+
+def faster_engine(seconds: dict[str, float], images: int) -> Engine:
+    """The engine that ran `images` images fastest, with the timings as its reason."""
+    name = min(seconds, key=seconds.__getitem__)
+    timings = ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in seconds.items())
+    return Engine(name, f"measured here: {timings} per {images} images")
+
+
+def net_seconds(net: "Net", size: int, batch_size: int) -> float:
+    """The fastest of three timed inference batches of `net` (after one untimed) at `size`: how
+    the precision and the engine are chosen, on the work they will do."""
+    x = torch.randn(batch_size, 3, size, size, device=net.device)
+    x = x.contiguous(memory_format=memory_format(net.channels_last))
     best = float("inf")
-    with torch.inference_mode(), autocast(device, dtype):
-        for rnd in range(4):
-            t = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if rnd:
-                best = min(best, time.perf_counter() - t)
+    for rnd in range(4):
+        t = time.perf_counter()
+        net(x)
+        if net.device.type == "cuda":
+            torch.cuda.synchronize()
+        if rnd:
+            best = min(best, time.perf_counter() - t)
     return best
 
 
@@ -176,8 +217,8 @@ class TorchNet:
         """`prepare`d, in the precision `choose_precision` takes for `--amp` on inference batches
         of `PRECISION_PROBE_BATCH` images at `size`: the `Classifier`'s path, and the benchmark's."""
         net = cls.prepare(model, device, None, channels_last)
-        timer = functools.partial(forward_seconds, net.model, size, device, channels_last, PRECISION_PROBE_BATCH)
-        precision = choose_precision(amp, device, timer)
+        precision = choose_precision(amp, device, lambda dtype: net_seconds(
+            replace(net, dtype=dtype), size, PRECISION_PROBE_BATCH))
         net.dtype = precision.dtype
         return net, precision
 

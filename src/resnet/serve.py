@@ -196,5 +196,5 @@ def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, max_upload
     import uvicorn
 
     print(f"serving {clf.source} on http://{host}:{port}/ ({len(clf.classes)} classes, "
-          f"{clf.transform.img_size} px, {clf.describe()['precision']} on {clf.net.device.type})")
+          f"{clf.transform.img_size} px, {clf.describe()['precision']} on {clf.engine.name}, {clf.net.device.type})")
     uvicorn.run(create_app(clf, max_upload_mb), host=host, port=port, log_level="warning")

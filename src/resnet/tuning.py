@@ -68,3 +68,14 @@ CACHE_POLL_S = 0.5
 # On a CPU with bf16 kernels, the precision of inference is chosen by timing fp32 and bf16 batches
 # of this many images at the model's input size: a second or two for ResNet-50, once per load.
 PRECISION_PROBE_BATCH = 16
+
+# --- Inference engine (--engine auto) ---------------------------------------------------------
+
+# An ONNX export for onnxruntime costs seconds, once per model (it is kept in the cache); below
+# this many images to score, `auto` does not make one and PyTorch runs them. Measured on the
+# development CPU: see ONNX_EXPORT_NOTE in docs/benchmarks.md.
+ONNX_MIN_IMAGES = 1000
+
+# Exports kept in the cache, the least recently used dropped first: a few models in use at once
+# (a training run's best.pt, the model being served), ~45 MB each for a full-width ResNet-18.
+ONNX_CACHE_KEEP = 8
