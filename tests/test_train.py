@@ -134,7 +134,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
     assert all(torch.equal(good[k], after[k]) for k in good)
 
 
-def test_outputs_of_a_run(tiny_folder, tmp_path):
+def test_outputs_of_a_run(tiny_folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(tiny_folder), "--arch", "resnet20", "--img-size", "24", "--epochs", "2",
                  "--batch-size", "8", "--workers", "0", "--out", str(out)]) == 0
@@ -143,6 +143,12 @@ def test_outputs_of_a_run(tiny_folder, tmp_path):
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0] == "epoch,img_size,lr,train_loss,train_acc,val_loss,val_acc,images_per_second,seconds"
     assert len(rows) == 3
+    # the last line: best.pt's score and epoch, and beside it the final weights' (selection flatters best.pt)
+    val = [float(r.split(",")[6]) for r in rows[1:]]
+    best = max(val)
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert (f"best validation accuracy: {best:.4f} at epoch {val.index(best) + 1} of 2" in last_line
+            and f"final weights: {val[-1]:.4f}" in last_line), last_line
     ckpt = torch.load(out / "best.pt", weights_only=True)
     for key in ("model", "arch", "model_options", "classes", "eval_size", "mean", "std", "epoch",
                 "metrics", "config", "optimizer", "scheduler", "scaler", "rng"):

@@ -220,8 +220,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"skipped {summary['skipped']} unreadable files: {out / 'skipped.txt'}")
     what = ("best validation accuracy" if summary["validated"]
             else "no validation set (--val-split 0): best training accuracy")
-    print(f"{what}: {summary['best_acc']:.4f} ({summary['epochs']} epochs, "
-          f"{summary['seconds'] / 60:.1f} min) -> {out / 'best.pt'}")
+    final = f"; final weights: {summary['final_acc']:.4f} -> {out / 'last.pt'}" if summary["final_acc"] is not None else ""
+    print(f"{what}: {summary['best_acc']:.4f} at epoch {summary['best_epoch']} of {summary['epochs']} "
+          f"({summary['seconds'] / 60:.1f} min) -> {out / 'best.pt'}{final}")
     return 0
 
 

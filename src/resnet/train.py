@@ -714,8 +714,13 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
             board.close()
     finally:
         ddp.stop()
+    # best.pt is the epoch that scored best on the validation set, which that choice flatters: the
+    # final weights' score is reported beside it.
+    key = "val_acc" if run.val_loader is not None else "train_acc"
     final = progress.history[-1] if progress.history else {}
-    return {"best_acc": progress.best_acc, "epochs": progress.epoch, "out": str(run.out),
-            "classes": run.split.classes, "skipped": len(progress.skipped), "validated": bool(run.split.val),
+    best_epoch = next((r["epoch"] for r in progress.history if r[key] == progress.best_acc), None)
+    return {"best_acc": progress.best_acc, "best_epoch": best_epoch, "final_acc": final.get(key),
+            "epochs": progress.epoch, "out": str(run.out), "classes": run.split.classes,
+            "skipped": len(progress.skipped), "validated": bool(run.split.val),
             "final_train_acc": final.get("train_acc"), "seconds": time.monotonic() - started,
             "main_process": run.main, "model": run.model}
