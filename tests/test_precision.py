@@ -14,7 +14,7 @@ from resnet import data as D
 from resnet import runtime
 from resnet import train as T
 from resnet.checkpoint import read_checkpoint
-from resnet.errors import ConfigError
+from resnet.errors import CheckpointError, ConfigError
 from resnet.evaluate import evaluate
 
 CPU = torch.device("cpu")
@@ -158,12 +158,20 @@ def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained,
     assert len(list(Path(cache).glob("*.onnx"))) == 1
 
     monkeypatch.setattr(X, "export_onnx", lambda *a: pytest.fail("exported twice"))
-    for faster, slower in (("onnxruntime", "torch"), ("torch", "onnxruntime")):
+    for faster in ("onnxruntime", "torch"):
         monkeypatch.setattr(runtime, "net_seconds",
                             lambda net, *a, fast=faster: 0.1 if isinstance(net, X.OnnxNet) == (fast != "torch") else 0.2)
         clf = Classifier.from_checkpoint(run / "best.pt")  # images=0, but the export is there: timed
         assert clf.engine.name == faster and "measured here" in clf.engine.reason
         assert isinstance(clf.net, X.OnnxNet) == (faster == "onnxruntime")
+
+    cached_onnx = X.cached_onnx
+    monkeypatch.setattr(X, "cached_onnx", lambda *a: (_ for _ in ()).throw(OSError("read-only cache")))
+    clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf)  # auto: PyTorch, saying why
+    assert clf.engine.name == "torch" and "export failed: read-only cache" in clf.engine.reason
+    with pytest.raises(CheckpointError, match="read-only cache"):  # asked for: an error
+        Classifier.from_checkpoint(run / "best.pt", engine="onnxruntime")
+    monkeypatch.setattr(X, "cached_onnx", cached_onnx)
 
     real_call = X.OnnxNet.__call__
     monkeypatch.setattr(X.OnnxNet, "__call__", lambda self, x: real_call(self, x) + 0.5)

@@ -24,7 +24,7 @@ from PIL import Image
 from . import data as D
 from . import runtime
 from .checkpoint import load_checkpoint
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .transforms import CROP_PCT, EvalTransform, normalize
 from .tuning import PRECISION_PROBE_BATCH
 
@@ -92,7 +92,13 @@ class Classifier:
         if compile:
             net.model = runtime.compile_for_inference(eager)
         if chosen is None or chosen.name == "onnxruntime":
-            onnx_net = OnnxNet(cached_onnx(path, key, cache_dir))
+            try:
+                onnx_net = OnnxNet(cached_onnx(path, key, cache_dir))
+            except Exception as e:  # noqa: BLE001 - the exporter and onnxruntime raise many unrelated types
+                if chosen is not None:  # --engine onnxruntime: asked for, so it is an error
+                    raise CheckpointError(f"cannot run {path} on onnxruntime: {first_line(e)}") from e
+                return cls(net, meta, str(path), eager, precision.reason,
+                           runtime.Engine("torch", f"the ONNX export failed: {first_line(e)}"))
             chosen = chosen or _faster(net, onnx_net, size)
             if chosen.name == "onnxruntime":
                 return cls(onnx_net, meta, str(path), eager, "onnxruntime runs the fp32 export", chosen)
