@@ -136,6 +136,8 @@ def test_engine_choice_without_timing():
     assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, True) is None  # exported: time both
     assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES, False) is None
     assert runtime.choose_engine("auto", CPU, False, math.inf, False) is None
+    assert runtime.export_too_dear(2000, 0.0016).name == "torch"  # a small model: ~3 s of inference
+    assert runtime.export_too_dear(2000, 0.023) is None  # ResNet-18 at 224 px: ~46 s, the export pays
     fast = runtime.faster_engine({"torch": 0.2, "onnxruntime": 0.1}, 16)
     assert fast.name == "onnxruntime" and "torch 200 ms, onnxruntime 100 ms per 16 images" in fast.reason
 
@@ -181,10 +183,16 @@ def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained,
 
 def test_few_images_make_no_export(trained, tmp_path):
     """`evaluate` of a few images with `--engine auto` runs PyTorch and writes nothing to the
-    cache; with `--engine onnxruntime` it gives the same result, saying which engine ran."""
+    cache, nor does a long job of a model so small that its export would cost more than it saves;
+    with `--engine onnxruntime` the result is the same, saying which engine ran."""
+    from resnet import Classifier
+    from resnet.tuning import ONNX_MIN_IMAGES
+
     data, run = trained
     torch_run, _, p_torch = evaluate(run / "best.pt", data, workers=0)
     assert torch_run["engine"] == "torch" and "pays from" in torch_run["engine_reason"]
+    small = Classifier.from_checkpoint(run / "best.pt", images=ONNX_MIN_IMAGES)  # ResNet-20 at 24 px: ~0.1 s
+    assert small.engine.name == "torch" and "less than making one costs" in small.engine.reason
     assert not Path(D.default_cache_dir("onnx")).exists()
     ort_run, _, p_ort = evaluate(run / "best.pt", data, workers=0, engine="onnxruntime")
     assert ort_run["engine"] == "onnxruntime" and ort_run["accuracy"] == torch_run["accuracy"]

@@ -12,6 +12,7 @@ exception.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -91,6 +92,10 @@ class Classifier:
         eager = net.model
         if compile:
             net.model = runtime.compile_for_inference(eager)
+        torch_s = None
+        if chosen is None and not exported and images < math.inf:  # a job of known length: does it pay?
+            torch_s = runtime.net_seconds(net, size, PRECISION_PROBE_BATCH)
+            chosen = runtime.export_too_dear(images, torch_s / PRECISION_PROBE_BATCH)
         if chosen is None or chosen.name == "onnxruntime":
             try:
                 onnx_net = OnnxNet(cached_onnx(path, key, cache_dir))
@@ -99,7 +104,7 @@ class Classifier:
                     raise CheckpointError(f"cannot run {path} on onnxruntime: {first_line(e)}") from e
                 return cls(net, meta, str(path), eager, precision.reason,
                            runtime.Engine("torch", f"the ONNX export failed: {first_line(e)}"))
-            chosen = chosen or _faster(net, onnx_net, size)
+            chosen = chosen or _faster(net, onnx_net, size, torch_s)
             if chosen.name == "onnxruntime":
                 return cls(onnx_net, meta, str(path), eager, "onnxruntime runs the fp32 export", chosen)
         return cls(net, meta, str(path), eager, precision.reason, chosen)
@@ -223,18 +228,20 @@ class Classifier:
         return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=box))
 
 
-def _faster(torch_net: runtime.TorchNet, onnx_net: runtime.Net, size: int) -> runtime.Engine:
-    """PyTorch or onnxruntime, whichever scores probe batches at `size` faster — provided the
-    export computes what PyTorch computes: its logits on a random batch within 1e-3 of fp32
-    PyTorch's (relative to their scale), else PyTorch, saying so."""
+def _faster(torch_net: runtime.TorchNet, onnx_net: runtime.Net, size: int, torch_s: float | None = None
+            ) -> runtime.Engine:
+    """PyTorch or onnxruntime, whichever scores probe batches at `size` faster (`torch_s`: PyTorch's
+    time, when already measured) — provided the export computes what PyTorch computes: its logits
+    on a random batch within 1e-3 of fp32 PyTorch's (relative to their scale), else PyTorch,
+    saying so."""
     x = torch.randn(PRECISION_PROBE_BATCH, 3, size, size)
     reference = replace(torch_net, dtype=None)(
         x.to(torch_net.device, memory_format=runtime.memory_format(torch_net.channels_last))).float().cpu()
     gap = float((onnx_net(x) - reference).abs().max())
     if gap > 1e-3 * max(1.0, float(reference.abs().max())):
         return runtime.Engine("torch", f"the ONNX export's logits differ from PyTorch's by {gap:.2g}")
-    seconds = {name: runtime.net_seconds(net, size, PRECISION_PROBE_BATCH)
-               for name, net in (("torch", torch_net), ("onnxruntime", onnx_net))}
+    seconds = {"torch": torch_s if torch_s is not None else runtime.net_seconds(torch_net, size, PRECISION_PROBE_BATCH),
+               "onnxruntime": runtime.net_seconds(onnx_net, size, PRECISION_PROBE_BATCH)}
     return runtime.faster_engine(seconds, PRECISION_PROBE_BATCH)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .transforms import normalize
-from .tuning import ONNX_MIN_IMAGES, PRECISION_PROBE_BATCH
+from .tuning import ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED, PRECISION_PROBE_BATCH
 
 if TYPE_CHECKING:
     from .data import Batch
@@ -101,8 +101,9 @@ def choose_engine(engine: str, device: torch.device, compile: bool, images: floa
     """`--engine` as given, or for `auto` what can be decided without timing anything; None when
     both engines are candidates, to be timed on the actual work. onnxruntime runs on the CPU
     only, and `auto` considers it only where the model's export (made once and kept) is already
-    there or the work is long enough to pay for making it: `images` to score (`math.inf` for a
-    long-lived classifier, as `serve` holds) against `ONNX_MIN_IMAGES`."""
+    there or the work may be long enough to pay for making it: `images` to score (`math.inf` for
+    a long-lived classifier, as `serve` holds) against `ONNX_MIN_IMAGES`, then, for a job of known
+    length, `export_too_dear` on timed PyTorch batches."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if engine == "onnxruntime" and (device.type != "cpu" or compile):
@@ -118,6 +119,17 @@ def choose_engine(engine: str, device: torch.device, compile: bool, images: floa
         return Engine("torch", f"no ONNX export of this model yet, and making one pays from {ONNX_MIN_IMAGES} "
                                f"images, not {images:g}")
     return None
+
+
+def export_too_dear(images: float, seconds_per_image: float) -> Engine | None:
+    """PyTorch, with the estimate as its reason, when an ONNX export would cost more than it saves
+    on `images` that PyTorch scores in `seconds_per_image`; None when it pays."""
+    pytorch_s = images * seconds_per_image
+    if pytorch_s * ONNX_TIME_SAVED >= ONNX_EXPORT_SECONDS:
+        return None
+    return Engine("torch", f"no ONNX export of this model yet: onnxruntime would save ~{pytorch_s * ONNX_TIME_SAVED:.1f} s "
+                           f"of {images:g} images' ~{pytorch_s:.0f} s in PyTorch, less than making one costs "
+                           f"(~{ONNX_EXPORT_SECONDS:.0f} s)")
 
 
 def faster_engine(seconds: dict[str, float], images: int) -> Engine:

@@ -71,10 +71,18 @@ PRECISION_PROBE_BATCH = 16
 
 # --- Inference engine (--engine auto) ---------------------------------------------------------
 
-# An ONNX export for onnxruntime costs seconds, once per model (it is kept in the cache); below
-# this many images to score, `auto` does not make one and PyTorch runs them. Measured on the
-# development CPU: see ONNX_EXPORT_NOTE in docs/benchmarks.md.
+# An ONNX export for onnxruntime costs seconds, once per model (it is kept in the cache). Below
+# this many images to score, `auto` neither makes one nor times anything: PyTorch runs them.
 ONNX_MIN_IMAGES = 1000
+# Above it, an export is made only if it should save more than it costs: the images' PyTorch time
+# (timed on a probe batch) times the fraction onnxruntime saved, against the export's seconds.
+# Measured on the development CPU (benchmarks/engine_cost.py): ResNet-18 exports in 3.5 s (plus ~2 s
+# to import the exporter, once per process); onnxruntime saved 22 % of PyTorch's time at 224 px and
+# 32 % on the half-width 112 px model. A 112 px half-width model's 2,000-image evaluate then stays
+# on PyTorch (its ~3 s of inference would save less than the export costs), ResNet-18 at 224 px
+# exports from ~800 images.
+ONNX_EXPORT_SECONDS = 4.0
+ONNX_TIME_SAVED = 0.2
 
 # Exports kept in the cache, the least recently used dropped first: a few models in use at once
 # (a training run's best.pt, the model being served), ~45 MB each for a full-width ResNet-18.
