@@ -13,7 +13,7 @@ from resnet import create_model
 from resnet import data as D
 from resnet import runtime
 from resnet import train as T
-from resnet.checkpoint import read_checkpoint
+from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError, ConfigError
 from resnet.evaluate import evaluate
 
@@ -142,10 +142,11 @@ def test_engine_choice_without_timing():
     assert fast.name == "onnxruntime" and "torch 200 ms, onnxruntime 100 ms per 16 images" in fast.reason
 
 
-def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained, monkeypatch):
+def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained, tmp_path, monkeypatch):
     """The checkpoint run by onnxruntime on its cached export gives PyTorch's probabilities; the
-    export is made once and found again by the weights (a second load exports nothing); `auto`
-    takes whichever engine times faster; an export that computes something else is never used."""
+    export is made once and found again by the weights (a second load exports nothing, other
+    weights get their own); `auto` takes whichever engine times faster; an export that computes
+    something else is never used."""
     from resnet import Classifier
     from resnet import export as X
 
@@ -158,6 +159,12 @@ def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained,
     assert (eager.logits(images).softmax(1) - ort.logits(images).softmax(1)).abs().max() < 1e-5
     assert ort.explain(images[0]).heatmap.max() > 0  # Grad-CAM on the PyTorch model behind it
     assert len(list(Path(cache).glob("*.onnx"))) == 1
+    state = read_checkpoint(run / "best.pt")  # the same model card, other weights (the next run's best.pt)
+    state["model"] = {k: v + 0.05 if k.startswith("fc.") else v for k, v in state["model"].items()}
+    save_checkpoint(tmp_path / "other.pt", state)
+    other = Classifier.from_checkpoint(tmp_path / "other.pt", engine="onnxruntime")
+    reference = Classifier.from_checkpoint(tmp_path / "other.pt", engine="torch").logits(images)
+    assert (other.logits(images) - reference).abs().max() < 1e-4 and len(list(Path(cache).glob("*.onnx"))) == 2
 
     monkeypatch.setattr(X, "export_onnx", lambda *a: pytest.fail("exported twice"))
     for faster in ("onnxruntime", "torch"):
