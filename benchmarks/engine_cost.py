@@ -19,19 +19,14 @@ from pathlib import Path
 import torch
 
 from resnet import runtime
-from resnet.bench import cpu_description
-from resnet.checkpoint import save_checkpoint
+from resnet.bench import cpu_description, save_benchmark_checkpoint
 from resnet.models import create_model
 from resnet.predict import Classifier
-from resnet.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def random_resnet18(path: Path) -> Path:
     torch.manual_seed(0)
-    save_checkpoint(path, {"model": create_model("resnet18", num_classes=1000).state_dict(), "arch": "resnet18",
-                           "model_options": {"width": 1.0}, "classes": [str(i) for i in range(1000)],
-                           "eval_size": 224, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
-    return path
+    return save_benchmark_checkpoint(path, create_model("resnet18", num_classes=1000), "resnet18", 224)
 
 
 def seconds(load) -> tuple[Classifier, float]:

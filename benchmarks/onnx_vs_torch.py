@@ -23,10 +23,8 @@ import torch
 from PIL import Image
 
 from resnet import Classifier, create_model, runtime
-from resnet.bench import cpu_description
-from resnet.checkpoint import save_checkpoint
+from resnet.bench import cpu_description, save_benchmark_checkpoint
 from resnet.export import export_onnx, quantize_onnx
-from resnet.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def main() -> None:
@@ -39,11 +37,8 @@ def main() -> None:
     a = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "model.pt"
-        model = create_model(a.arch, num_classes=1000)
-        save_checkpoint(ckpt, {"model": model.state_dict(), "arch": a.arch, "model_options": {},
-                               "classes": [str(i) for i in range(1000)], "eval_size": a.img_size,
-                               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+        ckpt = save_benchmark_checkpoint(Path(tmp) / "model.pt", create_model(a.arch, num_classes=1000), a.arch,
+                                         a.img_size)
         fp32 = export_onnx(ckpt, Path(tmp) / "model.onnx")
         calib = a.calib
         if calib is None:

@@ -82,14 +82,21 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
             "images_per_second": batch_size * steps / seconds, "seconds": seconds}
 
 
+def save_benchmark_checkpoint(path: Path, model: torch.nn.Module, arch: str, img_size: int, width: float = 1.0
+                              ) -> Path:
+    """`model` (random weights) as a checkpoint of 1,000 numbered classes evaluated at `img_size`:
+    what the benchmarks load, export and time as they would a user's."""
+    save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "model_options": {"width": width},
+                           "classes": [str(i) for i in range(1000)], "eval_size": img_size,
+                           "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+    return path
+
+
 def _classifier(model: torch.nn.Module, arch: str, width: float, img_size: int, work: Path, device: str, amp: str,
                 channels_last: bool, compile: bool, engine: str) -> Classifier:
     """`model` saved as a checkpoint in `work` and loaded as `serve` loads one (ONNX exports kept
     in `work` too, so that the user's cache is left alone)."""
-    path = work / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "model_options": {"width": width},
-                           "classes": [str(i) for i in range(1000)], "eval_size": img_size, "crop_pct": 1.0,
-                           "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+    path = save_benchmark_checkpoint(work / "model.pt", model, arch, img_size, width)
     return Classifier.from_checkpoint(path, device, amp, channels_last, compile, engine, math.inf, work)
 
 
