@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnet.budget import Budget, RunShape, compute_time_by_size, fit
+from resnet.budget import Budget, RunShape, compute_time_by_size, fit, largest_that_fits
 from resnet.train import crop_size_at
 
 
@@ -17,6 +17,20 @@ def test_fit_counts_the_epochs_that_fit():
     assert fit(135, 5, 4, lambda e, n: 12.0) == 14  # 4 epochs done: 10 more fit
     # epochs that cost twice as much in the second half of the run: fewer fit
     assert fit(135, 5, 0, lambda e, n: 12.0 if e < n / 2 else 24.0) == 7
+
+
+def test_the_largest_size_that_still_gets_enough_epochs():
+    epochs = {"s": 200, "m": 90, "l": 59, "xl": 30}
+    timed = []
+
+    def epochs_of(size: str) -> int:
+        timed.append(size)
+        return epochs[size]
+
+    assert largest_that_fits(["s", "m", "l", "xl"], epochs_of, 60) == (1, [200, 90, 59])
+    assert timed == ["s", "m", "l"]  # a size dearer than one that fell short is not timed
+    assert largest_that_fits(["s", "m"], lambda s: 40, 60) == (0, [40])  # none gets enough: the first
+    assert largest_that_fits(["s", "m"], lambda s: 100, 60) == (1, [100, 100])
 
 
 class Clock:

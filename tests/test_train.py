@@ -187,6 +187,38 @@ def test_explicit_flags_override_a_preset():
         T.make_config("fastest")
 
 
+def test_only_a_budget_with_the_size_left_open_picks_the_size():
+    assert T.make_config("default", max_minutes=20).fit_size
+    for given in (dict(width=0.5), dict(img_size=96), dict(eval_size=112), dict(pretrained="imagenet")):
+        assert not T.make_config("default", max_minutes=20, **given).fit_size, given
+    assert not T.make_config("default").fit_size  # no budget: the preset's size
+    assert not T.make_config("cifar-paper", max_minutes=20).fit_size
+
+
+def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path, monkeypatch, capsys):
+    # A fake machine where forward + backward costs 1.5 us per parameter at 24 px, growing with pixels:
+    # in 6 s, width 0.5 gets ~20 epochs at 24 px and ~12 at 32 px, width 1.0 (4x the parameters) ~3.
+    def fake_compute(model, sizes, *args):
+        return 1.5e-6 * sum(p.numel() for p in model.parameters()) * (min(sizes) / 24) ** 2, 2.0
+
+    monkeypatch.setattr(T, "compute_time_by_size", fake_compute)
+    monkeypatch.setattr(T, "SIZE_LADDER", ((0.5, 24), (0.5, 32), (1.0, 32)))
+    monkeypatch.setattr(T, "EPOCHS_TO_GROW", 5)
+    cfg = T.make_config("default", data=str(tiny_folder), arch="resnet20", batch_size=8, workers=0,
+                        out=str(tmp_path / "run"), seed=3, val_split=0.25, max_minutes=0.1)
+    T.train(cfg)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["width"], config["img_size"]) == (0.5, 32)
+    assert "the largest that still gets 5 epochs" in config["size_reason"]
+    assert "size: width 0.5, 32 px" in capsys.readouterr().out
+    best = read_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["model_options"]["width"] == 0.5 and best["eval_size"] == T.test_size_for(32)
+    # Resumed, the run keeps the size it chose, without choosing again.
+    monkeypatch.setattr(T, "size_for_budget", lambda *a: pytest.fail("the size was chosen again on resume"))
+    T.train(*T.resume_config(tmp_path / "run" / "last.pt"))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["size_reason"] == config["size_reason"]
+
+
 def test_schedule_warms_up_then_decays():
     lrs = [T.lr_at(s, 100, 10, 1.0, "onecycle") for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)

@@ -4,7 +4,8 @@ The `Budget` measures (a step-time model from the first steps, each epoch's real
 many epochs fit, with progressive resizing making later epochs dearer) and refits the plan every
 epoch. It returns plans; the training loop decides what to do with them, and the run's
 configuration is never rewritten. Its state (time already spent, the step model) travels in the
-checkpoint, so a resumed run keeps the budget it was given.
+checkpoint, so a resumed run keeps the budget it was given. Before a run whose size is left
+open, `largest_that_fits` picks the largest network the budget still trains for enough epochs.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from .runtime import autocast, memory_format
 from .tuning import BUDGET_RESERVE, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -59,6 +62,16 @@ def fit(budget_s: float, spent_s: float, epochs_done: int, epoch_s: Callable[[in
     while sum(epoch_s(e, epochs + 1) for e in range(epochs_done, epochs + 1)) <= left:
         epochs += 1
     return epochs
+
+
+def largest_that_fits(sizes: Sequence[T], epochs_of: Callable[[T], int], enough: int) -> tuple[int, list[int]]:
+    """(index of the last of `sizes`, cheapest first, that still gets `enough` epochs — the first
+    when none does; the epochs of each size timed). Sizes are timed cheapest first and the search
+    stops at the first that falls short: a dearer one cannot get more epochs."""
+    counts = [epochs_of(sizes[0])]
+    while len(counts) < len(sizes) and counts[-1] >= enough:
+        counts.append(epochs_of(sizes[len(counts)]))
+    return max((i for i, n in enumerate(counts) if n >= enough), default=0), counts
 
 
 class Budget:

@@ -88,7 +88,9 @@ def build_parser() -> Parser:
                    help="channels_last memory format (default: on, oneDNN's and cuDNN's faster layout)")
     t.add_argument("--sync-bn", action="store_true", default=None,
                    help="under torchrun: BatchNorm statistics over the global batch, not each process's part")
-    t.add_argument("--max-minutes", type=float, help="fit the schedule to this time budget")
+    t.add_argument("--max-minutes", type=float,
+                   help="fit the schedule to this time budget; with the default preset and no --width or "
+                        "--img-size, also the network's size (the largest that still gets enough epochs)")
     t.add_argument("--patience", type=_positive_int, help="stop after N epochs without improvement")
     t.add_argument("--save-every", type=int, help="also write last.pt every N steps")
 

@@ -43,15 +43,15 @@ from tqdm import tqdm
 
 from . import data as D
 from . import distributed as ddp
-from .budget import Budget, RunShape, compute_time_by_size, step_seconds
+from .budget import Budget, RunShape, compute_time_by_size, largest_that_fits, step_seconds
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
 from .runtime import Precision, TorchNet, autocast, choose_precision, memory_format, pick_device, run_eval
 from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
                          normalize)
-from .tuning import (AUTO_CACHE_BYTES, EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_STEP, START_SIZE_FRACTION, UNTIMED_STEPS,
-                     VAL_BATCH_FACTOR)
+from .tuning import (AUTO_CACHE_BYTES, EPOCHS_TO_GROW, EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_LADDER, SIZE_STEP,
+                     START_SIZE_FRACTION, UNTIMED_STEPS, VAL_BATCH_FACTOR)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class TrainConfig:
     compile: bool = False                 # torch.compile: measured faster on CUDA, slower on this CPU
     sync_bn: bool = False                 # under torchrun: BatchNorm statistics over the global batch
     max_minutes: float | None = None
+    fit_size: bool = False                # --max-minutes also picks width and img_size (`size_for_budget`)
     patience: int | None = None
     save_every: int = 0                   # also write last.pt every N steps (long epochs)
     preset: str = "default"
@@ -151,6 +152,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
 }
 PATH_OPTIONS = ("data", "val", "out", "cache_dir")
+SIZE_OPTIONS = {"width", "img_size", "min_img_size", "eval_size"}
 RESUME_MAY_CHANGE = ("epochs", "workers", "device", "cache_dir")  # how the run goes on, not what it trains
 
 
@@ -193,6 +195,10 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
             if key in values and values[key] == values.get("img_size"):
                 values[key] = given["img_size"]
     values.update(given)
+    # The default preset's size is a choice made for 2 CPU cores: a budget that buys more may take
+    # a larger one, unless the size was given or comes with pretrained weights.
+    values.setdefault("fit_size", preset == "default" and bool(values.get("max_minutes")) and not values.get(
+        "pretrained") and not SIZE_OPTIONS & given.keys())
     for key in PATH_OPTIONS:
         if values.get(key):
             values[key] = os.path.abspath(values[key])
@@ -353,6 +359,7 @@ class Run:
     out: Path
     device: torch.device
     precision: Precision              # the autocast dtype (None: fp32) and why it was chosen
+    size: str | None                  # why this width and crop size, when the budget chose them
     split: D.DataSplit
     eval_size: int
     train_loader: torch.utils.data.DataLoader
@@ -431,6 +438,42 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
     return train_loader, val_loader, workers
 
 
+def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, batch: int, world: int
+                    ) -> tuple[TrainConfig, str]:
+    """(the configuration at the largest (width, crop size) of `SIZE_LADDER` that still gets
+    `EPOCHS_TO_GROW` epochs in `--max-minutes`, why). More epochs of the default's small network
+    stop paying once it has enough; a budget that buys more goes to resolution and width instead.
+    Each candidate's forward + backward is timed on random batches at its first and last crop sizes
+    and turned into epochs by the budget's own fit; the loader and the decoded cache are left out
+    (the run's timed steps fix the real count). Every rank takes rank 0's choice."""
+    steps, val_images = max(1, len(split.train) // cfg.batch_size), -(-len(split.val) // world)
+
+    def model_at(width: float) -> nn.Module:
+        return create_model(cfg.arch, num_classes=len(split.classes), width=width).to(
+            device, memory_format=memory_format(cfg.channels_last))
+
+    # The precision the default size would train in (bf16 where it times faster) for every estimate.
+    dtype = choose_precision(cfg.amp, device, functools.partial(
+        step_seconds, model_at(SIZE_LADDER[0][0]), SIZE_LADDER[0][1], device, cfg.channels_last, batch)).dtype
+
+    def epochs_at(rung: tuple[float, int]) -> int:
+        width, size = rung
+        crop_at = functools.partial(crop_size_at, img_size=size, min_img_size=None)
+        compute, p = compute_time_by_size(model_at(width), (crop_at(0, 2), size), device, dtype, cfg.channels_last,
+                                          batch)
+        budget = Budget(cfg.max_minutes * 60, RunShape(steps, val_images, batch, test_size_for(size), crop_at))
+        return budget.plan(0, compute, compute, crop_at(0, 2), p)
+
+    index, counts = largest_that_fits(SIZE_LADDER, epochs_at, EPOCHS_TO_GROW)
+    index = ddp.from_rank0([index], device)[0]
+    width, size = SIZE_LADDER[index]
+    estimates = ", ".join(f"{w:g} @ {s} px: {n}" for (w, s), n in zip(SIZE_LADDER, counts))
+    why = (f"the largest that still gets {EPOCHS_TO_GROW} epochs" if counts[index] >= EPOCHS_TO_GROW else
+           f"fewer than {EPOCHS_TO_GROW} epochs fit: more epochs pay before a larger network")
+    return (replace(cfg, width=width, img_size=size),
+            f"width {width:g}, {size} px, {why} (epochs estimated from timed forward + backward: {estimates})")
+
+
 def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     """Device, data, model, optimiser: every check that can fail on the user's input runs before
     the expensive work (the pretrained weights are read before the data is scanned and decoded;
@@ -449,6 +492,9 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
+    size = None
+    if cfg.fit_size and not resuming:
+        cfg, size = size_for_budget(cfg, split, device, batch, world)
     eval_size = cfg.eval_size or test_size_for(cfg.img_size)
     train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world, local_rank)
     out = Path(cfg.out)
@@ -469,7 +515,7 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
-    return Run(cfg, out, device, precision, split, eval_size, train_loader, val_loader, workers, model, net, options,
+    return Run(cfg, out, device, precision, size, split, eval_size, train_loader, val_loader, workers, model, net, options,
                optimizer, torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world, batch, rank == 0, len(train_loader))
 
@@ -479,6 +525,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state.get("scaler") or {})
     torch.set_rng_state(state["rng"]["torch"])
+    run.size = state.get("size")
 
 
 def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metrics: dict) -> None:
@@ -493,7 +540,7 @@ def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metric
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "scheduler": {"step": progress.step, "total_steps": progress.epochs * run.steps_per_epoch},
         "rng": {"torch": torch.get_rng_state()}, "progress": asdict(progress), "precision": run.precision.record(),
-        "budget": budget.state() if budget else None})
+        "size": run.size, "budget": budget.state() if budget else None})
 
 
 def announce(run: Run, progress: Progress) -> None:
@@ -508,6 +555,8 @@ def announce(run: Run, progress: Progress) -> None:
                f"images, {len(run.split.classes)} classes, {progress.epochs} epochs of {run.steps_per_epoch} steps"
                f" at {sizes} px, {run.workers} workers" + (f", {skipped} files skipped" if skipped else ""))
     tqdm.write(f"precision: {run.precision.name} ({run.precision.reason})")
+    if run.size:
+        tqdm.write(f"size: {run.size}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,6 +712,7 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
     started = time.monotonic()  # a time budget counts the data scan and the decoded cache too
     try:
         run = set_up(cfg, resuming=state is not None)
+        cfg = run.cfg  # with the width and crop size the budget chose, where it chose them
         progress = Progress(epochs=cfg.epochs, skipped=dict(run.split.skipped))
         budget = None
         if state is not None:
@@ -679,8 +729,8 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
             D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
             if run.split.val:
                 D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
-            (run.out / "config.json").write_text(json.dumps({**asdict(cfg), "precision": run.precision.record()},
-                                                        indent=2))
+            (run.out / "config.json").write_text(json.dumps(
+                {**asdict(run.cfg), "precision": run.precision.record(), "size_reason": run.size}, indent=2))
             announce(run, progress)
         board = tensorboard_writer(run.out) if run.main else None
 

@@ -44,6 +44,24 @@ VAL_BATCH_FACTOR = 2
 # only (a third of forward + backward).
 VAL_BATCH_COST = VAL_BATCH_FACTOR / 3
 
+# --- Model size (--max-minutes with the default preset's size left open) ----------------------
+
+# The (width, final crop px) a time budget may train, cheapest first: the default first, then
+# resolution before width (dogs vs. cats: a sharper view of a photo is cheaper than wider layers,
+# 1.6x the compute for 96 -> 128 px against 3.2x for width 0.5 -> 1.0), then both up to
+# torchvision's 224 px.
+SIZE_LADDER = ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128), (1.0, 160), (1.0, 192), (1.0, 224))
+
+# A larger size is taken only while it still gets this many epochs in the budget (as estimated
+# before the run, from timed forward + backward: ~15 % above the epochs the run then gets, whose
+# loader and cache the estimate leaves out). Measured on the development CPU: 20 minutes buy the
+# default 35-40 epochs (estimated 47) and each extra epoch paid; width 0.75 got 19 and lost 2-3
+# points. At ~1.7x that compute (60 minutes on one thread, two runs side by side) the default got 65
+# epochs (estimated 76), 93.75 % (final weights 93.65 %), 128 px got 38 (estimated 43), 93.20 %:
+# the extra resolution did not pay yet. An AMX CPU's 90 bf16 epochs of the default scored no
+# better on held-out photos than its 59 in fp32: past ~60 the small net has had enough.
+EPOCHS_TO_GROW = 60
+
 # --- Data loading -----------------------------------------------------------------------------
 
 # On a GPU, decoding is the bottleneck: up to this many workers, one core left for the main
