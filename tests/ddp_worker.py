@@ -4,7 +4,9 @@ from inside each rank (set through the environment):
 - RESNET_TEST_RECORD=DIR: each rank writes DIR/rank{R}.attempt{A}.json (the files it loaded, per
   epoch and split, and the caches it decoded) and DIR/rank{R}.pt (its own final weights);
 - RESNET_TEST_KILL_AFTER_EPOCH=N: in torchrun's first attempt, rank 1 copies OUT/metrics.csv to
-  DIR/metrics_at_kill.csv once epoch N is saved, then SIGKILLs itself.
+  DIR/metrics_at_kill.csv once epoch N is saved, then SIGKILLs itself;
+- RESNET_TEST_UNEVEN_TIMING=1: choosing the size under `--max-minutes`, a three-size ladder up to
+  32 px timed cheap on rank 0 and dear on rank 1, so that only rank 0's timings would grow.
 """
 
 import json
@@ -67,9 +69,15 @@ def train(cfg, state=None, _orig=T.train):
     return summary
 
 
+def uneven_compute(model, sizes, *args):
+    return (0.02 if RANK == 0 else 10.0), 2.0
+
+
 D.ImageDataset.__getitem__ = getitem
 D.DecodedCache.build = build
 T.train_epoch, T.next_plan, T.train = train_epoch, next_plan, train
+if os.environ.get("RESNET_TEST_UNEVEN_TIMING"):
+    T.SIZE_LADDER, T.EPOCHS_TO_GROW, T.compute_time_by_size = ((0.5, 24), (0.5, 32), (1.0, 32)), 5, uneven_compute
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

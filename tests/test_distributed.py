@@ -82,6 +82,19 @@ def test_two_ranks_load_disjoint_halves_and_end_with_identical_weights(tiny_fold
     assert r.stdout.count("best validation accuracy") == 1  # one report, from rank 0
 
 
+def test_ranks_that_time_sizes_differently_all_train_rank_0s_choice(tiny_folder, tmp_path):
+    """`--max-minutes` with the size left open: every rank times the candidate sizes, and their
+    timings can disagree (here rank 1's say nothing larger fits); all must build rank 0's choice,
+    or DDP would pair different networks."""
+    out, record = tmp_path / "out", tmp_path / "record"
+    r = torchrun([str(tiny_folder), "--arch", "resnet20", "--batch-size", "8", "--workers", "0", "--val-split", "0.25",
+                  "--max-minutes", "0.1", "--out", str(out)], record, RESNET_TEST_UNEVEN_TIMING="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["width"], config["img_size"]) == (1.0, 32)
+    assert_same_weights(final_weights(record, 0), final_weights(record, 1))
+
+
 def test_two_ranks_with_half_the_batch_train_what_one_process_does(tiny_folder, tmp_path):
     """2 ranks x batch 4 == 1 process x batch 8, same seed, after 6 steps: weights within 1e-5 and
     the same epoch figures (training sums and validation reduced over the ranks). --sync-bn makes

@@ -465,7 +465,10 @@ def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, 
         return budget.plan(0, compute, compute, crop_at(0, 2), p)
 
     index, counts = largest_that_fits(SIZE_LADDER, epochs_at, EPOCHS_TO_GROW)
-    index = ddp.from_rank0([index], device)[0]
+    # Ranks time differently and may stop at different sizes: all take rank 0's choice and figures
+    # (padded with -1 to one length, as a broadcast needs).
+    shared = ddp.from_rank0([index, *counts, *[-1] * (len(SIZE_LADDER) - len(counts))], device)
+    index, counts = shared[0], [n for n in shared[1:] if n >= 0]
     width, size = SIZE_LADDER[index]
     estimates = ", ".join(f"{w:g} @ {s} px: {n}" for (w, s), n in zip(SIZE_LADDER, counts))
     why = (f"the largest that still gets {EPOCHS_TO_GROW} epochs" if counts[index] >= EPOCHS_TO_GROW else
