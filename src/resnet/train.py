@@ -359,7 +359,7 @@ class Run:
     out: Path
     device: torch.device
     precision: Precision              # the autocast dtype (None: fp32) and why it was chosen
-    size: str | None                  # why this width and crop size, when the budget chose them
+    size_reason: str | None           # why this width and crop size, when the budget chose them
     split: D.DataSplit
     eval_size: int
     train_loader: torch.utils.data.DataLoader
@@ -495,9 +495,9 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
-    size = None
+    size_reason = None
     if cfg.fit_size and not resuming:
-        cfg, size = size_for_budget(cfg, split, device, batch, world)
+        cfg, size_reason = size_for_budget(cfg, split, device, batch, world)
     eval_size = cfg.eval_size or test_size_for(cfg.img_size)
     train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world, local_rank)
     out = Path(cfg.out)
@@ -518,7 +518,7 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
-    return Run(cfg, out, device, precision, size, split, eval_size, train_loader, val_loader, workers, model, net, options,
+    return Run(cfg, out, device, precision, size_reason, split, eval_size, train_loader, val_loader, workers, model, net, options,
                optimizer, torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world, batch, rank == 0, len(train_loader))
 
@@ -528,7 +528,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state.get("scaler") or {})
     torch.set_rng_state(state["rng"]["torch"])
-    run.size = state.get("size")
+    run.size_reason = state.get("size_reason")
 
 
 def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metrics: dict) -> None:
@@ -543,7 +543,7 @@ def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metric
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "scheduler": {"step": progress.step, "total_steps": progress.epochs * run.steps_per_epoch},
         "rng": {"torch": torch.get_rng_state()}, "progress": asdict(progress), "precision": run.precision.record(),
-        "size": run.size, "budget": budget.state() if budget else None})
+        "size_reason": run.size_reason, "budget": budget.state() if budget else None})
 
 
 def announce(run: Run, progress: Progress) -> None:
@@ -558,8 +558,8 @@ def announce(run: Run, progress: Progress) -> None:
                f"images, {len(run.split.classes)} classes, {progress.epochs} epochs of {run.steps_per_epoch} steps"
                f" at {sizes} px, {run.workers} workers" + (f", {skipped} files skipped" if skipped else ""))
     tqdm.write(f"precision: {run.precision.name} ({run.precision.reason})")
-    if run.size:
-        tqdm.write(f"size: {run.size}")
+    if run.size_reason:
+        tqdm.write(f"size: {run.size_reason}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,7 +733,7 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
             if run.split.val:
                 D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
             (run.out / "config.json").write_text(json.dumps(
-                {**asdict(run.cfg), "precision": run.precision.record(), "size_reason": run.size}, indent=2))
+                {**asdict(run.cfg), "precision": run.precision.record(), "size_reason": run.size_reason}, indent=2))
             announce(run, progress)
         board = tensorboard_writer(run.out) if run.main else None
 
