@@ -9,7 +9,10 @@ its users would: the default (fp32, NCHW), channels_last, and channels_last with
 on CPUs whose oneDNN has bf16 kernels: elsewhere it is emulated, ~15x slower, and skipped). Ours is
 `resnet benchmark train|infer` with its defaults: what the tool chooses on this machine (inference
 is the `Classifier`'s path, from uint8 pixels, normalisation included, with the engine a long-lived
-`Classifier` chooses by timing; `--engine torch` and `--compile` are shown beside it).
+`Classifier` chooses by timing; `--engine torch` and `--compile` are shown beside it). Ours keeps
+freed memory in glibc's heap (`runtime.keep_freed_memory`); torchvision's channels_last fp32 is run
+a second time with the same allocator settings (glibc's environment variables), so the table shows
+what that part of the difference is.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import os
 import subprocess
 import sys
 
 from resnet import runtime
 from resnet.bench import cpu_description
+from resnet.tuning import HEAP_KEEP_BYTES
 
 PEER = """
 import json, sys, time, tvpeer, torch, torchvision
@@ -51,11 +56,13 @@ print(json.dumps({"images_per_second": batch * steps / (time.perf_counter() - t)
 """
 
 BATCH = {"train": 32, "infer": 64}
+HEAP_KEPT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(HEAP_KEEP_BYTES)}  # keep_freed_memory's mallopt
 
 
-def peer(python: str, task: str, layout: str, amp: str, steps: int) -> float:
+def peer(python: str, task: str, layout: str, amp: str, steps: int, heap_kept: bool) -> float:
+    env = {**os.environ, **HEAP_KEPT} if heap_kept else None
     out = subprocess.run([python, "-c", PEER, task, layout, amp, str(BATCH[task]), str(steps)],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["images_per_second"]
 
 
@@ -73,16 +80,16 @@ def main() -> None:
     ap.add_argument("--peer-python", default="/tmp/tv-peer/bin/python")
     a = ap.parse_args()
     amps = ["fp32", "bf16"] if runtime.cpu_has_bf16() else ["fp32"]
-    peers = [("NCHW", "fp32")] + [("channels_last", amp) for amp in amps]
+    peers = [("NCHW", "fp32", False)] + [("channels_last", amp, False) for amp in amps] + [("channels_last", "fp32", True)]
     results: dict[tuple[str, str], list[float]] = {}
     chosen = {}
     for rnd in range(a.rounds):
         for task in ("train", "infer"):
-            for layout, amp in peers:
+            for layout, amp, heap_kept in peers:
                 if task == "infer" and layout == "NCHW":
                     continue  # the manual inference configs are the channels_last ones
-                results.setdefault((task, f"torchvision {layout} {amp}"), []).append(
-                    peer(a.peer_python, task, layout, amp, a.steps))
+                name = f"torchvision {layout} {amp}" + (" + heap kept" if heap_kept else "")
+                results.setdefault((task, name), []).append(peer(a.peer_python, task, layout, amp, a.steps, heap_kept))
             r = ours(task, a.steps)
             chosen[task] = f"{r['amp']}: {r['precision_reason']}" + (
                 f"; engine {r['engine']}: {r['engine_reason']}" if "engine" in r else "")
@@ -94,15 +101,16 @@ def main() -> None:
         print(f"round {rnd + 1}/{a.rounds} done", file=sys.stderr)
     print(f"CPU: {cpu_description()}\n")
     names = list(dict.fromkeys(name for _, name in results))
-    print("| ResNet-18 @224 | " + " | ".join(names) + " | ours / best of torchvision |")
-    print("|---" * (len(names) + 2) + "|")
+    print("| ResNet-18 @224 | " + " | ".join(names) + " | ours / best of torchvision | ours / torchvision + heap kept |")
+    print("|---" * (len(names) + 3) + "|")
     for task in ("train", "infer"):
         row = {name: statistics.median(v) for (t, name), v in results.items() if t == task}
-        best = max(v for name, v in row.items() if name.startswith("torchvision"))
+        best = max(v for name, v in row.items() if name.startswith("torchvision") and not name.endswith("heap kept"))
+        kept = row["torchvision channels_last fp32 + heap kept"]
         cells = [f"{row[name]:.1f}" if name in row else "—" for name in names]
         label = "train step, batch 32, img/s" if task == "train" else "inference, batch 64, img/s"
-        ratios = ", ".join(f"{row[n] / best:.2f}x" for n in row if n.startswith("ours"))
-        print(f"| {label} | " + " | ".join(cells) + f" | {ratios} |")
+        ratios = [", ".join(f"{row[n] / ref:.2f}x" for n in row if n.startswith("ours")) for ref in (best, kept)]
+        print(f"| {label} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} |")
     for task, why in chosen.items():
         print(f"\nours, {task}: {why}")
 

@@ -81,6 +81,14 @@ AUTO_CACHE_BYTES = 2 * 1024**3
 # a build takes seconds to hours, and a stat twice a second costs nothing.
 CACHE_POLL_S = 0.5
 
+# --- Memory (runtime.keep_freed_memory) --------------------------------------------------------
+
+# Freed memory at the top of glibc's heap is kept for the next step up to this much, instead of
+# being returned to the kernel and faulted in again. Training steps at 224 px, batch 32, img/s:
+# ResNet-18 12.9 with glibc's default, 13.1-13.2 keeping 64 MiB, 13.5 keeping 512 MiB or 2 GiB;
+# ResNet-50 5.0-5.1 by default, 5.6 keeping 1 GiB or 2 GiB. The middle of what measured best.
+HEAP_KEEP_BYTES = 1024**3
+
 # --- Precision (--amp auto) -------------------------------------------------------------------
 
 # On a CPU with bf16 kernels, the precision of inference is chosen by timing fp32 and bf16 batches
@@ -94,13 +102,15 @@ PRECISION_PROBE_BATCH = 16
 ONNX_MIN_IMAGES = 1000
 # Above it, an export is made only if it should save more than it costs: the images' PyTorch time
 # (timed on a probe batch) times the fraction onnxruntime saved, against the export's seconds.
-# Measured on the development CPU (benchmarks/engine_cost.py): ResNet-18 exports in 3.5 s (plus ~2 s
-# to import the exporter, once per process); onnxruntime saved 22 % of PyTorch's time at 224 px and
-# 32 % on the half-width 112 px model. A 112 px half-width model's 2,000-image evaluate then stays
-# on PyTorch (its ~3 s of inference would save less than the export costs), ResNet-18 at 224 px
-# exports from ~800 images.
+# Measured on the development CPU (benchmarks/engine_cost.py): ResNet-18 exports in 3.4 s (plus ~2 s
+# to import the exporter, once per process); with PyTorch keeping its freed memory
+# (runtime.keep_freed_memory) onnxruntime saved 7 % of PyTorch's time at 224 px and 27 % on the
+# half-width 112 px model. The smaller saving, because a needless export costs its seconds while a
+# missed one costs little where the saving is large (a small model's whole run is seconds): a
+# 112 px half-width model stays on PyTorch, ResNet-18 at 224 px exports from ~2,800 images (the
+# export measured paying after 2,300).
 ONNX_EXPORT_SECONDS = 4.0
-ONNX_TIME_SAVED = 0.2
+ONNX_TIME_SAVED = 0.07
 
 # Exports kept in the cache, the least recently used dropped first: a few models in use at once
 # (a training run's best.pt, the model being served), ~45 MB each for a full-width ResNet-18.
