@@ -210,13 +210,17 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["width"], config["img_size"]) == (0.5, 32)
     assert "the largest that still gets 5 epochs" in config["size_reason"]
-    assert "size: width 0.5, 32 px" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "size: width 0.5, 32 px" in out
+    assert "as many epochs of" in out and f"{cfg.epochs} epochs of" not in out  # not the preset's, unplanned
     best = read_checkpoint(tmp_path / "run" / "best.pt")
     assert best["model_options"]["width"] == 0.5 and best["eval_size"] == T.test_size_for(32)
-    # Resumed, the run keeps the size it chose, without choosing again.
+    # Resumed, the run keeps the size it chose, without choosing again, and names its planned epochs.
     monkeypatch.setattr(T, "size_for_budget", lambda *a: pytest.fail("the size was chosen again on resume"))
+    planned = read_checkpoint(tmp_path / "run" / "last.pt")["progress"]["epochs"]
     T.train(*T.resume_config(tmp_path / "run" / "last.pt"))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["size_reason"] == config["size_reason"]
+    assert f"{planned} epochs of" in capsys.readouterr().out
 
 
 def test_schedule_warms_up_then_decays():

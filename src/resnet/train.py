@@ -554,9 +554,12 @@ def announce(run: Run, progress: Progress) -> None:
             f"{', synchronised BatchNorm' if run.cfg.sync_bn and run.world > 1 else ''})"
             if torch.distributed.is_initialized() else "")
     skipped = len(progress.skipped)
+    # A budget's epochs are planned from the first timed steps (the "--max-minutes" line follows).
+    epochs = (f"as many epochs of {run.steps_per_epoch} steps as fit" if cfg.max_minutes and progress.epoch == 0
+              else f"{progress.epochs} epochs of {run.steps_per_epoch} steps")
     tqdm.write(f"{cfg.arch} on {run.device.type}{over}: {len(run.split.train)} train / {len(run.split.val)} val "
-               f"images, {len(run.split.classes)} classes, {progress.epochs} epochs of {run.steps_per_epoch} steps"
-               f" at {sizes} px, {run.workers} workers" + (f", {skipped} files skipped" if skipped else ""))
+               f"images, {len(run.split.classes)} classes, {epochs} at {sizes} px, "
+               f"{run.workers} worker{'' if run.workers == 1 else 's'}" + (f", {skipped} files skipped" if skipped else ""))
     tqdm.write(f"precision: {run.precision.name} ({run.precision.reason})")
     if run.size_reason:
         tqdm.write(f"size: {run.size_reason}")
