@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import DATASETS, needs_datasets, photo, write_broken, write_odd
 from resnet import data as D
-from resnet.transforms import EvalTransform, TrainTransform, normalize, resized_crop, shorter_side_size
+from resnet.transforms import EvalTransform, TrainTransform, normalize, resized_crop
 
 
 def test_every_odd_image_is_read_and_every_broken_one_skipped_with_its_reason(tmp_path):

@@ -14,7 +14,6 @@ from resnet import data as D
 from resnet import train as T
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.cli import main
-from resnet.errors import DataError
 from resnet.transforms import EvalTransform
 
 

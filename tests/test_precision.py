@@ -21,6 +21,8 @@ from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError, ConfigError
 from resnet.evaluate import evaluate
 
+from conftest import logits_tolerance
+
 CPU = torch.device("cpu")
 
 # Page faults of three training steps of a small net whose activations (38 MB each) are above
@@ -53,7 +55,28 @@ def timings(fp32: float, bf16: float):
     return seconds_with, calls
 
 
-def test_bf16_only_where_the_cpu_has_the_kernels_and_it_measures_faster(monkeypatch):
+def one_epoch(data, out, **options) -> T.TrainConfig:
+    return T.make_config("default", data=str(data), arch="resnet20", img_size=24, epochs=1, batch_size=8, workers=0,
+                         out=str(out), val_split=0.25, **options)
+
+
+@pytest.fixture
+def autocasts(monkeypatch) -> list:
+    """The autocast dtype of every training step, in order."""
+    used = []
+    real_autocast = T.autocast
+    monkeypatch.setattr(T, "autocast", lambda device, dtype: used.append(dtype) or real_autocast(device, dtype))
+    return used
+
+
+@pytest.fixture
+def detected(monkeypatch):
+    """The decision as made on a CPU with nothing forced (.ci/run also runs the suite with
+    RESNET_CPU_BF16=1): the tests below fake the capability themselves."""
+    monkeypatch.delenv(runtime.CPU_BF16_ENV, raising=False)
+
+
+def test_bf16_only_where_the_cpu_has_the_kernels_and_it_measures_faster(monkeypatch, detected):
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
     seconds_with, calls = timings(2.0, 1.0)
     p = runtime.choose_precision("auto", CPU, seconds_with)
@@ -71,27 +94,93 @@ def test_bf16_only_where_the_cpu_has_the_kernels_and_it_measures_faster(monkeypa
         p = runtime.choose_precision(amp, CPU, seconds_with)
         assert p.dtype == dtype and calls == [] and p.reason == f"--amp {amp}"
 
+    # Untimed (--deterministic), by capability: bf16 kernels alone measured slower than fp32 (no AMX).
+    for amx, dtype in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(runtime.torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert runtime.choose_precision("auto", CPU).dtype == dtype
+
+
+@pytest.mark.parametrize("forced", ["0", "1"])
+def test_the_switch_decides_auto_without_timing(monkeypatch, forced):
+    """RESNET_CPU_BF16 is how the suite runs bf16 on any CPU: `auto` takes its answer untimed, for
+    training and for a model that records no precision alike."""
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, forced)
+    seconds_with, calls = timings(1.0, 2.0 if forced == "1" else 0.5)  # timing would say the other
+    dtype = torch.bfloat16 if forced == "1" else None
+    assert runtime.choose_precision("auto", CPU, seconds_with).dtype == dtype and calls == []
+    assert runtime.model_precision("auto", CPU, None).dtype == dtype
+    assert runtime.choose_precision("off", CPU).dtype is None  # --amp still overrides
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "yes")
+    with pytest.raises(ConfigError, match="RESNET_CPU_BF16='yes'"):
+        runtime.choose_precision("auto", CPU, seconds_with)
+
+
+def test_a_stored_model_runs_in_its_own_precision_where_the_cpu_can(monkeypatch, detected):
+    """One precision per model, never timed: the precision it recorded, unless the CPU would only
+    emulate it (then fp32, saying so); a model without a record takes the capability rule."""
+    bf16, fp32 = {"dtype": "bfloat16", "reason": "measured"}, {"dtype": "fp32", "reason": "measured"}
+    for has, prefers in ((True, True), (True, False), (False, False)):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda has=has: has)
+        monkeypatch.setattr(runtime, "cpu_prefers_bf16", lambda prefers=prefers: prefers)
+        p = runtime.model_precision("auto", CPU, bf16)
+        assert p.dtype == (torch.bfloat16 if has else None), (has, prefers)
+        assert has or "no bf16 kernels: fp32" in p.reason
+        assert runtime.model_precision("auto", CPU, fp32).dtype is None  # an fp32 model stays fp32
+        assert runtime.model_precision("auto", CPU, None).dtype == (torch.bfloat16 if prefers else None)
+        assert runtime.model_precision("off", CPU, bf16).dtype is None
+        assert runtime.model_precision("bf16", CPU, fp32).dtype == torch.bfloat16
+
 
 @pytest.mark.parametrize("capable", [False, True])
-def test_training_says_and_records_the_precision_it_chose(tiny_folder, tmp_path, monkeypatch, capsys, capable):
+def test_training_says_and_records_the_precision_it_chose(tiny_folder, tmp_path, monkeypatch, capsys, capable,
+                                                          detected, autocasts):
     """On a CPU with bf16 kernels (faked, with a faked measurement favouring bf16) the run trains
     under bf16 autocast; without them in fp32. Either way the first lines, config.json and every
     checkpoint say which and why."""
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: capable)
     monkeypatch.setattr(T, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
-    used = []
-    real_autocast = T.autocast
-    monkeypatch.setattr(T, "autocast", lambda device, dtype: used.append(dtype) or real_autocast(device, dtype))
     out = tmp_path / "run"
-    T.train(T.make_config("default", data=str(tiny_folder), arch="resnet20", img_size=24, epochs=1,
-                          batch_size=8, workers=0, out=str(out), val_split=0.25))
+    T.train(one_epoch(tiny_folder, out))
     name = "bfloat16" if capable else "fp32"
-    assert set(used) == {torch.bfloat16 if capable else None}
+    assert set(autocasts) == {torch.bfloat16 if capable else None}
     assert f"precision: {name} (" in capsys.readouterr().out
     for record in (json.loads((out / "config.json").read_text())["precision"],
                    read_checkpoint(out / "last.pt")["precision"]):
         assert record["dtype"] == name
         assert ("1000 ms with bf16" in record["reason"]) if capable else ("no bf16 kernels" in record["reason"])
+
+
+def test_one_precision_for_the_whole_run_and_its_model(tiny_folder, tmp_path, monkeypatch, detected, autocasts):
+    """Chosen once (bf16, timed faster on a faked bf16 CPU), then kept: a resume whose timing would
+    now say fp32 still trains in bf16; the validation figures of metrics.csv are `evaluate`'s for
+    the saved model, which runs in the precision it was trained in; `--amp` given anew overrides."""
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_prefers_bf16", lambda: False)
+    monkeypatch.setattr(T, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
+    out = tmp_path / "run"
+    T.train(one_epoch(tiny_folder, out, seed=1))
+    monkeypatch.setattr(T, "step_seconds", lambda *args: 2.0 if args[-1] == torch.bfloat16 else 1.0)
+    T.train(*T.resume_config(out / "last.pt", {"epochs": 2}))
+    assert set(autocasts) == {torch.bfloat16}
+    last = read_checkpoint(out / "last.pt")
+    assert last["precision"]["dtype"] == "bfloat16" and "kept from the run's start: measured" in last["precision"]["reason"]
+    result, _, _ = evaluate(out / "last.pt", out / "val.csv", workers=0)
+    assert result["precision"] == "bfloat16" and "trained in bfloat16" in result["precision_reason"]
+    assert (result["accuracy"], result["loss"]) == pytest.approx((last["metrics"]["val_acc"], last["metrics"]["val_loss"]),
+                                                                 rel=1e-6)
+    autocasts.clear()
+    T.train(*T.resume_config(out / "last.pt", {"epochs": 3, "amp": "off"}))
+    assert set(autocasts) == {None} and read_checkpoint(out / "last.pt")["precision"]["reason"] == "--amp off"
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_deterministic_runs_take_the_precision_without_timing(tiny_folder, tmp_path, monkeypatch, detected, amx):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime.torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(T, "step_seconds", lambda *args: pytest.fail("--deterministic timed the precision"))
+    out = tmp_path / "run"
+    T.train(one_epoch(tiny_folder, out, deterministic=True))
+    assert read_checkpoint(out / "last.pt")["precision"]["dtype"] == ("bfloat16" if amx else "fp32")
 
 
 def test_bf16_and_fp32_evaluation_agree(trained):
@@ -126,8 +215,9 @@ def test_folding_batchnorm_keeps_the_logits(arch):
 
 
 def test_compiled_inference_gives_the_eager_logits(trained):
-    """`--compile` (Inductor with freezing) computes what the eager model does, and Grad-CAM,
-    which needs autograd, still runs on the eager model behind it."""
+    """`--compile` (Inductor with freezing) computes what the eager model does (in bf16, within
+    bf16's measured rounding: other kernels round otherwise), and Grad-CAM, which needs autograd,
+    still runs on the eager model behind it."""
     from resnet import Classifier
 
     data, run = trained
@@ -137,7 +227,8 @@ def test_compiled_inference_gives_the_eager_logits(trained):
     assert compiled.net.model is not compiled.model  # the compiled module runs, the eager one explains
     a = eager.logits([D.load_image(p) for p in images])
     b = compiled.logits([D.load_image(p) for p in images])
-    assert (a - b).abs().max() < 1e-4
+    assert compiled.net.dtype == eager.net.dtype  # the model's own precision, compiled or not
+    assert (a - b).abs().max() < logits_tolerance(eager.net.dtype, a)
     assert compiled.explain(images[0]).heatmap.max() > 0
 
 
@@ -148,17 +239,21 @@ def test_engine_choice_without_timing():
     from resnet.tuning import ONNX_MIN_IMAGES
 
     cuda = torch.device("cuda")
-    assert runtime.choose_engine("torch", CPU, False, math.inf, True).name == "torch"
-    assert runtime.choose_engine("onnxruntime", CPU, False, 1, False).name == "onnxruntime"
+    fp32, bf16 = runtime.Precision(None, ""), runtime.Precision(torch.bfloat16, "")
+    assert runtime.choose_engine("torch", CPU, False, math.inf, True, fp32).name == "torch"
+    assert runtime.choose_engine("onnxruntime", CPU, False, 1, False, bf16).name == "onnxruntime"  # asked for
     for device, compile in ((cuda, False), (CPU, True)):
         with pytest.raises(ConfigError):
-            runtime.choose_engine("onnxruntime", device, compile, math.inf, True)
-        assert runtime.choose_engine("auto", device, compile, math.inf, True).name == "torch"
-    few = runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, False)
+            runtime.choose_engine("onnxruntime", device, compile, math.inf, True, fp32)
+        assert runtime.choose_engine("auto", device, compile, math.inf, True, fp32).name == "torch"
+    few = runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, False, fp32)
     assert few.name == "torch" and str(ONNX_MIN_IMAGES) in few.reason
-    assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, True) is None  # exported: time both
-    assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES, False) is None
-    assert runtime.choose_engine("auto", CPU, False, math.inf, False) is None
+    assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, True, fp32) is None  # exported: time both
+    assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES, False, fp32) is None
+    assert runtime.choose_engine("auto", CPU, False, math.inf, False, fp32) is None
+    # A bf16 model stays on PyTorch: onnxruntime's fp32 export would give other probabilities.
+    kept = runtime.choose_engine("auto", CPU, False, math.inf, True, bf16)
+    assert kept.name == "torch" and "runs in bfloat16" in kept.reason
     assert runtime.export_too_dear(10_000, 0.0016).name == "torch"  # a small model: ~16 s of inference
     assert runtime.export_too_dear(2000, 0.023).name == "torch"  # ResNet-18 at 224 px: ~46 s
     assert runtime.export_too_dear(5000, 0.023) is None  # ~115 s: the export pays
@@ -167,17 +262,18 @@ def test_engine_choice_without_timing():
 
 
 def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained, tmp_path, monkeypatch):
-    """The checkpoint run by onnxruntime on its cached export gives PyTorch's probabilities; the
-    export is made once and found again by the weights (a second load exports nothing, other
-    weights get their own); `auto` takes whichever engine times faster; an export that computes
-    something else is never used."""
+    """The checkpoint run by onnxruntime on its cached export gives fp32 PyTorch's probabilities;
+    the export is made once and found again by the weights (a second load exports nothing, other
+    weights get their own); for an fp32 model `auto` takes whichever engine times faster, for a
+    bf16 one PyTorch, whatever the timing; an export that computes something else is never used.
+    The model is run as fp32 (`amp="off"`) where the engines are compared: the export is fp32."""
     from resnet import Classifier
     from resnet import export as X
 
     data, run = trained
     images = [D.load_image(p) for p in sorted(data.rglob("*.png"))[:8]]
     cache = D.default_cache_dir("onnx")
-    eager = Classifier.from_checkpoint(run / "best.pt", engine="torch")
+    eager = Classifier.from_checkpoint(run / "best.pt", engine="torch", amp="off")
     ort = Classifier.from_checkpoint(run / "best.pt", engine="onnxruntime")
     assert isinstance(ort.net, X.OnnxNet) and ort.describe()["engine"] == "onnxruntime"
     assert (eager.logits(images).softmax(1) - ort.logits(images).softmax(1)).abs().max() < 1e-5
@@ -187,20 +283,22 @@ def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained,
     state["model"] = {k: v + 0.05 if k.startswith("fc.") else v for k, v in state["model"].items()}
     save_checkpoint(tmp_path / "other.pt", state)
     other = Classifier.from_checkpoint(tmp_path / "other.pt", engine="onnxruntime")
-    reference = Classifier.from_checkpoint(tmp_path / "other.pt", engine="torch").logits(images)
+    reference = Classifier.from_checkpoint(tmp_path / "other.pt", engine="torch", amp="off").logits(images)
     assert (other.logits(images) - reference).abs().max() < 1e-4 and len(list(Path(cache).glob("*.onnx"))) == 2
 
     monkeypatch.setattr(X, "export_onnx", lambda *a: pytest.fail("exported twice"))
     for faster in ("onnxruntime", "torch"):
         monkeypatch.setattr(runtime, "net_seconds",
                             lambda net, *a, fast=faster: 0.1 if isinstance(net, X.OnnxNet) == (fast != "torch") else 0.2)
-        clf = Classifier.from_checkpoint(run / "best.pt")  # images=0, but the export is there: timed
+        clf = Classifier.from_checkpoint(run / "best.pt", amp="off")  # images=0, but the export is there: timed
         assert clf.engine.name == faster and "measured here" in clf.engine.reason
         assert isinstance(clf.net, X.OnnxNet) == (faster == "onnxruntime")
+        clf = Classifier.from_checkpoint(run / "best.pt", amp="bf16")
+        assert clf.engine.name == "torch" and "runs in bfloat16" in clf.engine.reason
 
     cached_onnx = X.cached_onnx
     monkeypatch.setattr(X, "cached_onnx", lambda *a: (_ for _ in ()).throw(OSError("read-only cache")))
-    clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf)  # auto: PyTorch, saying why
+    clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf, amp="off")  # auto: PyTorch, saying why
     assert clf.engine.name == "torch" and "export failed: read-only cache" in clf.engine.reason
     with pytest.raises(CheckpointError, match="read-only cache"):  # asked for: an error
         Classifier.from_checkpoint(run / "best.pt", engine="onnxruntime")
@@ -208,21 +306,22 @@ def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained,
 
     real_call = X.OnnxNet.__call__
     monkeypatch.setattr(X.OnnxNet, "__call__", lambda self, x: real_call(self, x) + 0.5)
-    clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf)
+    clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf, amp="off")
     assert clf.engine.name == "torch" and "differ" in clf.engine.reason
 
 
 def test_few_images_make_no_export(trained, tmp_path):
     """`evaluate` of a few images with `--engine auto` runs PyTorch and writes nothing to the
     cache, nor does a long job of a model so small that its export would cost more than it saves;
-    with `--engine onnxruntime` the result is the same, saying which engine ran."""
+    with `--engine onnxruntime` the result is the same, saying which engine ran. As fp32, where
+    the engines compute the same numbers (a bf16 model never leaves PyTorch: see above)."""
     from resnet import Classifier
     from resnet.tuning import ONNX_MIN_IMAGES
 
     data, run = trained
-    torch_run, _, p_torch = evaluate(run / "best.pt", data, workers=0)
+    torch_run, _, p_torch = evaluate(run / "best.pt", data, workers=0, amp="off")
     assert torch_run["engine"] == "torch" and "pays from" in torch_run["engine_reason"]
-    small = Classifier.from_checkpoint(run / "best.pt", images=ONNX_MIN_IMAGES)  # ResNet-20 at 24 px: ~0.1 s
+    small = Classifier.from_checkpoint(run / "best.pt", images=ONNX_MIN_IMAGES, amp="off")  # ResNet-20 at 24 px: ~0.1 s
     assert small.engine.name == "torch" and "less than making one costs" in small.engine.reason
     assert not Path(D.default_cache_dir("onnx")).exists()
     ort_run, _, p_ort = evaluate(run / "best.pt", data, workers=0, engine="onnxruntime")

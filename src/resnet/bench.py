@@ -30,7 +30,7 @@ def cpu_description() -> str:
         if line.startswith("flags") and not flags:
             flags = " ".join(f for f in line.split(":", 1)[1].split()
                              if f.startswith(("avx", "amx", "fma", "f16c")) or f in ("avx512_bf16", "avx512_vnni"))
-    return f"{model} ({torch.get_num_threads()} threads); flags: {flags}; oneDNN bf16: {runtime.cpu_has_bf16()}"
+    return f"{model} ({torch.get_num_threads()} threads); flags: {flags}; oneDNN bf16: {runtime.cpu_has_bf16()}; AMX: {torch.cpu._is_amx_tile_supported()}"
 
 
 def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int = 64,

@@ -14,6 +14,7 @@ import torch
 
 from .errors import CheckpointError, ConfigError, first_line
 from .models import MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec
+from .runtime import DTYPES
 from .transforms import CROP_PCT
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
@@ -100,6 +101,9 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
             raise bad(f"model option {key}={value!r} has the wrong type")
     if not 0 < options.get("width", 1.0) <= MAX_WIDTH:
         raise bad(f"model option width={options['width']} is outside (0, {MAX_WIDTH}]")
+    precision = state.get("precision")
+    if precision is not None and not (isinstance(precision, dict) and precision.get("dtype") in DTYPES):
+        raise bad(f"precision must record a dtype of {', '.join(DTYPES)}, not {precision!r}")
     try:
         model_spec(state["arch"])
     except ConfigError as e:

@@ -28,7 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .errors import DataError
-from .tuning import AUTO_CACHE_BYTES, CACHE_POLL_S, MAX_WORKERS_CPU, MAX_WORKERS_GPU, PREFETCH_BATCHES
+from .tuning import CACHE_POLL_S, MAX_WORKERS_CPU, MAX_WORKERS_GPU, PREFETCH_BATCHES
 from .transforms import (EvalTransform, PadCropTransform, TrainTransform, pixels, resize_size_for, resized_crop,
                          shorter_side_size, warm_up)
 

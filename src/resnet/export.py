@@ -229,7 +229,9 @@ def export_safetensors(checkpoint: str | Path, output: str | Path) -> Path:
 
     model, meta = load_checkpoint(checkpoint)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    return _replace_atomically(Path(output), lambda tmp: save_file(tensors, str(tmp), metadata=card_strings(meta)))
+    # The precision it was trained in goes with it: it runs in that precision wherever it is loaded.
+    metadata = {**card_strings(meta), **({"precision": json.dumps(meta["precision"])} if "precision" in meta else {})}
+    return _replace_atomically(Path(output), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from . import runtime
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, ConfigError, first_line
 from .transforms import CROP_PCT, EvalTransform, normalize
-from .tuning import PRECISION_PROBE_BATCH
+from .tuning import PROBE_BATCH
 
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
 # safetensors metadata as JSON strings, read back by `Classifier.load`.
@@ -76,26 +76,28 @@ class Classifier:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto",
                         channels_last: bool = True, compile: bool = False, engine: str = "auto",
                         images: float = 0, cache_dir: str | Path | None = None) -> "Classifier":
-        """A training checkpoint (.pt) or exported safetensors. `compile`: see
-        `runtime.compile_for_inference`; `engine` and `images` (how many images it will score;
-        `math.inf`: long-lived): see `runtime.choose_engine`, with ONNX exports kept in
-        `cache_dir`. Grad-CAM uses the eager PyTorch model whichever engine predicts."""
+        """A training checkpoint (.pt) or exported safetensors, run in the model's precision
+        (`runtime.model_precision`). `compile`: see `runtime.compile_for_inference`; `engine` and
+        `images` (how many images it will score; `math.inf`: long-lived): see
+        `runtime.choose_engine`, with ONNX exports kept in `cache_dir`. Grad-CAM uses the eager
+        PyTorch model whichever engine predicts."""
         from .export import OnnxNet, cached_onnx, onnx_cache_path, onnx_key
 
         model, meta = load_checkpoint(path)
         dev = runtime.pick_device(device)
+        precision = runtime.model_precision(amp, dev, meta.get("precision"))
         key = onnx_key(model, meta) if engine != "torch" and dev.type == "cpu" else None
         exported = key is not None and onnx_cache_path(key, cache_dir).is_file()
-        chosen = runtime.choose_engine(engine, dev, compile, images, exported)
+        chosen = runtime.choose_engine(engine, dev, compile, images, exported, precision)
         size = int(meta["eval_size"])
-        net, precision = runtime.TorchNet.for_inference(model, dev, amp, channels_last, size)
+        net = runtime.TorchNet.prepare(model, dev, precision.dtype, channels_last)
         eager = net.model
         if compile:
             net.model = runtime.compile_for_inference(eager)
         torch_s = None
         if chosen is None and not exported and images < math.inf:  # a job of known length: does it pay?
-            torch_s = runtime.net_seconds(net, size, PRECISION_PROBE_BATCH)
-            chosen = runtime.export_too_dear(images, torch_s / PRECISION_PROBE_BATCH)
+            torch_s = runtime.net_seconds(net, size, PROBE_BATCH)
+            chosen = runtime.export_too_dear(images, torch_s / PROBE_BATCH)
         if chosen is None or chosen.name == "onnxruntime":
             try:
                 onnx_net = OnnxNet(cached_onnx(path, key, cache_dir))
@@ -234,15 +236,15 @@ def _faster(torch_net: runtime.TorchNet, onnx_net: runtime.Net, size: int, torch
     time, when already measured) — provided the export computes what PyTorch computes: its logits
     on a random batch within 1e-3 of fp32 PyTorch's (relative to their scale), else PyTorch,
     saying so."""
-    x = torch.randn(PRECISION_PROBE_BATCH, 3, size, size)
+    x = torch.randn(PROBE_BATCH, 3, size, size)
     reference = replace(torch_net, dtype=None)(
         x.to(torch_net.device, memory_format=runtime.memory_format(torch_net.channels_last))).float().cpu()
     gap = float((onnx_net(x) - reference).abs().max())
     if gap > 1e-3 * max(1.0, float(reference.abs().max())):
         return runtime.Engine("torch", f"the ONNX export's logits differ from PyTorch's by {gap:.2g}")
-    seconds = {"torch": torch_s if torch_s is not None else runtime.net_seconds(torch_net, size, PRECISION_PROBE_BATCH),
-               "onnxruntime": runtime.net_seconds(onnx_net, size, PRECISION_PROBE_BATCH)}
-    return runtime.faster_engine(seconds, PRECISION_PROBE_BATCH)
+    seconds = {"torch": torch_s if torch_s is not None else runtime.net_seconds(torch_net, size, PROBE_BATCH),
+               "onnxruntime": runtime.net_seconds(onnx_net, size, PROBE_BATCH)}
+    return runtime.faster_engine(seconds, PROBE_BATCH)
 
 
 def _name(item: D.ImageInput) -> str:

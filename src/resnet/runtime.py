@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .transforms import normalize
-from .tuning import HEAP_KEEP_BYTES, ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED, PRECISION_PROBE_BATCH
+from .tuning import HEAP_KEEP_BYTES, ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED
 
 if TYPE_CHECKING:
     from .data import Batch
@@ -63,24 +64,58 @@ def keep_freed_memory() -> bool:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `--amp` without measuring anything (None: fp32): `auto` is bf16
-    (fp16 on older GPUs) on CUDA and fp32 on the CPU. `choose_precision` refines `auto` on CPUs
-    with bf16 kernels."""
+    """The autocast dtype `--amp` names (None: fp32); `auto` is the device's fast path without
+    measuring: bf16 (fp16 on older GPUs) on CUDA, bf16 on a CPU that `cpu_prefers_bf16`, else fp32."""
     if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
+        return torch.bfloat16 if cpu_prefers_bf16() else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+AMP_CHOICES = ("auto", "off", "bf16", "fp16")
+# The names a precision is recorded under (config.json, checkpoints, `evaluate`'s JSON, /info).
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Set to 1 or 0, this process takes the CPU to be one where bf16 runs natively and fast (as with
+# AMX), or one without bf16 kernels, whatever it is, and `--amp auto` takes that answer without
+# timing anything: how the test-suite runs the bf16 paths on any CPU (emulated on AVX2: slow, but
+# the test models are tiny), and how a user pins one precision for every run on a machine.
+CPU_BF16_ENV = "RESNET_CPU_BF16"
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "fp32"
 
 
+def forced_cpu_bf16() -> bool | None:
+    """`RESNET_CPU_BF16` as set (None: not set, detect)."""
+    value = os.environ.get(CPU_BF16_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ConfigError(f"{CPU_BF16_ENV}={value!r}: set it to 1 (a CPU with bf16 kernels), 0 (without) "
+                          "or leave it unset (detect)")
+    return None if value == "" else value == "1"
+
+
 def cpu_has_bf16() -> bool:
-    """oneDNN has native bf16 kernels here (AVX-512-BF16 or AMX). Elsewhere bf16 autocast is
-    emulated: measured ~15x slower than fp32 on an AVX2-only CPU."""
+    """oneDNN has native bf16 kernels here (AVX-512-BF16 or AMX), or `RESNET_CPU_BF16=1` says to
+    act as if. Elsewhere bf16 autocast is emulated: measured ~15x slower than fp32 on an AVX2-only
+    CPU."""
+    forced = forced_cpu_bf16()
+    if forced is not None:
+        return forced
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_prefers_bf16() -> bool:
+    """bf16 is the faster precision here without timing anything: a CPU with AMX tiles as well as
+    bf16 kernels (or `RESNET_CPU_BF16=1`). Measured: 2.65x faster training with bf16 on a 2-core
+    AMX Xeon; 0.6-0.95x, i.e. slower, on a 2-core Xeon with AVX-512-BF16 but no AMX (ResNet-18 at
+    96-224 px, ResNet-20, ResNet-50; docs/benchmarks.md). Kernels alone do not make bf16 pay."""
+    forced = forced_cpu_bf16()
+    if forced is not None:
+        return forced
+    return cpu_has_bf16() and torch.cpu._is_amx_tile_supported()
 
 
 @dataclass(frozen=True)
@@ -98,21 +133,63 @@ class Precision:
         return {"dtype": self.name, "reason": self.reason}
 
 
-def choose_precision(amp: str, device: torch.device, seconds_with: Callable[[torch.dtype | None], float]
-                     ) -> Precision:
-    """`--amp` as given; for `auto` on a CPU with bf16 kernels, the faster of fp32 and bf16
-    autocast as `seconds_with(dtype)` measures the actual work (a training step, an inference
-    batch); on other CPUs fp32 without measuring, and on CUDA bf16 (fp16 on older GPUs)."""
+def choose_precision(amp: str, device: torch.device,
+                     seconds_with: Callable[[torch.dtype | None], float] | None = None) -> Precision:
+    """A training run's precision, chosen once at its start. `--amp` as given; for `auto` on a CPU
+    with bf16 kernels, the faster of fp32 and bf16 autocast as `seconds_with(dtype)` measures the
+    run's own training step, or without `seconds_with` (`--deterministic`: two runs of one command
+    must not part ways on a close timing) by capability, `cpu_prefers_bf16`; on other CPUs fp32
+    without measuring, and on CUDA bf16 (fp16 on older GPUs)."""
     if amp != "auto":
         return Precision(amp_dtype(amp, device), f"--amp {amp}")
     if device.type != "cpu":
-        dtype = amp_dtype(amp, device)
-        return Precision(dtype, "the GPU's fast path")
+        return Precision(amp_dtype(amp, device), "the GPU's fast path")
+    forced = forced_cpu_bf16()
+    if forced is not None:
+        return Precision(torch.bfloat16 if forced else None, f"{CPU_BF16_ENV}={int(forced)}")
     if not cpu_has_bf16():
         return Precision(None, "this CPU has no bf16 kernels (no AVX-512-BF16 or AMX)")
+    if seconds_with is None:
+        return (Precision(torch.bfloat16, "this CPU has AMX, where bf16 is the faster (not timed)") if cpu_prefers_bf16()
+                else Precision(None, "this CPU has bf16 kernels but no AMX, where fp32 is the faster (not timed)"))
     fp32_s, bf16_s = seconds_with(None), seconds_with(torch.bfloat16)
     dtype = torch.bfloat16 if bf16_s < fp32_s else None
     return Precision(dtype, f"measured here: {fp32_s * 1e3:.0f} ms in fp32, {bf16_s * 1e3:.0f} ms with bf16 autocast")
+
+
+def runnable(dtype: torch.dtype | None, device: torch.device, why: str) -> Precision:
+    """`dtype` where `device` runs it natively, else fp32 saying why: bf16 on a CPU without bf16
+    kernels would be emulated (~15x slower), fp16 autocast is a GPU's."""
+    if dtype is None:
+        return Precision(None, why)
+    if device.type == "cuda":
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return Precision(None, f"{why}, but this GPU has no bf16: fp32")
+        return Precision(dtype, why)
+    if dtype == torch.bfloat16 and cpu_has_bf16():
+        return Precision(dtype, why)
+    lacking = "bf16 kernels" if dtype == torch.bfloat16 else "fp16 autocast worth using"
+    return Precision(None, f"{why}, but this CPU has no {lacking}: fp32")
+
+
+def kept_precision(record: dict[str, str], device: torch.device) -> Precision:
+    """A resumed run's precision: the one its start chose (`record`), where the device runs it."""
+    return runnable(DTYPES[record["dtype"]], device, f"kept from the run's start: {record['reason']}")
+
+
+def model_precision(amp: str, device: torch.device, record: dict[str, str] | None) -> Precision:
+    """The one precision a stored model runs in on this machine, whichever door its images come in
+    by (training's validation, `evaluate`, `predict`, `serve`, `Classifier`): the precision it was
+    trained in, recorded with it, where this device runs that natively (else fp32, saying so). A
+    model that records none (weights from elsewhere) runs in the device's fast path, by capability
+    (`choose_precision` untimed). Nothing is timed: two loads of one model on one machine compute the same
+    numbers. `--amp` other than auto overrides."""
+    if amp != "auto":
+        return Precision(amp_dtype(amp, device), f"--amp {amp}")
+    if record is None:
+        chosen = choose_precision("auto", device)
+        return Precision(chosen.dtype, f"the model records no precision; {chosen.reason}")
+    return runnable(DTYPES[record["dtype"]], device, f"the model's own (trained in {record['dtype']})")
 
 
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -126,14 +203,16 @@ class Engine:
     reason: str
 
 
-def choose_engine(engine: str, device: torch.device, compile: bool, images: float, exported: bool
-                  ) -> Engine | None:
+def choose_engine(engine: str, device: torch.device, compile: bool, images: float, exported: bool,
+                  precision: Precision) -> Engine | None:
     """`--engine` as given, or for `auto` what can be decided without timing anything; None when
-    both engines are candidates, to be timed on the actual work. onnxruntime runs on the CPU
-    only, and `auto` considers it only where the model's export (made once and kept) is already
-    there or the work may be long enough to pay for making it: `images` to score (`math.inf` for
-    a long-lived classifier, as `serve` holds) against `ONNX_MIN_IMAGES`, then, for a job of known
-    length, `export_too_dear` on timed PyTorch batches."""
+    both engines are candidates, to be timed on the actual work. onnxruntime runs fp32 exports on
+    the CPU only, so `auto` considers it only for a model whose `precision` is fp32 (a bf16 model
+    on onnxruntime would compute other numbers than on every other path), and only where the
+    model's export (made once and kept) is already there or the work may be long enough to pay
+    for making it: `images` to score (`math.inf` for a long-lived classifier, as `serve` holds)
+    against `ONNX_MIN_IMAGES`, then, for a job of known length, `export_too_dear` on timed PyTorch
+    batches."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if engine == "onnxruntime" and (device.type != "cpu" or compile):
@@ -145,6 +224,8 @@ def choose_engine(engine: str, device: torch.device, compile: bool, images: floa
         return Engine("torch", "PyTorch on the GPU")
     if compile:
         return Engine("torch", "--compile")
+    if precision.dtype is not None:
+        return Engine("torch", f"the model runs in {precision.name}; onnxruntime runs fp32 exports only")
     if not exported and images < ONNX_MIN_IMAGES:
         return Engine("torch", f"no ONNX export of this model yet, and making one pays from {ONNX_MIN_IMAGES} "
                                f"images, not {images:g}")
@@ -203,11 +284,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     (in place; the model must be in eval mode). In inference BatchNorm is a fixed per-channel
     affine map, so the folded convolution computes the same function in one pass over memory
     instead of two. Sibling order is forward order in our models, as in torchvision's; a
-    BatchNorm is folded only into a convolution of matching width just before it."""
+    BatchNorm is folded only into a convolution of matching width just before it. Synchronised
+    BatchNorms (`--sync-bn`) are plain BatchNorms in eval mode, and fold alike."""
     for parent in model.modules():
         children = list(parent.named_children())
         for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d
+            if (type(conv) is nn.Conv2d and isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm))
                     and conv.out_channels == bn.num_features and not bn.training):
                 fused = nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
                 conv.weight, conv.bias = fused.weight, fused.bias
@@ -252,17 +334,6 @@ class TorchNet:
         (measured in docs/benchmarks.md)."""
         model = fold_batchnorm(model.eval()).to(device, memory_format=memory_format(channels_last))
         return cls(model, device, dtype, channels_last)
-
-    @classmethod
-    def for_inference(cls, model: nn.Module, device: torch.device, amp: str, channels_last: bool,
-                      size: int) -> tuple["TorchNet", Precision]:
-        """`prepare`d, in the precision `choose_precision` takes for `--amp` on inference batches
-        of `PRECISION_PROBE_BATCH` images at `size`: the `Classifier`'s path, and the benchmark's."""
-        net = cls.prepare(model, device, None, channels_last)
-        precision = choose_precision(amp, device, lambda dtype: net_seconds(
-            replace(net, dtype=dtype), size, PRECISION_PROBE_BATCH))
-        net.dtype = precision.dtype
-        return net, precision
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.device, self.dtype):

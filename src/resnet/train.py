@@ -23,6 +23,7 @@ run's set-up, one epoch, and last `train`, the loop itself.
 
 from __future__ import annotations
 
+import copy
 import csv
 import functools
 import json
@@ -47,7 +48,8 @@ from .budget import Budget, RunShape, compute_time_by_size, largest_that_fits, s
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
-from .runtime import Precision, TorchNet, autocast, choose_precision, memory_format, pick_device, run_eval
+from .runtime import (AMP_CHOICES, Precision, TorchNet, autocast, choose_precision, kept_precision, memory_format,
+                      pick_device, run_eval)
 from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
                          normalize)
 from .tuning import (AUTO_CACHE_BYTES, EPOCHS_TO_GROW, EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_LADDER, SIZE_STEP,
@@ -148,12 +150,14 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "schedule": (lambda v: v in ("onecycle", "cosine", "step", "constant"), "onecycle, cosine, step or constant"),
     "augment": (lambda v: v in ("random-resized-crop", "pad-crop"), "random-resized-crop or pad-crop"),
     "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "amp": (lambda v: v in ("auto", "off", "bf16", "fp16"), "auto, off, bf16 or fp16"),
+    "amp": (lambda v: v in AMP_CHOICES, ", ".join(AMP_CHOICES)),
     "device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
 }
 PATH_OPTIONS = ("data", "val", "out", "cache_dir")
 SIZE_OPTIONS = {"width", "img_size", "min_img_size", "eval_size"}
-RESUME_MAY_CHANGE = ("epochs", "workers", "device", "cache_dir")  # how the run goes on, not what it trains
+# How the run goes on, not what it trains; `amp`: a precision given anew overrides the one the run
+# chose (left out, or `auto`, the run keeps its own).
+RESUME_MAY_CHANGE = ("epochs", "workers", "device", "cache_dir", "amp")
 
 
 def _flag(name: str) -> str:
@@ -438,23 +442,20 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
     return train_loader, val_loader, workers
 
 
-def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, batch: int, world: int
-                    ) -> tuple[TrainConfig, str]:
+def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, batch: int, world: int,
+                    dtype: torch.dtype | None) -> tuple[TrainConfig, str]:
     """(the configuration at the largest (width, crop size) of `SIZE_LADDER` that still gets
     `EPOCHS_TO_GROW` epochs in `--max-minutes`, why). More epochs of the default's small network
     stop paying once it has enough; a budget that buys more goes to resolution and width instead.
     Each candidate's forward + backward is timed on random batches at its first and last crop sizes
     and turned into epochs by the budget's own fit; the loader and the decoded cache are left out
-    (the run's timed steps fix the real count). Every rank takes rank 0's choice."""
+    (the run's timed steps fix the real count), in the run's precision `dtype`. Every rank takes
+    rank 0's choice."""
     steps, val_images = max(1, len(split.train) // cfg.batch_size), -(-len(split.val) // world)
 
     def model_at(width: float) -> nn.Module:
         return create_model(cfg.arch, num_classes=len(split.classes), width=width).to(
             device, memory_format=memory_format(cfg.channels_last))
-
-    # The precision the default size would train in (bf16 where it times faster) for every estimate.
-    dtype = choose_precision(cfg.amp, device, functools.partial(
-        step_seconds, model_at(SIZE_LADDER[0][0]), SIZE_LADDER[0][1], device, cfg.channels_last, batch)).dtype
 
     def epochs_at(rung: tuple[float, int]) -> int:
         width, size = rung
@@ -477,10 +478,31 @@ def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, 
             f"width {width:g}, {size} px, {why} (epochs estimated from timed forward + backward: {estimates})")
 
 
-def set_up(cfg: TrainConfig, resuming: bool) -> Run:
+def run_precision(cfg: TrainConfig, device: torch.device, batch: int, num_classes: int,
+                  saved: dict[str, str] | None) -> Precision:
+    """The one precision of the whole run: chosen at its start and recorded, then kept on every
+    resume (a torchrun restart too), for validation, and as the saved model's own for `evaluate`
+    and every other inference path. `--amp auto` times a training step of the preset's network in
+    fp32 and in bf16 where the CPU has bf16 kernels; `--deterministic` takes the capability rule
+    instead (two runs of one command must not part ways on a close timing). The timing draws on a
+    forked random generator: whether it ran changes no initial weight. Every rank takes rank 0's."""
+    if saved is not None and cfg.amp == "auto":
+        return kept_precision(saved, device)
+    timer = None
+    if not cfg.deterministic:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            model = create_model(cfg.arch, num_classes=num_classes, width=cfg.width).to(
+                device, memory_format=memory_format(cfg.channels_last))
+        timer = functools.partial(step_seconds, model, cfg.img_size, device, cfg.channels_last, batch)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return ddp.gather(choose_precision(cfg.amp, device, timer))[0]
+
+
+def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     """Device, data, model, optimiser: every check that can fail on the user's input runs before
     the expensive work (the pretrained weights are read before the data is scanned and decoded;
     --out is checked before and created after)."""
+    resuming = state is not None
     device = set_up_device(cfg)
     rank, world, local_rank = ddp.start(device)
     batch = ddp.per_rank_batch(cfg.batch_size, world)
@@ -495,9 +517,10 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
+    precision = run_precision(cfg, device, batch, len(split.classes), (state or {}).get("precision"))
     size_reason = None
     if cfg.fit_size and not resuming:
-        cfg, size_reason = size_for_budget(cfg, split, device, batch, world)
+        cfg, size_reason = size_for_budget(cfg, split, device, batch, world, precision.dtype)
     eval_size = cfg.eval_size or test_size_for(cfg.img_size)
     train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world, local_rank)
     out = Path(cfg.out)
@@ -509,9 +532,6 @@ def set_up(cfg: TrainConfig, resuming: bool) -> Run:
     if cfg.sync_bn and world > 1:
         model = ddp.sync_batchnorm(model, device)
     model = model.to(device, memory_format=memory_format(cfg.channels_last))
-    # Timed on the final crop size, where most of the compute is; every rank takes rank 0's choice.
-    timer = functools.partial(step_seconds, model, cfg.img_size, device, cfg.channels_last, batch)
-    precision = ddp.gather(choose_precision(cfg.amp, device, timer))[0]
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
     net: nn.Module = model
     if torch.distributed.is_initialized():
@@ -657,9 +677,10 @@ def validate(run: Run, progress: Progress) -> tuple[float, float]:
     Each rank scores its own slice with rank 0's weights, and the counts are summed."""
     if run.val_loader is None:
         return float("nan"), float("nan")
-    run.model.eval()
-    logits, labels, _, failures = run_eval(TorchNet(run.model, run.device, run.dtype, run.cfg.channels_last),
-                                           run.val_loader, IMAGENET_MEAN, IMAGENET_STD)
+    # The saved model as `evaluate` runs it: a copy with its BatchNorms folded, in the run's
+    # precision (in bf16 the folded weights round otherwise than the unfolded ones).
+    net = TorchNet.prepare(copy.deepcopy(run.model), run.device, run.dtype, run.cfg.channels_last)
+    logits, labels, _, failures = run_eval(net, run.val_loader, IMAGENET_MEAN, IMAGENET_STD)
     mine = (F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
             (logits.argmax(1) == labels).sum().item(), len(labels), failures)
     parts = ddp.gather(mine)
@@ -717,7 +738,7 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
     torchrun the process group is destroyed on every way out, errors included."""
     started = time.monotonic()  # a time budget counts the data scan and the decoded cache too
     try:
-        run = set_up(cfg, resuming=state is not None)
+        run = set_up(cfg, state)
         cfg = run.cfg  # with the width and crop size the budget chose, where it chose them
         progress = Progress(epochs=cfg.epochs, skipped=dict(run.split.skipped))
         budget = None

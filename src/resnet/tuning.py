@@ -89,13 +89,11 @@ CACHE_POLL_S = 0.5
 # ResNet-50 5.0-5.1 by default, 5.6 keeping 1 GiB or 2 GiB. The middle of what measured best.
 HEAP_KEEP_BYTES = 1024**3
 
-# --- Precision (--amp auto) -------------------------------------------------------------------
-
-# On a CPU with bf16 kernels, the precision of inference is chosen by timing fp32 and bf16 batches
-# of this many images at the model's input size: a second or two for ResNet-50, once per load.
-PRECISION_PROBE_BATCH = 16
-
 # --- Inference engine (--engine auto) ---------------------------------------------------------
+
+# The engines are timed on batches of this many images at the model's input size: a second or two
+# for ResNet-50, once per load.
+PROBE_BATCH = 16
 
 # An ONNX export for onnxruntime costs seconds, once per model (it is kept in the cache). Below
 # this many images to score, `auto` neither makes one nor times anything: PyTorch runs them.
