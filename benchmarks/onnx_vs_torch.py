@@ -60,6 +60,9 @@ def main() -> None:
             runtime.logits(clf.net, x, clf.mean, clf.std)
         for _ in range(a.rounds):
             for name, clf in contenders.items():
+                # onnxruntime's threads spin for a while after each run, waiting for more work: on
+                # 2 cores that would slow whatever runs next (PyTorch measured ~2x slower after it).
+                time.sleep(0.5)
                 t = time.perf_counter()
                 runtime.logits(clf.net, x, clf.mean, clf.std)
                 times[name].append(time.perf_counter() - t)

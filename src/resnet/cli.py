@@ -36,11 +36,14 @@ def _fraction(text: str) -> float:
 
 
 AMP_CHOICES = ["auto", "off", "bf16", "fp16"]
-AMP_HELP = "autocast precision (auto: bf16 where this machine runs it faster, else fp32)"
+AMP_HELP = ("autocast precision (auto: the model's own, the one it was trained in, or fp32 where this machine "
+            "has no bf16 kernels)")
+TRAIN_AMP_HELP = ("autocast precision, chosen once per run and kept on resume (auto: bf16 where a timed step says "
+                  "it is faster, untimed with --deterministic; else fp32)")
 COMPILE_HELP = "torch.compile with freezing: ~1.03x faster inference on a 2-core AVX2 CPU after ~15 s of compiling"
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime"]
-ENGINE_HELP = ("what runs the model (auto: onnxruntime on a cached ONNX export where it times faster on this "
-               "CPU and the work pays for the export; else PyTorch)")
+ENGINE_HELP = ("what runs the model (auto: for an fp32 model, onnxruntime on a cached ONNX export where it times "
+               "faster on this CPU and the work pays for the export; else PyTorch)")
 
 
 def build_parser() -> Parser:
@@ -79,7 +82,7 @@ def build_parser() -> Parser:
     t.add_argument("--seed", type=int)
     t.add_argument("--deterministic", action="store_true", default=None)
     t.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--amp", choices=AMP_CHOICES, help=AMP_HELP)
+    t.add_argument("--amp", choices=AMP_CHOICES, help=TRAIN_AMP_HELP)
     t.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="decode once into a uint8 cache (default: when it takes at most 2 GiB)")
     t.add_argument("--cache-dir")
@@ -155,7 +158,7 @@ def build_parser() -> Parser:
     b.add_argument("--cache", action="store_true")
     b.add_argument("--cache-dir")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    b.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
+    b.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="train: " + TRAIN_AMP_HELP + "; infer: " + AMP_HELP)
     b.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     b.add_argument("--compile", action="store_true")

@@ -110,8 +110,9 @@ def cpu_has_bf16() -> bool:
 def cpu_prefers_bf16() -> bool:
     """bf16 is the faster precision here without timing anything: a CPU with AMX tiles as well as
     bf16 kernels (or `RESNET_CPU_BF16=1`). Measured: 2.65x faster training with bf16 on a 2-core
-    AMX Xeon; 0.6-0.95x, i.e. slower, on a 2-core Xeon with AVX-512-BF16 but no AMX (ResNet-18 at
-    96-224 px, ResNet-20, ResNet-50; docs/benchmarks.md). Kernels alone do not make bf16 pay."""
+    AMX Xeon; 0.61-0.71x (training steps) and 0.58-0.66x (inference), i.e. slower, on a 2-core Xeon
+    with AVX-512-BF16 but no AMX (ResNet-18 at 96-224 px, ResNet-20, ResNet-50;
+    benchmarks/bf16_vs_fp32.py, docs/benchmarks.md). Kernels alone do not make bf16 pay."""
     forced = forced_cpu_bf16()
     if forced is not None:
         return forced
