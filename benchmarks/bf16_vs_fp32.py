@@ -1,7 +1,7 @@
 """Is bf16 autocast faster than fp32 on this CPU? Training steps (forward + backward, as
 `--amp auto` times them) and inference batches (BatchNorm folded, as every `Classifier` runs) of the
 networks the presets train, in both precisions, rounds alternating, medians printed with the CPU's
-model and flags. What `runtime.cpu_prefers_bf16` (the untimed rule) rests on.
+model and flags. What `policy.cpu_prefers_bf16` (the untimed rule) rests on.
 
     python benchmarks/bf16_vs_fp32.py [--rounds 3]
 """
@@ -13,7 +13,8 @@ import statistics
 
 import torch
 
-from resnet import create_model, runtime
+from resnet import create_model, policy, runtime
+from resnet.device import pick_device
 from resnet.bench import cpu_description
 from resnet.budget import step_seconds
 
@@ -27,9 +28,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
-    if not runtime.cpu_has_bf16():
+    if not policy.cpu_has_bf16():
         raise SystemExit(f"{cpu_description()}\nthis CPU has no bf16 kernels: bf16 would be emulated")
-    device = runtime.pick_device("cpu")
+    device = pick_device("cpu")
     print(cpu_description())
     print(f"{a.rounds} alternating rounds, medians; each timing the fastest of 3 batches after one untimed")
     print("| network | batch | train step fp32 | bf16 | bf16 speed-up | inference fp32 | bf16 | bf16 speed-up |")

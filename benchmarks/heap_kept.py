@@ -1,4 +1,4 @@
-"""What keeping freed memory in glibc's heap (`runtime.keep_freed_memory`, done by every CPU run)
+"""What keeping freed memory in glibc's heap (`device.keep_freed_memory`, done by every CPU run)
 is worth: `resnet benchmark` with it and, in the same script, with it switched off, for training
 steps and PyTorch inference at several sizes. Rounds alternate; medians of img/s, with each
 process's minor page faults (start-up included) and peak memory.
@@ -21,9 +21,9 @@ from resnet.bench import cpu_description
 # then prints its JSON line followed by the process's minor faults and peak memory.
 RUN = """
 import json, resource, sys
-from resnet import cli, runtime
+from resnet import cli, device
 if sys.argv[1] == "off":
-    runtime.keep_freed_memory = lambda: False
+    device.keep_freed_memory = lambda: False
 code = cli.main(sys.argv[2:])
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"faults": usage.ru_minflt, "peak_mb": usage.ru_maxrss / 1024}))

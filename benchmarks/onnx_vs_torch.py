@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnet import Classifier, create_model, runtime
+from resnet import Classifier, create_model, policy, runtime
 from resnet.bench import cpu_description, save_benchmark_checkpoint
 from resnet.export import export_onnx, quantize_onnx
 
@@ -51,7 +51,7 @@ def main() -> None:
                     calib / f"{i}.png")
         int8 = quantize_onnx(fp32, Path(tmp) / "model.int8.onnx", calib)
         contenders = {"pytorch": Classifier.from_checkpoint(ckpt, device="cpu", amp="off", engine="torch")}
-        if runtime.cpu_has_bf16():
+        if policy.cpu_has_bf16():
             contenders["pytorch bf16"] = Classifier.from_checkpoint(ckpt, device="cpu", amp="bf16", engine="torch")
         contenders |= {"onnx fp32": Classifier.from_onnx(fp32), "onnx int8": Classifier.from_onnx(int8)}
         x = torch.randint(0, 256, (a.batch_size, 3, a.img_size, a.img_size), dtype=torch.uint8)

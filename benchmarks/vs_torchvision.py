@@ -10,7 +10,7 @@ on CPUs whose oneDNN has bf16 kernels: elsewhere it is emulated, ~15x slower, an
 `resnet benchmark train|infer` with its defaults: what the tool chooses on this machine (inference
 is the `Classifier`'s path, from uint8 pixels, normalisation included, with the engine a long-lived
 `Classifier` chooses by timing; `--engine torch` and `--compile` are shown beside it). Ours keeps
-freed memory in glibc's heap (`runtime.keep_freed_memory`); torchvision's channels_last fp32 is run
+freed memory in glibc's heap (`device.keep_freed_memory`); torchvision's channels_last fp32 is run
 a second time with the same allocator settings (glibc's environment variables), so the table shows
 what that part of the difference is.
 """
@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 
-from resnet import runtime
+from resnet import policy
 from resnet.bench import cpu_description
 from resnet.tuning import HEAP_KEEP_BYTES
 
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--peer-python", default="/tmp/tv-peer/bin/python")
     a = ap.parse_args()
-    amps = ["fp32", "bf16"] if runtime.cpu_has_bf16() else ["fp32"]
+    amps = ["fp32", "bf16"] if policy.cpu_has_bf16() else ["fp32"]
     peers = [("NCHW", "fp32", False)] + [("channels_last", amp, False) for amp in amps] + [("channels_last", "fp32", True)]
     results: dict[tuple[str, str], list[float]] = {}
     chosen = {}

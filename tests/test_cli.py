@@ -107,9 +107,9 @@ def emulated_bf16() -> bool:
     """RESNET_CPU_BF16=1 on a CPU whose oneDNN has no bf16 kernels: every bf16 step ~15x slower."""
     import torch
 
-    from resnet import runtime
+    from resnet import policy
 
-    return runtime.cpu_has_bf16() and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return policy.cpu_has_bf16() and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @pytest.mark.skipif(emulated_bf16(), reason="bf16 emulated on this CPU (RESNET_CPU_BF16=1 without bf16 kernels): "

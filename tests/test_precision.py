@@ -15,7 +15,7 @@ import torch
 
 from resnet import create_model
 from resnet import data as D
-from resnet import runtime
+from resnet import policy, runtime
 from resnet import train as T
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError, ConfigError
@@ -31,9 +31,9 @@ CPU = torch.device("cpu")
 STEP_FAULTS = """
 import resource, sys, torch
 from torch import nn
-from resnet import runtime
+from resnet import device
 if sys.argv[1] == "cpu":
-    runtime.pick_device("cpu")
+    device.pick_device("cpu")
 net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
 x = torch.randn(4, 3, 384, 384)
 for _ in range(3):
@@ -73,46 +73,46 @@ def autocasts(monkeypatch) -> list:
 def detected(monkeypatch):
     """The decision as made on a CPU with nothing forced (.ci/run also runs the suite with
     RESNET_CPU_BF16=1): the tests below fake the capability themselves."""
-    monkeypatch.delenv(runtime.CPU_BF16_ENV, raising=False)
+    monkeypatch.delenv(policy.CPU_BF16_ENV, raising=False)
 
 
 def test_bf16_only_where_the_cpu_has_the_kernels_and_it_measures_faster(monkeypatch, detected):
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: False)
     seconds_with, calls = timings(2.0, 1.0)
-    p = runtime.choose_precision("auto", CPU, seconds_with)
+    p = policy.choose_precision("auto", CPU, seconds_with)
     assert p.dtype is None and calls == [] and "no bf16 kernels" in p.reason  # not even measured
 
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: True)
     seconds_with, calls = timings(2.0, 1.0)
-    p = runtime.choose_precision("auto", CPU, seconds_with)
+    p = policy.choose_precision("auto", CPU, seconds_with)
     assert p.dtype == torch.bfloat16 and set(calls) == {None, torch.bfloat16}
     assert "2000 ms in fp32, 1000 ms with bf16" in p.reason
-    assert runtime.choose_precision("auto", CPU, timings(1.0, 1.5)[0]).dtype is None  # bf16 slower: fp32
+    assert policy.choose_precision("auto", CPU, timings(1.0, 1.5)[0]).dtype is None  # bf16 slower: fp32
 
     for amp, dtype in (("off", None), ("bf16", torch.bfloat16)):  # --amp overrides, without measuring
         seconds_with, calls = timings(1.0, 2.0)
-        p = runtime.choose_precision(amp, CPU, seconds_with)
+        p = policy.choose_precision(amp, CPU, seconds_with)
         assert p.dtype == dtype and calls == [] and p.reason == f"--amp {amp}"
 
     # Untimed (--deterministic), by capability: bf16 kernels alone measured slower than fp32 (no AMX).
     for amx, dtype in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(runtime.torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
-        assert runtime.choose_precision("auto", CPU).dtype == dtype
+        monkeypatch.setattr(policy.torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert policy.choose_precision("auto", CPU).dtype == dtype
 
 
 @pytest.mark.parametrize("forced", ["0", "1"])
 def test_the_switch_decides_auto_without_timing(monkeypatch, forced):
     """RESNET_CPU_BF16 is how the suite runs bf16 on any CPU: `auto` takes its answer untimed, for
     training and for a model that records no precision alike."""
-    monkeypatch.setenv(runtime.CPU_BF16_ENV, forced)
+    monkeypatch.setenv(policy.CPU_BF16_ENV, forced)
     seconds_with, calls = timings(1.0, 2.0 if forced == "1" else 0.5)  # timing would say the other
     dtype = torch.bfloat16 if forced == "1" else None
-    assert runtime.choose_precision("auto", CPU, seconds_with).dtype == dtype and calls == []
-    assert runtime.model_precision("auto", CPU, None).dtype == dtype
-    assert runtime.choose_precision("off", CPU).dtype is None  # --amp still overrides
-    monkeypatch.setenv(runtime.CPU_BF16_ENV, "yes")
+    assert policy.choose_precision("auto", CPU, seconds_with).dtype == dtype and calls == []
+    assert policy.model_precision("auto", CPU, None).dtype == dtype
+    assert policy.choose_precision("off", CPU).dtype is None  # --amp still overrides
+    monkeypatch.setenv(policy.CPU_BF16_ENV, "yes")
     with pytest.raises(ConfigError, match="RESNET_CPU_BF16='yes'"):
-        runtime.choose_precision("auto", CPU, seconds_with)
+        policy.choose_precision("auto", CPU, seconds_with)
 
 
 def test_a_stored_model_runs_in_its_own_precision_where_the_cpu_can(monkeypatch, detected):
@@ -120,15 +120,15 @@ def test_a_stored_model_runs_in_its_own_precision_where_the_cpu_can(monkeypatch,
     emulate it (then fp32, saying so); a model without a record takes the capability rule."""
     bf16, fp32 = {"dtype": "bfloat16", "reason": "measured"}, {"dtype": "fp32", "reason": "measured"}
     for has, prefers in ((True, True), (True, False), (False, False)):
-        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda has=has: has)
-        monkeypatch.setattr(runtime, "cpu_prefers_bf16", lambda prefers=prefers: prefers)
-        p = runtime.model_precision("auto", CPU, bf16)
+        monkeypatch.setattr(policy, "cpu_has_bf16", lambda has=has: has)
+        monkeypatch.setattr(policy, "cpu_prefers_bf16", lambda prefers=prefers: prefers)
+        p = policy.model_precision("auto", CPU, bf16)
         assert p.dtype == (torch.bfloat16 if has else None), (has, prefers)
         assert has or "no bf16 kernels: fp32" in p.reason
-        assert runtime.model_precision("auto", CPU, fp32).dtype is None  # an fp32 model stays fp32
-        assert runtime.model_precision("auto", CPU, None).dtype == (torch.bfloat16 if prefers else None)
-        assert runtime.model_precision("off", CPU, bf16).dtype is None
-        assert runtime.model_precision("bf16", CPU, fp32).dtype == torch.bfloat16
+        assert policy.model_precision("auto", CPU, fp32).dtype is None  # an fp32 model stays fp32
+        assert policy.model_precision("auto", CPU, None).dtype == (torch.bfloat16 if prefers else None)
+        assert policy.model_precision("off", CPU, bf16).dtype is None
+        assert policy.model_precision("bf16", CPU, fp32).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("capable", [False, True])
@@ -137,7 +137,7 @@ def test_training_says_and_records_the_precision_it_chose(tiny_folder, tmp_path,
     """On a CPU with bf16 kernels (faked, with a faked measurement favouring bf16) the run trains
     under bf16 autocast; without them in fp32. Either way the first lines, config.json and every
     checkpoint say which and why."""
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: capable)
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: capable)
     monkeypatch.setattr(T, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
     out = tmp_path / "run"
     T.train(one_epoch(tiny_folder, out))
@@ -154,8 +154,8 @@ def test_one_precision_for_the_whole_run_and_its_model(tiny_folder, tmp_path, mo
     """Chosen once (bf16, timed faster on a faked bf16 CPU), then kept: a resume whose timing would
     now say fp32 still trains in bf16; the validation figures of metrics.csv are `evaluate`'s for
     the saved model, which runs in the precision it was trained in; `--amp` given anew overrides."""
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(runtime, "cpu_prefers_bf16", lambda: False)
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(policy, "cpu_prefers_bf16", lambda: False)
     monkeypatch.setattr(T, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
     out = tmp_path / "run"
     T.train(one_epoch(tiny_folder, out, seed=1))
@@ -175,8 +175,8 @@ def test_one_precision_for_the_whole_run_and_its_model(tiny_folder, tmp_path, mo
 
 @pytest.mark.parametrize("amx", [False, True])
 def test_deterministic_runs_take_the_precision_without_timing(tiny_folder, tmp_path, monkeypatch, detected, amx):
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(runtime.torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(policy.torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(T, "step_seconds", lambda *args: pytest.fail("--deterministic timed the precision"))
     out = tmp_path / "run"
     T.train(one_epoch(tiny_folder, out, deterministic=True))
@@ -239,25 +239,25 @@ def test_engine_choice_without_timing():
     from resnet.tuning import ONNX_MIN_IMAGES
 
     cuda = torch.device("cuda")
-    fp32, bf16 = runtime.Precision(None, ""), runtime.Precision(torch.bfloat16, "")
-    assert runtime.choose_engine("torch", CPU, False, math.inf, True, fp32).name == "torch"
-    assert runtime.choose_engine("onnxruntime", CPU, False, 1, False, bf16).name == "onnxruntime"  # asked for
+    fp32, bf16 = policy.Precision(None, ""), policy.Precision(torch.bfloat16, "")
+    assert policy.choose_engine("torch", CPU, False, math.inf, True, fp32).name == "torch"
+    assert policy.choose_engine("onnxruntime", CPU, False, 1, False, bf16).name == "onnxruntime"  # asked for
     for device, compile in ((cuda, False), (CPU, True)):
         with pytest.raises(ConfigError):
-            runtime.choose_engine("onnxruntime", device, compile, math.inf, True, fp32)
-        assert runtime.choose_engine("auto", device, compile, math.inf, True, fp32).name == "torch"
-    few = runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, False, fp32)
+            policy.choose_engine("onnxruntime", device, compile, math.inf, True, fp32)
+        assert policy.choose_engine("auto", device, compile, math.inf, True, fp32).name == "torch"
+    few = policy.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, False, fp32)
     assert few.name == "torch" and str(ONNX_MIN_IMAGES) in few.reason
-    assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, True, fp32) is None  # exported: time both
-    assert runtime.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES, False, fp32) is None
-    assert runtime.choose_engine("auto", CPU, False, math.inf, False, fp32) is None
+    assert policy.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, True, fp32) is None  # exported: time both
+    assert policy.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES, False, fp32) is None
+    assert policy.choose_engine("auto", CPU, False, math.inf, False, fp32) is None
     # A bf16 model stays on PyTorch: onnxruntime's fp32 export would give other probabilities.
-    kept = runtime.choose_engine("auto", CPU, False, math.inf, True, bf16)
+    kept = policy.choose_engine("auto", CPU, False, math.inf, True, bf16)
     assert kept.name == "torch" and "runs in bfloat16" in kept.reason
-    assert runtime.export_too_dear(10_000, 0.0016).name == "torch"  # a small model: ~16 s of inference
-    assert runtime.export_too_dear(2000, 0.023).name == "torch"  # ResNet-18 at 224 px: ~46 s
-    assert runtime.export_too_dear(5000, 0.023) is None  # ~115 s: the export pays
-    fast = runtime.faster_engine({"torch": 0.2, "onnxruntime": 0.1}, 16)
+    assert policy.export_too_dear(10_000, 0.0016).name == "torch"  # a small model: ~16 s of inference
+    assert policy.export_too_dear(2000, 0.023).name == "torch"  # ResNet-18 at 224 px: ~46 s
+    assert policy.export_too_dear(5000, 0.023) is None  # ~115 s: the export pays
+    fast = policy.faster_engine({"torch": 0.2, "onnxruntime": 0.1}, 16)
     assert fast.name == "onnxruntime" and "torch 200 ms, onnxruntime 100 ms per 16 images" in fast.reason
 
 
@@ -288,7 +288,7 @@ def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained,
 
     monkeypatch.setattr(X, "export_onnx", lambda *a: pytest.fail("exported twice"))
     for faster in ("onnxruntime", "torch"):
-        monkeypatch.setattr(runtime, "net_seconds",
+        monkeypatch.setattr(policy, "net_seconds",
                             lambda net, *a, fast=faster: 0.1 if isinstance(net, X.OnnxNet) == (fast != "torch") else 0.2)
         clf = Classifier.from_checkpoint(run / "best.pt", amp="off")  # images=0, but the export is there: timed
         assert clf.engine.name == faster and "measured here" in clf.engine.reason
@@ -296,13 +296,15 @@ def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained,
         clf = Classifier.from_checkpoint(run / "best.pt", amp="bf16")
         assert clf.engine.name == "torch" and "runs in bfloat16" in clf.engine.reason
 
-    cached_onnx = X.cached_onnx
-    monkeypatch.setattr(X, "cached_onnx", lambda *a: (_ for _ in ()).throw(OSError("read-only cache")))
+    from resnet import predict
+
+    cached_onnx = predict.cached_onnx
+    monkeypatch.setattr(predict, "cached_onnx", lambda *a: (_ for _ in ()).throw(OSError("read-only cache")))
     clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf, amp="off")  # auto: PyTorch, saying why
     assert clf.engine.name == "torch" and "export failed: read-only cache" in clf.engine.reason
     with pytest.raises(CheckpointError, match="read-only cache"):  # asked for: an error
         Classifier.from_checkpoint(run / "best.pt", engine="onnxruntime")
-    monkeypatch.setattr(X, "cached_onnx", cached_onnx)
+    monkeypatch.setattr(predict, "cached_onnx", cached_onnx)
 
     real_call = X.OnnxNet.__call__
     monkeypatch.setattr(X.OnnxNet, "__call__", lambda self, x: real_call(self, x) + 0.5)

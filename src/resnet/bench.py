@@ -12,7 +12,8 @@ from typing import Any, Callable
 import torch
 
 from . import data as D
-from . import runtime
+from . import policy, runtime
+from .device import pick_device
 from .budget import step_seconds
 from .checkpoint import save_checkpoint
 from .models import create_model
@@ -30,7 +31,7 @@ def cpu_description() -> str:
         if line.startswith("flags") and not flags:
             flags = " ".join(f for f in line.split(":", 1)[1].split()
                              if f.startswith(("avx", "amx", "fma", "f16c")) or f in ("avx512_bf16", "avx512_vnni"))
-    return f"{model} ({torch.get_num_threads()} threads); flags: {flags}; oneDNN bf16: {runtime.cpu_has_bf16()}; AMX: {torch.cpu._is_amx_tile_supported()}"
+    return f"{model} ({torch.get_num_threads()} threads); flags: {flags}; oneDNN bf16: {policy.cpu_has_bf16()}; AMX: {torch.cpu._is_amx_tile_supported()}"
 
 
 def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int = 64,
@@ -59,13 +60,13 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
     warm-up steps (which also pay for compilation with `compile`). Inference is a `Classifier`
     loaded from a checkpoint of the model, as a long-lived one (`serve`) loads it, through
     `runtime.logits`, the function every predict, evaluate and serve call goes through."""
-    dev = runtime.pick_device(device)
+    dev = pick_device(device)
     model = create_model(arch, num_classes=1000, width=width)
     with tempfile.TemporaryDirectory() as work:
         if task == "train":  # as `train` sets it up: BatchNorm kept, precision chosen on training steps
             model = model.to(dev, memory_format=runtime.memory_format(channels_last))
             timer = functools.partial(step_seconds, model, img_size, dev, channels_last, batch_size)
-            precision = runtime.choose_precision(amp, dev, timer)
+            precision = policy.choose_precision(amp, dev, timer)
             net = runtime.TorchNet(torch.compile(model) if compile else model, dev, precision.dtype, channels_last)
             step = _train_step(net, model, dev, precision.dtype, batch_size, img_size)
             chosen = {"amp": precision.name, "precision_reason": precision.reason}

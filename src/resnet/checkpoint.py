@@ -14,10 +14,13 @@ import torch
 
 from .errors import CheckpointError, ConfigError, first_line
 from .models import MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec
-from .runtime import DTYPES
+from .options import PRECISIONS
 from .transforms import CROP_PCT
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
+# What a stored model must say about itself to be used: written into ONNX `metadata_props` and
+# safetensors metadata as JSON strings, read back by `Classifier.load`.
+CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean", "std")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -102,8 +105,8 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
     if not 0 < options.get("width", 1.0) <= MAX_WIDTH:
         raise bad(f"model option width={options['width']} is outside (0, {MAX_WIDTH}]")
     precision = state.get("precision")
-    if precision is not None and not (isinstance(precision, dict) and precision.get("dtype") in DTYPES):
-        raise bad(f"precision must record a dtype of {', '.join(DTYPES)}, not {precision!r}")
+    if precision is not None and not (isinstance(precision, dict) and precision.get("dtype") in PRECISIONS):
+        raise bad(f"precision must record a dtype of {', '.join(PRECISIONS)}, not {precision!r}")
     try:
         model_spec(state["arch"])
     except ConfigError as e:
@@ -123,3 +126,12 @@ def load_checkpoint(path: str | Path) -> tuple[ResNet, dict[str, Any]]:
                               f"classes: {detail}") from None
     model.eval()
     return model, {k: v for k, v in state.items() if k != "model"}
+
+
+def card_strings(card: dict[str, Any]) -> dict[str, str]:
+    """A model card as the string -> string map ONNX and safetensors metadata hold."""
+    return {k: json.dumps(card[k]) for k in CARD_KEYS if k in card}
+
+
+def card_from_strings(meta: dict[str, str]) -> dict[str, Any]:
+    return {k: json.loads(meta[k]) for k in CARD_KEYS if k in meta}

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, DataError, TrainingError, UsageError
+from .options import AMP_CHOICES, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, PRESETS, QUANTIZE
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,21 +36,26 @@ def _fraction(text: str) -> float:
     return value
 
 
-AMP_CHOICES = ["auto", "off", "bf16", "fp16"]
 AMP_HELP = ("autocast precision (auto: the model's own, the one it was trained in, or fp32 where this machine "
             "has no bf16 kernels)")
 TRAIN_AMP_HELP = ("autocast precision, chosen once per run and kept on resume (auto: bf16 where a timed step says "
                   "it is faster, untimed with --deterministic; else fp32)")
 COMPILE_HELP = "torch.compile with freezing: ~1.03x faster inference on a 2-core AVX2 CPU after ~15 s of compiling"
-ENGINE_CHOICES = ["auto", "torch", "onnxruntime"]
 ENGINE_HELP = ("what runs the model (auto: for an fp32 model, onnxruntime on a cached ONNX export where it times "
                "faster on this CPU and the work pays for the export; else PyTorch)")
+MODEL_HELP = "a checkpoint (.pt), exported .safetensors or .onnx file"
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="resnet", description="Train, evaluate and use ResNet image classifiers.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+def add_inference_flags(p: Parser, compile: bool = True) -> None:
+    """What every command that runs a stored model takes: where, in which precision, on which engine."""
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
+    if compile:
+        p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
 
+
+def add_train(sub) -> None:
     t = sub.add_parser("train", help="train a classifier on a folder or CSV of labelled images")
     t.add_argument("data", nargs="?",
                    help="class folders, train/+val/ folders, a flat Kaggle-style folder or a CSV "
@@ -78,10 +84,10 @@ def build_parser() -> Parser:
                         "settings; --epochs extends it. auto: OUT/last.pt if it exists, else a new run "
                         "(one command line for torchrun --max-restarts and requeued jobs)")
     t.add_argument("--pretrained", metavar="SRC", help="imagenet, a .pth/.safetensors file or a URL")
-    t.add_argument("--preset", choices=["default", "seed", "finetune", "cifar-paper"])
+    t.add_argument("--preset", choices=list(PRESETS))
     t.add_argument("--seed", type=int)
     t.add_argument("--deterministic", action="store_true", default=None)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", choices=DEVICES)
     t.add_argument("--amp", choices=AMP_CHOICES, help=TRAIN_AMP_HELP)
     t.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="decode once into a uint8 cache (default: when it takes at most 2 GiB)")
@@ -97,22 +103,23 @@ def build_parser() -> Parser:
     t.add_argument("--patience", type=_positive_int, help="stop after N epochs without improvement")
     t.add_argument("--save-every", type=int, help="also write last.pt every N steps")
 
+
+def add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="score a checkpoint on a labelled folder or CSV")
-    e.add_argument("checkpoint", help="a checkpoint (.pt), exported .safetensors or .onnx file")
+    e.add_argument("checkpoint", help=MODEL_HELP)
     e.add_argument("data")
     e.add_argument("--json", metavar="FILE")
     e.add_argument("--report", metavar="DIR")
     e.add_argument("--tta", action="store_true", help="average with the mirrored image")
     e.add_argument("--batch-size", type=_positive_int, default=64)
     e.add_argument("--workers", type=int)
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    e.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
-    e.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    e.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help=ENGINE_HELP)
+    add_inference_flags(e)
     e.add_argument("--label-pattern")
 
+
+def add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="label image files, folders or globs")
-    pr.add_argument("model", help="a checkpoint (.pt), exported .safetensors or .onnx file")
+    pr.add_argument("model", help=MODEL_HELP)
     pr.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or globs")
     pr.add_argument("--top-k", type=_positive_int, default=1)
     pr.add_argument("--output", metavar="FILE.csv|FILE.json",
@@ -120,35 +127,38 @@ def build_parser() -> Parser:
     pr.add_argument("--cam", metavar="DIR", help="also write each photo with its Grad-CAM heatmap here")
     pr.add_argument("--tta", action="store_true", help="average with the mirrored image")
     pr.add_argument("--batch-size", type=_positive_int, default=32)
-    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    pr.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    pr.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
-    pr.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help=ENGINE_HELP)
+    add_inference_flags(pr)
 
+
+def add_export(sub) -> None:
     x = sub.add_parser("export", help="export a checkpoint to ONNX or safetensors")
     x.add_argument("checkpoint")
-    x.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    x.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
     x.add_argument("--output", metavar="FILE", help="default: beside the checkpoint")
     x.add_argument("--verify", nargs="?", const="", metavar="DIR",
                    help="compare the export's logits with PyTorch's, on images of DIR (or random ones)")
-    x.add_argument("--quantize", choices=["int8"], help="ONNX only: static int8 with onnxruntime")
+    x.add_argument("--quantize", choices=QUANTIZE, help="ONNX only: static int8 with onnxruntime")
     x.add_argument("--calib", metavar="DIR", help="images to calibrate int8 activation ranges on")
     x.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset (default 18)")
 
+
+def add_serve(sub) -> None:
     sv = sub.add_parser("serve", help="a web page and JSON API around a model")
-    sv.add_argument("model", help="a checkpoint (.pt), exported .safetensors or .onnx file")
+    sv.add_argument("model", help=MODEL_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body")
-    sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    sv.add_argument("--amp", choices=AMP_CHOICES, default="auto", help=AMP_HELP)
-    sv.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help=ENGINE_HELP)
+    add_inference_flags(sv, compile=False)
 
+
+def add_models(sub) -> None:
     m = sub.add_parser("models", help="list the architectures")
     m.add_argument("--json", action="store_true")
 
+
+def add_benchmark(sub) -> None:
     b = sub.add_parser("benchmark", help="images per second through the real code paths")
-    b.add_argument("task", choices=["train", "infer", "data"])
+    b.add_argument("task", choices=BENCHMARKS)
     b.add_argument("root", nargs="?", help="image folder (for `data`)")
     b.add_argument("--arch", default="resnet18")
     b.add_argument("--img-size", type=_positive_int, default=224)
@@ -157,15 +167,17 @@ def build_parser() -> Parser:
     b.add_argument("--workers", type=int, default=0)
     b.add_argument("--cache", action="store_true")
     b.add_argument("--cache-dir")
-    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    b.add_argument("--device", choices=DEVICES, default="auto")
     b.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="train: " + TRAIN_AMP_HELP + "; infer: " + AMP_HELP)
     b.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     b.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     b.add_argument("--compile", action="store_true")
-    b.add_argument("--engine", choices=ENGINE_CHOICES, default="auto", help="infer: " + ENGINE_HELP)
+    b.add_argument("--engine", choices=ENGINES, default="auto", help="infer: " + ENGINE_HELP)
     b.add_argument("--normalize", action="store_true", help="data: also normalise the batches on the CPU")
     b.add_argument("--json", action="store_true")
 
+
+def add_experiment(sub) -> None:
     ex = sub.add_parser("experiment", help="the ResNet paper's experiments")
     exs = ex.add_subparsers(dest="experiment", required=True, parser_class=Parser)
     dg = exs.add_parser("degradation", help="plain vs residual networks of two depths (the paper's Figure 6)")
@@ -186,21 +198,29 @@ def build_parser() -> Parser:
     dg.add_argument("--workers", type=int, default=0)
     dg.add_argument("--out", default="runs/degradation")
 
+
+def add_demo(sub) -> None:
     d = sub.add_parser("demo", help="train and evaluate on scikit-learn's digits, offline")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--minutes", type=float, default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="resnet", description="Train, evaluate and use ResNet image classifiers.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (add_train, add_evaluate, add_predict, add_export, add_serve, add_models, add_benchmark,
+                add_experiment, add_demo):
+        add(sub)
     return p
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .evaluate import write_json, write_report, evaluate
+    from dataclasses import fields
+
+    from .evaluate import evaluate, write_json, write_report
     from .train import TrainConfig, make_config, resume_config, train
 
-    opts = {k: getattr(a, k) for k in (
-        "data", "val", "val_split", "label_pattern", "arch", "width", "img_size", "min_img_size", "eval_size",
-        "epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "warmup_epochs", "scale_min", "workers", "out",
-        "pretrained", "seed", "deterministic", "device", "amp", "cache", "cache_dir", "max_minutes",
-        "patience", "save_every", "compile", "sync_bn", "channels_last")}
+    # Every training option the parser has: the rest keep the preset's (or TrainConfig's) value.
+    opts = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.name != "preset" and hasattr(a, f.name)}
     resume = a.resume
     if resume == "auto":
         last = Path(a.out or TrainConfig.out) / "last.pt"
@@ -353,13 +373,13 @@ def format_table(rows: list[dict], top_k: int) -> str:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from . import export as X
-    from .predict import Classifier
+    from .predict import Classifier, compare, verify_images
 
     if a.format == "safetensors" and a.quantize:
         raise ConfigError("--quantize goes with --format onnx")
     if a.quantize and not a.calib:
         raise ConfigError("--quantize int8 needs --calib DIR: images to measure activation ranges on")
-    images = X.verify_images(a.verify or None)  # `--verify` alone (""): random images
+    images = verify_images(a.verify or None)  # `--verify` alone (""): random images
     ckpt = Path(a.checkpoint)
     suffix = {"safetensors": ".safetensors", "onnx": ".int8.onnx" if a.quantize else ".onnx"}[a.format]
     output = Path(a.output or ckpt.with_suffix(suffix))
@@ -373,7 +393,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         X.export_onnx(ckpt, output, a.opset or X.OPSET)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     if a.verify is not None:
-        r = X.compare(Classifier.from_checkpoint(ckpt, device="cpu", amp="off"), Classifier.load(output), images)
+        r = compare(Classifier.from_checkpoint(ckpt, device="cpu", amp="off"), Classifier.load(output), images)
         print(f"max abs difference: {r['max_abs_difference']:.3g} (logits against PyTorch fp32, "
               f"{r['images']} {'images' if images else 'random images'}; top-1 labels agree on "
               f"{r['labels_agree']} of {r['images']})")

@@ -18,16 +18,15 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from . import data as D
-from .checkpoint import load_checkpoint
+from .checkpoint import card_from_strings, card_strings, load_checkpoint
 from .errors import CheckpointError
-from .predict import Classifier, card_from_strings, card_strings
-from .transforms import CROP_PCT, normalize
+from .transforms import CROP_PCT, EvalTransform, normalize
 from .tuning import ONNX_CACHE_KEEP
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
@@ -157,18 +156,20 @@ def _quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def calibration_batches(clf: Classifier, folder: str | Path, limit: int = CALIBRATION_IMAGES,
+def calibration_batches(card: dict[str, Any], folder: str | Path, limit: int = CALIBRATION_IMAGES,
                         batch_size: int = 16) -> list[np.ndarray]:
     """Normalised input batches of up to `limit` images of `folder` (class folders or not), spread
-    over its classes, preprocessed exactly as at inference."""
+    over its classes, preprocessed exactly as at inference for the model `card` describes."""
     images = [img for img in D.read_images(sample_images(folder, limit, "calibrate"))
               if not isinstance(img, str)]
     if not images:
         raise D.DataError(f"no readable image to calibrate on in {folder}")
+    transform = EvalTransform.for_size(int(card["eval_size"]), float(card.get("crop_pct", CROP_PCT)))
+    mean, std = tuple(card["mean"]), tuple(card["std"])
     batches = []
     for start in range(0, len(images), batch_size):
-        uint8 = torch.stack([clf.transform(img) for img in images[start:start + batch_size]])
-        batches.append(normalize(uint8, clf.mean, clf.std).numpy())
+        uint8 = torch.stack([transform(img) for img in images[start:start + batch_size]])
+        batches.append(normalize(uint8, mean, std).numpy())
     return batches
 
 
@@ -192,8 +193,8 @@ def quantize_onnx(fp32: str | Path, output: str | Path, calib: str | Path) -> Pa
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    clf = Classifier.from_onnx(fp32)
-    batches = calibration_batches(clf, calib)
+    card = OnnxNet(fp32).metadata
+    batches = calibration_batches(card, calib)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -216,7 +217,7 @@ def quantize_onnx(fp32: str | Path, output: str | Path, calib: str | Path) -> Pa
                             reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
         model = onnx.load(str(tmp))
-        _set_metadata(model, clf.card, "int8")
+        _set_metadata(model, card, "int8")
         onnx.save_model(model, str(tmp))
 
     return _replace_atomically(Path(output), write)
@@ -232,28 +233,3 @@ def export_safetensors(checkpoint: str | Path, output: str | Path) -> Path:
     # The precision it was trained in goes with it: it runs in that precision wherever it is loaded.
     metadata = {**card_strings(meta), **({"precision": json.dumps(meta["precision"])} if "precision" in meta else {})}
     return _replace_atomically(Path(output), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checking
-
-
-def compare(reference: Classifier, exported: Classifier, images: Sequence[D.ImageInput] | None = None,
-            count: int = 8, seed: int = 0) -> dict[str, Any]:
-    """Logits of both on the same preprocessed images: real ones when given, else `count` random
-    photos-sized arrays. `max_abs_difference` of the logits and how many top-1 labels agree."""
-    if images:
-        decoded = [img for img in D.read_images(list(images))
-                   if not isinstance(img, str)]
-    else:
-        rng = np.random.default_rng(seed)
-        side = reference.transform.resize_size + 8
-        decoded = [rng.integers(0, 256, (side, side + 16 * i, 3), dtype=np.uint8) for i in range(count)]
-    a, b = reference.logits(decoded), exported.logits(decoded)
-    return {"images": len(decoded), "max_abs_difference": float((a - b).abs().max()),
-            "labels_agree": int((a.argmax(1) == b.argmax(1)).sum())}
-
-
-def verify_images(folder: str | Path | None, limit: int = 64) -> list[str] | None:
-    """Up to `limit` images of `folder`, spread over it (None: use random images)."""
-    return None if folder is None else sample_images(folder, limit, "verify")

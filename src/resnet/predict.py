@@ -11,9 +11,7 @@ exception.
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,16 +21,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import data as D
-from . import runtime
-from .checkpoint import load_checkpoint
-from .errors import CheckpointError, ConfigError, first_line
+from . import policy, runtime
+from .checkpoint import CARD_KEYS, load_checkpoint
+from .device import pick_device
+from .errors import CheckpointError, ConfigError
+from .export import OnnxNet, cached_onnx, onnx_cache_path, onnx_key, sample_images
 from .transforms import CROP_PCT, EvalTransform, normalize
-from .tuning import PROBE_BATCH
-
-# What a stored model must say about itself to be used: written into ONNX `metadata_props` and
-# safetensors metadata as JSON strings, read back by `Classifier.load`.
-CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean", "std")
-
 
 @dataclass
 class Explanation:
@@ -59,7 +53,7 @@ class Explanation:
 class Classifier:
     def __init__(self, net: runtime.Net, card: dict[str, Any], source: str = "",
                  model: torch.nn.Module | None = None, precision_reason: str = "",
-                 engine: runtime.Engine = runtime.Engine("torch", "")):
+                 engine: policy.Engine = policy.Engine("torch", "")):
         self.net = net
         self.precision_reason = precision_reason
         self.engine = engine
@@ -76,50 +70,31 @@ class Classifier:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto",
                         channels_last: bool = True, compile: bool = False, engine: str = "auto",
                         images: float = 0, cache_dir: str | Path | None = None) -> "Classifier":
-        """A training checkpoint (.pt) or exported safetensors, run in the model's precision
-        (`runtime.model_precision`). `compile`: see `runtime.compile_for_inference`; `engine` and
-        `images` (how many images it will score; `math.inf`: long-lived): see
-        `runtime.choose_engine`, with ONNX exports kept in `cache_dir`. Grad-CAM uses the eager
-        PyTorch model whichever engine predicts."""
-        from .export import OnnxNet, cached_onnx, onnx_cache_path, onnx_key
-
+        """A training checkpoint (.pt) or exported safetensors, in the model's precision and on
+        the engine `policy` decides (`images`: how many it will score; `math.inf`: long-lived),
+        with ONNX exports kept in `cache_dir`. `compile`: see `runtime.compile_for_inference`.
+        Grad-CAM uses the eager PyTorch model whichever engine predicts."""
         model, meta = load_checkpoint(path)
-        dev = runtime.pick_device(device)
-        precision = runtime.model_precision(amp, dev, meta.get("precision"))
-        key = onnx_key(model, meta) if engine != "torch" and dev.type == "cpu" else None
+        dev = pick_device(device)
+        precision = policy.model_precision(amp, dev, meta.get("precision"))
+        key = onnx_key(model, meta) if engine != "torch" and dev.type == "cpu" else None  # before folding
         exported = key is not None and onnx_cache_path(key, cache_dir).is_file()
-        chosen = runtime.choose_engine(engine, dev, compile, images, exported, precision)
-        size = int(meta["eval_size"])
         net = runtime.TorchNet.prepare(model, dev, precision.dtype, channels_last)
         eager = net.model
         if compile:
             net.model = runtime.compile_for_inference(eager)
-        torch_s = None
-        if chosen is None and not exported and images < math.inf:  # a job of known length: does it pay?
-            torch_s = runtime.net_seconds(net, size, PROBE_BATCH)
-            chosen = runtime.export_too_dear(images, torch_s / PROBE_BATCH)
-        if chosen is None or chosen.name == "onnxruntime":
-            try:
-                onnx_net = OnnxNet(cached_onnx(path, key, cache_dir))
-            except Exception as e:  # noqa: BLE001 - the exporter and onnxruntime raise many unrelated types
-                if chosen is not None:  # --engine onnxruntime: asked for, so it is an error
-                    raise CheckpointError(f"cannot run {path} on onnxruntime: {first_line(e)}") from e
-                return cls(net, meta, str(path), eager, precision.reason,
-                           runtime.Engine("torch", f"the ONNX export failed: {first_line(e)}"))
-            chosen = chosen or _faster(net, onnx_net, size, torch_s)
-            if chosen.name == "onnxruntime":
-                return cls(onnx_net, meta, str(path), eager, "onnxruntime runs the fp32 export", chosen)
-        return cls(net, meta, str(path), eager, precision.reason, chosen)
+        chosen, runs = policy.engine_for(engine, net, int(meta["eval_size"]), compile, images, exported, precision,
+                                         lambda: OnnxNet(cached_onnx(path, key, cache_dir)), str(path))
+        reason = precision.reason if runs is net else "onnxruntime runs the fp32 export"
+        return cls(runs, meta, str(path), eager, reason, chosen)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Classifier":
-        from .export import OnnxNet
-
         net = OnnxNet(path)
         missing = [k for k in ("classes", "eval_size", "mean", "std") if k not in net.metadata]
         if missing:
             raise CheckpointError(f"{path}: ONNX file without resnet metadata (missing: {', '.join(missing)})")
-        return cls(net, net.metadata, str(path), engine=runtime.Engine("onnxruntime", "an ONNX file"))
+        return cls(net, net.metadata, str(path), engine=policy.Engine("onnxruntime", "an ONNX file"))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", amp: str = "auto", compile: bool = False,
@@ -230,23 +205,6 @@ class Classifier:
         return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=box))
 
 
-def _faster(torch_net: runtime.TorchNet, onnx_net: runtime.Net, size: int, torch_s: float | None = None
-            ) -> runtime.Engine:
-    """PyTorch or onnxruntime, whichever scores probe batches at `size` faster (`torch_s`: PyTorch's
-    time, when already measured) — provided the export computes what PyTorch computes: its logits
-    on a random batch within 1e-3 of fp32 PyTorch's (relative to their scale), else PyTorch,
-    saying so."""
-    x = torch.randn(PROBE_BATCH, 3, size, size)
-    reference = replace(torch_net, dtype=None)(
-        x.to(torch_net.device, memory_format=runtime.memory_format(torch_net.channels_last))).float().cpu()
-    gap = float((onnx_net(x) - reference).abs().max())
-    if gap > 1e-3 * max(1.0, float(reference.abs().max())):
-        return runtime.Engine("torch", f"the ONNX export's logits differ from PyTorch's by {gap:.2g}")
-    seconds = {"torch": torch_s if torch_s is not None else runtime.net_seconds(torch_net, size, PROBE_BATCH),
-               "onnxruntime": runtime.net_seconds(onnx_net, size, PROBE_BATCH)}
-    return runtime.faster_engine(seconds, PROBE_BATCH)
-
-
 def _name(item: D.ImageInput) -> str:
     if isinstance(item, (str, Path)):
         return str(item)
@@ -260,10 +218,23 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "top_k": [{"label": c, "probability": p} for c, p in row["top_k"]]}
 
 
-def card_strings(card: dict[str, Any]) -> dict[str, str]:
-    """A model card as the string -> string map ONNX and safetensors metadata hold."""
-    return {k: json.dumps(card[k]) for k in CARD_KEYS if k in card}
+def compare(reference: Classifier, exported: Classifier, images: Sequence[D.ImageInput] | None = None,
+            count: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Logits of both on the same preprocessed images: real ones when given, else `count` random
+    photos-sized arrays. `max_abs_difference` of the logits and how many top-1 labels agree:
+    `resnet export --verify`."""
+    if images:
+        decoded = [img for img in D.read_images(list(images))
+                   if not isinstance(img, str)]
+    else:
+        rng = np.random.default_rng(seed)
+        side = reference.transform.resize_size + 8
+        decoded = [rng.integers(0, 256, (side, side + 16 * i, 3), dtype=np.uint8) for i in range(count)]
+    a, b = reference.logits(decoded), exported.logits(decoded)
+    return {"images": len(decoded), "max_abs_difference": float((a - b).abs().max()),
+            "labels_agree": int((a.argmax(1) == b.argmax(1)).sum())}
 
 
-def card_from_strings(meta: dict[str, str]) -> dict[str, Any]:
-    return {k: json.loads(meta[k]) for k in CARD_KEYS if k in meta}
+def verify_images(folder: str | Path | None, limit: int = 64) -> list[str] | None:
+    """Up to `limit` images of `folder`, spread over it (None: use random images)."""
+    return None if folder is None else sample_images(folder, limit, "verify")

@@ -14,7 +14,7 @@ scratch on a 2-core CPU (measured in docs/benchmarks.md):
 - channels_last memory format (oneDNN's faster layout on CPU); the precision is `--amp auto`:
   bf16 autocast on CUDA; on a CPU with bf16 kernels (AVX-512-BF16, AMX) the faster of fp32 and bf16
   on a few timed steps of the actual model; fp32 on other CPUs, where bf16 is emulated and ~15x
-  slower (`runtime.choose_precision`).
+  slower (`policy.choose_precision`).
 Every other tuning constant is in `tuning.py`, with its reason; the time budget is `budget.py`.
 
 The file reads top to bottom: the configuration and its checks, resuming, the small pieces, the
@@ -48,8 +48,10 @@ from .budget import Budget, RunShape, compute_time_by_size, largest_that_fits, s
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
-from .runtime import (AMP_CHOICES, Precision, TorchNet, autocast, choose_precision, kept_precision, memory_format,
-                      pick_device, run_eval)
+from .device import pick_device
+from .options import AMP_CHOICES, AUGMENTS, DEVICES, PRESETS, SCHEDULES
+from .policy import Precision, choose_precision, kept_precision
+from .runtime import TorchNet, autocast, memory_format, run_eval
 from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
                          normalize)
 from .tuning import (AUTO_CACHE_BYTES, EPOCHS_TO_GROW, EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_LADDER, SIZE_STEP,
@@ -76,11 +78,11 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-5
-    schedule: str = "onecycle"            # onecycle (warm-up + cosine) | cosine | constant
+    schedule: str = "onecycle"            # options.SCHEDULES: onecycle (warm-up + cosine), cosine, step, constant
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
     scale_min: float = 0.25               # RandomResizedCrop's lower area bound
-    augment: str = "random-resized-crop"  # or "pad-crop": the paper's CIFAR augmentation
+    augment: str = "random-resized-crop"  # options.AUGMENTS; "pad-crop": the paper's CIFAR augmentation
     hflip: bool = True
     crop_pct: float = CROP_PCT            # evaluation: resize to eval_size / crop_pct, centre-crop
     train_like_eval: bool = False         # the tutorial trains on its eval preprocessing
@@ -92,7 +94,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
-    amp: str = "auto"                     # auto | off | bf16 | fp16
+    amp: str = "auto"                     # options.AMP_CHOICES
     channels_last: bool = True
     compile: bool = False                 # torch.compile: measured faster on CUDA, slower on this CPU
     sync_bn: bool = False                 # under torchrun: BatchNorm statistics over the global batch
@@ -101,29 +103,6 @@ class TrainConfig:
     patience: int | None = None
     save_every: int = 0                   # also write last.pt every N steps (long epochs)
     preset: str = "default"
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    # The tutorial exactly: its network at 224, its PREPROCESS for training too, batch 8,
-    # plain SGD lr 0.01, CrossEntropy, 10 epochs.
-    "seed": dict(arch="resnet18_seed", width=1.0, img_size=224, min_img_size=224, eval_size=224, batch_size=8,
-                 lr=0.01 * 256 / 8,
-                 momentum=0.0, nesterov=False, weight_decay=0.0, schedule="constant",
-                 warmup_epochs=0.0, label_smoothing=0.0, train_like_eval=True, hflip=False,
-                 channels_last=False, epochs=10),
-    # The ResNet paper's CIFAR-10 recipe (section 4.2): batch 128, SGD lr 0.1 (0.2 per 256),
-    # momentum 0.9, weight decay 1e-4, lr / 10 at 32k and 48k of 64k iterations (half and three
-    # quarters of the run), 45k/5k split, 4-px padding + random 32 px crop + flip, no resizing;
-    # 64k iterations of 128 images over 45k images are 182 epochs.
-    "cifar-paper": dict(arch="resnet20", width=1.0, img_size=32, min_img_size=32, eval_size=32, crop_pct=1.0,
-                        batch_size=128, lr=0.2, momentum=0.9, nesterov=False, weight_decay=1e-4,
-                        schedule="step", warmup_epochs=0.0, label_smoothing=0.0, augment="pad-crop",
-                        val_split=0.1, epochs=182),
-    # Fine-tuning ImageNet weights: full resolution, a tenth of the learning rate, short.
-    "finetune": dict(width=1.0, img_size=224, min_img_size=224, eval_size=224, lr=0.02, epochs=5, warmup_epochs=0.5,
-                     scale_min=0.35, weight_decay=1e-4),
-}
 
 
 MIN_IMG_SIZE = 16  # below this the ImageNet stem (32x down-sampling) leaves nothing to pool
@@ -147,11 +126,11 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "max_minutes": (lambda v: v is None or v > 0, "positive"),
     "patience": (lambda v: v is None or v >= 1, "at least 1"),
     "save_every": (lambda v: v >= 0, "0 (off) or more steps"),
-    "schedule": (lambda v: v in ("onecycle", "cosine", "step", "constant"), "onecycle, cosine, step or constant"),
-    "augment": (lambda v: v in ("random-resized-crop", "pad-crop"), "random-resized-crop or pad-crop"),
+    "schedule": (lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
+    "augment": (lambda v: v in AUGMENTS, ", ".join(AUGMENTS)),
     "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "amp": (lambda v: v in AMP_CHOICES, ", ".join(AMP_CHOICES)),
-    "device": (lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+    "device": (lambda v: v in DEVICES, ", ".join(DEVICES)),
 }
 PATH_OPTIONS = ("data", "val", "out", "cache_dir")
 SIZE_OPTIONS = {"width", "img_size", "min_img_size", "eval_size"}

@@ -81,7 +81,7 @@ AUTO_CACHE_BYTES = 2 * 1024**3
 # a build takes seconds to hours, and a stat twice a second costs nothing.
 CACHE_POLL_S = 0.5
 
-# --- Memory (runtime.keep_freed_memory) --------------------------------------------------------
+# --- Memory (device.keep_freed_memory) --------------------------------------------------------
 
 # Freed memory at the top of glibc's heap is kept for the next step up to this much, instead of
 # being returned to the kernel and faulted in again. Training steps at 224 px, batch 32, img/s:
@@ -102,7 +102,7 @@ ONNX_MIN_IMAGES = 1000
 # (timed on a probe batch) times the fraction onnxruntime saved, against the export's seconds.
 # Measured on the development CPU (benchmarks/engine_cost.py): ResNet-18 exports in 3.4 s (plus ~2 s
 # to import the exporter, once per process); with PyTorch keeping its freed memory
-# (runtime.keep_freed_memory) onnxruntime saved 7 % of PyTorch's time at 224 px and 27 % on the
+# (device.keep_freed_memory) onnxruntime saved 7 % of PyTorch's time at 224 px and 27 % on the
 # half-width 112 px model. The smaller saving, because a needless export costs its seconds while a
 # missed one costs little where the saving is large (a small model's whole run is seconds): a
 # 112 px half-width model stays on PyTorch, ResNet-18 at 224 px exports from ~2,800 images (the

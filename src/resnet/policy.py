@@ -1,0 +1,247 @@
+"""Which precision and which engine a model runs in, and why: each decision is returned with its
+reason, which travels to the run's first lines, config.json, checkpoints, `evaluate`'s JSON and
+`serve`'s /info. The loaders (`train.set_up`, `Classifier.from_checkpoint`) only load what these
+functions decide.
+
+Precision: one per run, one per model. A training run chooses once (`choose_precision`, timed
+where the CPU has bf16 kernels) and keeps its choice (`kept_precision`); a stored model runs in
+the precision it recorded wherever the device runs it natively (`model_precision`, never timed).
+Engine: PyTorch, or onnxruntime on an fp32 ONNX export where that is faster and pays
+(`choose_engine`, then `engine_for` times both on the work).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+from .errors import CheckpointError, ConfigError, first_line
+from .options import ENGINES, PRECISIONS
+from .runtime import Net, TorchNet, memory_format, net_seconds, precision_name
+from .tuning import ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED, PROBE_BATCH
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype `--amp` names (None: fp32); `auto` is the device's fast path without
+    measuring: bf16 (fp16 on older GPUs) on CUDA, bf16 on a CPU that `cpu_prefers_bf16`, else fp32."""
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_prefers_bf16() else None
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+# The dtypes behind the names a precision is recorded under (`options.PRECISIONS`).
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+assert tuple(DTYPES) == PRECISIONS
+
+# Set to 1 or 0, this process takes the CPU to be one where bf16 runs natively and fast (as with
+# AMX), or one without bf16 kernels, whatever it is, and `--amp auto` takes that answer without
+# timing anything: how the test-suite runs the bf16 paths on any CPU (emulated on AVX2: slow, but
+# the test models are tiny), and how a user pins one precision for every run on a machine.
+CPU_BF16_ENV = "RESNET_CPU_BF16"
+
+
+def forced_cpu_bf16() -> bool | None:
+    """`RESNET_CPU_BF16` as set (None: not set, detect)."""
+    value = os.environ.get(CPU_BF16_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ConfigError(f"{CPU_BF16_ENV}={value!r}: set it to 1 (a CPU with bf16 kernels), 0 (without) "
+                          "or leave it unset (detect)")
+    return None if value == "" else value == "1"
+
+
+def cpu_has_bf16() -> bool:
+    """oneDNN has native bf16 kernels here (AVX-512-BF16 or AMX), or `RESNET_CPU_BF16=1` says to
+    act as if. Elsewhere bf16 autocast is emulated: measured ~15x slower than fp32 on an AVX2-only
+    CPU."""
+    forced = forced_cpu_bf16()
+    if forced is not None:
+        return forced
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_prefers_bf16() -> bool:
+    """bf16 is the faster precision here without timing anything: a CPU with AMX tiles as well as
+    bf16 kernels (or `RESNET_CPU_BF16=1`). Measured: 2.65x faster training with bf16 on a 2-core
+    AMX Xeon; 0.61-0.71x (training steps) and 0.58-0.66x (inference), i.e. slower, on a 2-core Xeon
+    with AVX-512-BF16 but no AMX (ResNet-18 at 96-224 px, ResNet-20, ResNet-50;
+    benchmarks/bf16_vs_fp32.py, docs/benchmarks.md). Kernels alone do not make bf16 pay."""
+    forced = forced_cpu_bf16()
+    if forced is not None:
+        return forced
+    return cpu_has_bf16() and torch.cpu._is_amx_tile_supported()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The autocast dtype chosen (None: fp32) and why: shown in a run's first lines and saved."""
+
+    dtype: torch.dtype | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return precision_name(self.dtype)
+
+    def record(self) -> dict[str, str]:
+        return {"dtype": self.name, "reason": self.reason}
+
+
+def choose_precision(amp: str, device: torch.device,
+                     seconds_with: Callable[[torch.dtype | None], float] | None = None) -> Precision:
+    """A training run's precision, chosen once at its start. `--amp` as given; for `auto` on a CPU
+    with bf16 kernels, the faster of fp32 and bf16 autocast as `seconds_with(dtype)` measures the
+    run's own training step, or without `seconds_with` (`--deterministic`: two runs of one command
+    must not part ways on a close timing) by capability, `cpu_prefers_bf16`; on other CPUs fp32
+    without measuring, and on CUDA bf16 (fp16 on older GPUs)."""
+    if amp != "auto":
+        return Precision(amp_dtype(amp, device), f"--amp {amp}")
+    if device.type != "cpu":
+        return Precision(amp_dtype(amp, device), "the GPU's fast path")
+    forced = forced_cpu_bf16()
+    if forced is not None:
+        return Precision(torch.bfloat16 if forced else None, f"{CPU_BF16_ENV}={int(forced)}")
+    if not cpu_has_bf16():
+        return Precision(None, "this CPU has no bf16 kernels (no AVX-512-BF16 or AMX)")
+    if seconds_with is None:
+        return (Precision(torch.bfloat16, "this CPU has AMX, where bf16 is the faster (not timed)") if cpu_prefers_bf16()
+                else Precision(None, "this CPU has bf16 kernels but no AMX, where fp32 is the faster (not timed)"))
+    fp32_s, bf16_s = seconds_with(None), seconds_with(torch.bfloat16)
+    dtype = torch.bfloat16 if bf16_s < fp32_s else None
+    return Precision(dtype, f"measured here: {fp32_s * 1e3:.0f} ms in fp32, {bf16_s * 1e3:.0f} ms with bf16 autocast")
+
+
+def runnable(dtype: torch.dtype | None, device: torch.device, why: str) -> Precision:
+    """`dtype` where `device` runs it natively, else fp32 saying why: bf16 on a CPU without bf16
+    kernels would be emulated (~15x slower), fp16 autocast is a GPU's."""
+    if dtype is None:
+        return Precision(None, why)
+    if device.type == "cuda":
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return Precision(None, f"{why}, but this GPU has no bf16: fp32")
+        return Precision(dtype, why)
+    if dtype == torch.bfloat16 and cpu_has_bf16():
+        return Precision(dtype, why)
+    lacking = "bf16 kernels" if dtype == torch.bfloat16 else "fp16 autocast worth using"
+    return Precision(None, f"{why}, but this CPU has no {lacking}: fp32")
+
+
+def kept_precision(record: dict[str, str], device: torch.device) -> Precision:
+    """A resumed run's precision: the one its start chose (`record`), where the device runs it."""
+    return runnable(DTYPES[record["dtype"]], device, f"kept from the run's start: {record['reason']}")
+
+
+def model_precision(amp: str, device: torch.device, record: dict[str, str] | None) -> Precision:
+    """The one precision a stored model runs in on this machine, whichever door its images come in
+    by (training's validation, `evaluate`, `predict`, `serve`, `Classifier`): the precision it was
+    trained in, recorded with it, where this device runs that natively (else fp32, saying so). A
+    model that records none (weights from elsewhere) runs in the device's fast path, by capability
+    (`choose_precision` untimed). Nothing is timed: two loads of one model on one machine compute the same
+    numbers. `--amp` other than auto overrides."""
+    if amp != "auto":
+        return Precision(amp_dtype(amp, device), f"--amp {amp}")
+    if record is None:
+        chosen = choose_precision("auto", device)
+        return Precision(chosen.dtype, f"the model records no precision; {chosen.reason}")
+    return runnable(DTYPES[record["dtype"]], device, f"the model's own (trained in {record['dtype']})")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What runs inference — PyTorch, or onnxruntime on an ONNX export — and why."""
+
+    name: str
+    reason: str
+
+
+def choose_engine(engine: str, device: torch.device, compile: bool, images: float, exported: bool,
+                  precision: Precision) -> Engine | None:
+    """`--engine` as given, or for `auto` what can be decided without timing anything; None when
+    both engines are candidates, to be timed on the actual work. onnxruntime runs fp32 exports on
+    the CPU only, so `auto` considers it only for a model whose `precision` is fp32 (a bf16 model
+    on onnxruntime would compute other numbers than on every other path), and only where the
+    model's export (made once and kept) is already there or the work may be long enough to pay
+    for making it: `images` to score (`math.inf` for a long-lived classifier, as `serve` holds)
+    against `ONNX_MIN_IMAGES`, then, for a job of known length, `export_too_dear` on timed PyTorch
+    batches."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "onnxruntime" and (device.type != "cpu" or compile):
+        raise ConfigError("--engine onnxruntime runs on the CPU without --compile: "
+                          + ("add --device cpu" if device.type != "cpu" else "leave out --compile"))
+    if engine != "auto":
+        return Engine(engine, f"--engine {engine}")
+    if device.type != "cpu":
+        return Engine("torch", "PyTorch on the GPU")
+    if compile:
+        return Engine("torch", "--compile")
+    if precision.dtype is not None:
+        return Engine("torch", f"the model runs in {precision.name}; onnxruntime runs fp32 exports only")
+    if not exported and images < ONNX_MIN_IMAGES:
+        return Engine("torch", f"no ONNX export of this model yet, and making one pays from {ONNX_MIN_IMAGES} "
+                               f"images, not {images:g}")
+    return None
+
+
+def export_too_dear(images: float, seconds_per_image: float) -> Engine | None:
+    """PyTorch, with the estimate as its reason, when an ONNX export would cost more than it saves
+    on `images` that PyTorch scores in `seconds_per_image`; None when it pays."""
+    pytorch_s = images * seconds_per_image
+    if pytorch_s * ONNX_TIME_SAVED >= ONNX_EXPORT_SECONDS:
+        return None
+    return Engine("torch", f"no ONNX export of this model yet: onnxruntime would save ~{pytorch_s * ONNX_TIME_SAVED:.1f} s "
+                           f"of {images:g} images' ~{pytorch_s:.0f} s in PyTorch, less than making one costs "
+                           f"(~{ONNX_EXPORT_SECONDS:.0f} s)")
+
+
+def faster_engine(seconds: dict[str, float], images: int) -> Engine:
+    """The engine that ran `images` images fastest, with the timings as its reason."""
+    name = min(seconds, key=seconds.__getitem__)
+    timings = ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in seconds.items())
+    return Engine(name, f"measured here: {timings} per {images} images")
+
+
+def engine_for(requested: str, net: TorchNet, size: int, compile: bool, images: float, exported: bool,
+               precision: Precision, make_onnx: Callable[[], Net], source: str) -> tuple[Engine, Net]:
+    """(the engine, the `Net` that runs it) for a model already loaded as `net` (in `precision`):
+    `choose_engine`'s answer where it needs no timing; else, for a job of known length, whether an
+    export pays (`export_too_dear` on a timed PyTorch batch), and then whichever of PyTorch and the
+    export (`make_onnx`, made once and cached) scores probe batches faster — provided the export
+    computes what the model does. An export that fails falls back to PyTorch, saying why, unless
+    onnxruntime was asked for by name."""
+    chosen = choose_engine(requested, net.device, compile, images, exported, precision)
+    torch_s = None
+    if chosen is None and not exported and images < math.inf:
+        torch_s = net_seconds(net, size, PROBE_BATCH)
+        chosen = export_too_dear(images, torch_s / PROBE_BATCH)
+    if chosen is not None and chosen.name == "torch":
+        return chosen, net
+    try:
+        onnx_net = make_onnx()
+    except Exception as e:  # noqa: BLE001 - the exporter and onnxruntime raise many unrelated types
+        if chosen is not None:  # --engine onnxruntime: asked for, so it is an error
+            raise CheckpointError(f"cannot run {source} on onnxruntime: {first_line(e)}") from e
+        return Engine("torch", f"the ONNX export failed: {first_line(e)}"), net
+    chosen = chosen or faster(net, onnx_net, size, torch_s)
+    return chosen, onnx_net if chosen.name == "onnxruntime" else net
+
+
+def faster(torch_net: TorchNet, onnx_net: Net, size: int, torch_s: float | None = None) -> Engine:
+    """PyTorch or onnxruntime, whichever scores probe batches at `size` faster (`torch_s`: PyTorch's
+    time, when already measured) — provided the export computes what PyTorch computes: its logits
+    on a random batch within 1e-3 of fp32 PyTorch's (relative to their scale), else PyTorch,
+    saying so."""
+    x = torch.randn(PROBE_BATCH, 3, size, size)
+    reference = replace(torch_net, dtype=None)(
+        x.to(torch_net.device, memory_format=memory_format(torch_net.channels_last))).float().cpu()
+    gap = float((onnx_net(x) - reference).abs().max())
+    if gap > 1e-3 * max(1.0, float(reference.abs().max())):
+        return Engine("torch", f"the ONNX export's logits differ from PyTorch's by {gap:.2g}")
+    seconds = {"torch": torch_s if torch_s is not None else net_seconds(torch_net, size, PROBE_BATCH),
+               "onnxruntime": net_seconds(onnx_net, size, PROBE_BATCH)}
+    return faster_engine(seconds, PROBE_BATCH)
