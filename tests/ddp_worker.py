@@ -38,7 +38,7 @@ def save_record() -> None:
 
 def getitem(self, item, _orig=D.ImageDataset.__getitem__):
     split = "val" if isinstance(self.transform, EvalTransform) else "train"
-    index = item[0] if isinstance(item, tuple) else item
+    index = item.index if isinstance(item, D.Draw) else item
     seen["loaded"].setdefault(f"{split}{epoch[0]}", []).append(self.samples[index].path)
     return _orig(self, item)
 

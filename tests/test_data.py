@@ -197,7 +197,7 @@ def test_evaluation_decodes_big_jpegs_exactly_training_drafts_them(tmp_path):
     with Image.open(path) as im:
         im.draft("RGB", (size, size))
         assert im.size == (150, 113)  # the draft really happens for training: 1/8 scale
-    fast = train[(0, 0)][0].permute(1, 2, 0).numpy()
+    fast = train[D.Draw(0, 0)].image.permute(1, 2, 0).numpy()
     full = np.asarray(Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
     assert np.abs(fast.astype(int) - full.astype(int)).mean() < 3
 
@@ -238,10 +238,10 @@ def test_epoch_sampler_is_fixed_by_seed_and_epoch_and_resumes_mid_epoch():
     s.set_epoch(2, start=4)
     assert list(s) == full[4:]
     s.set_epoch(3)
-    assert [i for i, _ in s] != [i for i, _ in full]
+    assert [d.index for d in s] != [d.index for d in full]
     shards = [list(D.EpochSampler(10, True, 1, rank=r, world_size=3)) for r in range(3)]
     assert len({len(x) for x in shards}) == 1
-    assert {i for sh in shards for i, _ in sh} == set(range(10))
+    assert {d.index for sh in shards for d in sh} == set(range(10))
 
 
 def test_epoch_crop_size_reaches_persistent_workers(tmp_path):
@@ -314,7 +314,7 @@ def test_batches_are_channels_last_uint8(tiny_folder, workers):
     assert batch.images.shape == (8, 3, 24, 24) and batch.images.is_contiguous(memory_format=torch.channels_last)
     for k, i in enumerate(batch.indices.tolist()):
         seed = next(s for j, s, *_ in D.make_loader(ds, 8, True, 0, seed=5).sampler if j == i)
-        assert torch.equal(batch.images[k], ds[(i, seed)][0])
+        assert torch.equal(batch.images[k], ds[D.Draw(i, seed)].image)
     x = normalize(batch.images, channels_last=True)
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert normalize(batch.images, channels_last=False).is_contiguous()

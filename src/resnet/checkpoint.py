@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, ConfigError, first_line
-from .models import MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec
+from .models import MAX_WIDTH, MIN_IMG_SIZE, ResNet, clean_state_dict, create_model, model_spec
 from .options import PRECISIONS
 from .transforms import CROP_PCT
 
@@ -87,8 +87,8 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
     if (not isinstance(classes, (list, tuple)) or not 1 <= len(classes) <= MAX_CLASSES
             or not all(isinstance(c, str) for c in classes)):
         raise bad(f"classes must be a list of 1 to {MAX_CLASSES} names, not {type(classes).__name__}")
-    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= MAX_EVAL_SIZE:
-        raise bad(f"eval_size must be a whole number of pixels from 8 to {MAX_EVAL_SIZE}, not {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not MIN_IMG_SIZE <= size <= MAX_EVAL_SIZE:
+        raise bad(f"eval_size must be a whole number of pixels from {MIN_IMG_SIZE} to {MAX_EVAL_SIZE}, not {size!r}")
     crop_pct = state.get("crop_pct", CROP_PCT)
     if not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
         raise bad(f"crop_pct must be in (0, 1], not {crop_pct!r}")

@@ -301,7 +301,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     clf = Classifier.load(a.model, a.device, a.amp, a.compile, a.engine, images=len(files))
     if a.cam and clf.model is None:
         raise ConfigError("--cam needs the PyTorch model: give a checkpoint, not an ONNX file")
-    batches = -(-len(files) // a.batch_size)
+    batches = math.ceil(len(files) / a.batch_size)
     bar = functools.partial(tqdm, total=batches, unit="batch", desc="predict", leave=False,
                             disable=None if batches > 1 else True)  # None: only on a terminal
     rows = clf.predict(files, top_k=a.top_k, tta=a.tta, batch_size=a.batch_size, progress=bar)

@@ -460,11 +460,29 @@ class Batch(NamedTuple):
     failures: list[tuple[int, str]]  # (dataset index, reason) of samples dropped from this batch
 
 
+class Draw(NamedTuple):
+    """What `EpochSampler` asks the dataset for: a sample, the seed of its augmentation (so results
+    do not depend on workers, and resuming repeats them), and the crop size of the epoch when it
+    has its own (progressive resizing: persistent workers never see attributes changed in the main
+    process, but they see every draw)."""
+
+    index: int
+    seed: int = 0
+    size: int | None = None
+
+
+class Item(NamedTuple):
+    """One sample as the dataset hands it to `collate`: the uint8 CHW image, or None and the
+    reason the file could not be read."""
+
+    image: torch.Tensor | None
+    label: int
+    index: int
+    failure: str | None = None
+
+
 class ImageDataset(Dataset):
-    """Samples -> uint8 tensors. An item is `(index, seed)` or `(index, seed, size)`: the seed (from
-    `EpochSampler`) drives that sample's augmentation, so results do not depend on workers, and
-    resuming repeats them; `size`, when given, overrides the random crop's size (progressive
-    resizing: persistent workers never see attributes changed in the main process, items they do)."""
+    """Samples -> `Item`s, for an index or a `Draw`."""
 
     def __init__(self, samples: Sequence[Sample], transform: EvalTransform | TrainTransform | PadCropTransform,
                  cache: DecodedCache | None = None):
@@ -480,34 +498,34 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, item: int | tuple[int, ...]):
-        index, seed, size = (tuple(item) + (None,))[:3] if isinstance(item, tuple) else (item, 0, None)
+    def __getitem__(self, item: int | Draw) -> Item:
+        index, seed, size = item if isinstance(item, Draw) else Draw(item)
         sample = self.samples[index]
         transform = self.transform
         if size is not None and isinstance(transform, (TrainTransform, PadCropTransform)):
             transform = replace(transform, img_size=size)
         try:
             if self.cache is not None and self.cache.crop is not None:  # already the transform's output
-                return torch.from_numpy(self.cache.get(index)).permute(2, 0, 1), sample.label, index, None
+                return Item(torch.from_numpy(self.cache.get(index)).permute(2, 0, 1), sample.label, index)
             img = self.cache.get(index) if self.cache else decode(sample.path, self.draft_size)
         except Exception as e:  # noqa: BLE001 - a bad file must not stop the epoch
-            return None, sample.label, index, read_error(e)
+            return Item(None, sample.label, index, read_error(e))
         # Outside the `try`: a transform that fails on a decoded image is a bug or a bad setting,
         # not a bad file, and must not quietly turn every image into a "skipped" one.
-        return transform(img, torch.Generator().manual_seed(seed)), sample.label, index, None
+        return Item(transform(img, torch.Generator().manual_seed(seed)), sample.label, index)
 
 
-def collate(items: list) -> Batch:
+def collate(items: list[Item]) -> Batch:
     """Stack the images as NHWC, the layout they were decoded in (so the copy is a straight one),
     and hand them over as NCHW with channels_last strides, the layout the model runs in. In a
     worker, the batch is stacked straight into shared memory, as default_collate does, instead of
     being copied there when it is sent."""
-    good = [it for it in items if it[3] is None]
-    failures = [(it[2], it[3]) for it in items if it[3] is not None]
+    good = [it for it in items if it.failure is None]
+    failures = [(it.index, it.failure) for it in items if it.failure is not None]
     if not good:
         empty = torch.empty(0, dtype=torch.uint8)
         return Batch(empty, torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), failures)
-    hwc = [it[0].permute(1, 2, 0) for it in good]
+    hwc = [it.image.permute(1, 2, 0) for it in good]
     shape = (len(hwc), *hwc[0].shape)
     if torch.utils.data.get_worker_info() is not None:
         storage = hwc[0]._typed_storage()._new_shared(math.prod(shape), device="cpu")
@@ -516,14 +534,14 @@ def collate(items: list) -> Batch:
         out = torch.empty(shape, dtype=torch.uint8)
     torch.stack(hwc, out=out)
     return Batch(out.permute(0, 3, 1, 2),
-                 torch.tensor([it[1] for it in good], dtype=torch.long),
-                 torch.tensor([it[2] for it in good], dtype=torch.long), failures)
+                 torch.tensor([it.label for it in good], dtype=torch.long),
+                 torch.tensor([it.index for it in good], dtype=torch.long), failures)
 
 
 class EpochSampler(Sampler):
     """A permutation fixed by (seed, epoch), sharded over `world_size` ranks as DistributedSampler
-    does (rank r takes every world_size-th sample from r), yielding `(index, per-sample seed)`, or `(index, seed, size)`
-    when the epoch has its own crop size. `start` skips the first samples of the epoch: a run
+    does (rank r takes every world_size-th sample from r), yielding a `Draw` per sample: its index,
+    its augmentation's seed, and the epoch's crop size when it has its own. `start` skips the first samples of the epoch: a run
     resumed mid-epoch continues with exactly the batches it missed."""
 
     def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
@@ -532,7 +550,7 @@ class EpochSampler(Sampler):
         self.epoch, self.start, self.size = 0, 0, None
         # Training pads the shards to one length (every rank takes the same number of steps);
         # evaluation does not (each image counted once: the ranks' counts are summed).
-        self.per_rank = -(-n // world_size) if pad else len(range(rank, n, world_size))
+        self.per_rank = math.ceil(n / world_size) if pad else len(range(rank, n, world_size))
 
     def set_epoch(self, epoch: int, start: int = 0, size: int | None = None) -> None:
         self.epoch, self.start, self.size = epoch, start, size
@@ -540,7 +558,7 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         return self.per_rank - self.start
 
-    def __iter__(self) -> Iterator[tuple[int, ...]]:
+    def __iter__(self) -> Iterator[Draw]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         order = order.tolist()
@@ -550,7 +568,7 @@ class EpochSampler(Sampler):
         base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
         for index in mine[self.start:]:
             seed = (base + index) % (2**63)
-            yield (index, seed) if self.size is None else (index, seed, self.size)
+            yield Draw(index, seed, self.size)
 
 
 def default_workers(device: str) -> int:

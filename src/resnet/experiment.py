@@ -20,12 +20,7 @@ from . import data as D
 from .errors import ConfigError
 from .models import model_spec
 from .train import make_config, train
-
-# A training epoch costs more than its timed steps (loading batches, metrics, the epoch's
-# validation pass is counted apart): measured 1.1x for ResNet-20/56 at 32 px on the development CPU.
-EPOCH_OVERHEAD = 1.15
-# Kept back from --max-minutes: the plot, the summary, the noise in the estimate.
-PLAN_FRACTION = 0.92
+from .tuning import EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_PLAN_FRACTION
 
 
 def networks(depths: Sequence[int]) -> list[tuple[str, str]]:
@@ -68,8 +63,8 @@ def plan_epochs(archs: Sequence[str], train_images: int, test_images: int, minut
     seconds = 0.0
     for arch in archs:
         ips = bench_model("train", arch, 32, batch_size, steps=3, device="cpu", amp="off")["images_per_second"]
-        seconds += EPOCH_OVERHEAD * (train_images + test_images / 3) / ips
-    return max(1, math.floor(minutes * 60 * PLAN_FRACTION / seconds))
+        seconds += EXPERIMENT_EPOCH_OVERHEAD * (train_images + test_images / 3) / ips
+    return max(1, math.floor(minutes * 60 * EXPERIMENT_PLAN_FRACTION / seconds))
 
 
 def degradation(data: str | Path, out: str | Path, val: str | Path | None = None, depths: Sequence[int] = (20, 56),

@@ -27,10 +27,9 @@ from . import data as D
 from .checkpoint import card_from_strings, card_strings, load_checkpoint
 from .errors import CheckpointError
 from .transforms import CROP_PCT, EvalTransform, normalize
-from .tuning import ONNX_CACHE_KEEP
+from .tuning import CALIBRATION_IMAGES, ONNX_CACHE_KEEP
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
-CALIBRATION_IMAGES = 128  # enough for MinMax ranges of a ResNet's activations to settle
 
 
 class OnnxNet:

@@ -122,7 +122,7 @@ class Classifier:
 
     def logits(self, images: Sequence[Image.Image | np.ndarray], tta: bool = False) -> torch.Tensor:
         """float32 logits of already-decoded RGB images (what `read_images` returns), one batch."""
-        batch = D.collate([(self.transform(img), 0, i, None) for i, img in enumerate(images)])
+        batch = D.collate([D.Item(self.transform(img), 0, i) for i, img in enumerate(images)])
         return runtime.logits(self.net, batch.images, self.mean, self.std, tta)
 
     def predict(self, images: Sequence[D.ImageInput], top_k: int = 1, tta: bool = False,

@@ -29,9 +29,9 @@ from starlette.datastructures import UploadFile
 
 from . import data as D
 from .predict import Classifier, jsonable
+from .tuning import SERVE_BATCH
 
 MAX_FILES = 32     # per request: a page sends one photo per request, a script a few
-MAX_BATCH = 32     # images run through the model together, across queued requests
 
 
 class Rejected(Exception):
@@ -52,7 +52,7 @@ class BatchingPredictor:
     up to `max_batch` images (one forward pass instead of one per request); Grad-CAM runs on the
     same thread, between batches, since the model is not shared between threads."""
 
-    def __init__(self, clf: Classifier, max_batch: int = MAX_BATCH):
+    def __init__(self, clf: Classifier, max_batch: int = SERVE_BATCH):
         self.clf, self.max_batch = clf, max_batch
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.queue: asyncio.Queue[_Job] | None = None

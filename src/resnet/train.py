@@ -35,7 +35,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size, largest_that_fits, step_seconds
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
-from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
+from .models import MAX_WIDTH, MIN_IMG_SIZE, create_model, fit_weights, load_pretrained, model_spec, read_weights
 from .device import pick_device
 from .options import AMP_CHOICES, AUGMENTS, DEVICES, PRESETS, SCHEDULES
 from .policy import Precision, choose_precision, kept_precision
@@ -104,8 +104,6 @@ class TrainConfig:
     save_every: int = 0                   # also write last.pt every N steps (long epochs)
     preset: str = "default"
 
-
-MIN_IMG_SIZE = 16  # below this the ImageNet stem (32x down-sampling) leaves nothing to pool
 
 # Each option's allowed values, checked before any work is done: (test, what is allowed).
 _RANGES: dict[str, tuple[Any, str]] = {
@@ -263,11 +261,17 @@ def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> flo
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def start_size(img_size: int, min_img_size: int | None) -> int:
+    """The first epochs' crop size: `min_img_size`, or `START_SIZE_FRACTION` of `img_size`."""
+    if min_img_size is not None:
+        return min_img_size
+    return max(SIZE_STEP, int(round(img_size * START_SIZE_FRACTION / SIZE_STEP)) * SIZE_STEP)
+
+
 def crop_size_at(epoch: int, epochs: int, img_size: int, min_img_size: int | None) -> int:
-    """Progressive resizing: `START_SIZE_FRACTION` of `img_size` (or `min_img_size`) at first,
-    then a linear ramp over the `RAMP` fraction of the run to `img_size`, in `SIZE_STEP` steps."""
-    low = min_img_size if min_img_size is not None else max(
-        SIZE_STEP, int(round(img_size * START_SIZE_FRACTION / SIZE_STEP)) * SIZE_STEP)
+    """Progressive resizing: `start_size` at first, then a linear ramp over the `RAMP` fraction of
+    the run to `img_size`, in `SIZE_STEP` steps."""
+    low = start_size(img_size, min_img_size)
     t = (epoch / max(1, epochs - 1) - RAMP[0]) / (RAMP[1] - RAMP[0])
     if low >= img_size or t >= 1:
         return img_size
@@ -430,7 +434,7 @@ def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, 
     and turned into epochs by the budget's own fit; the loader and the decoded cache are left out
     (the run's timed steps fix the real count), in the run's precision `dtype`. Every rank takes
     rank 0's choice."""
-    steps, val_images = max(1, len(split.train) // cfg.batch_size), -(-len(split.val) // world)
+    steps, val_images = max(1, len(split.train) // cfg.batch_size), math.ceil(len(split.val) / world)
 
     def model_at(width: float) -> nn.Module:
         return create_model(cfg.arch, num_classes=len(split.classes), width=width).to(
@@ -439,10 +443,10 @@ def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, 
     def epochs_at(rung: tuple[float, int]) -> int:
         width, size = rung
         crop_at = functools.partial(crop_size_at, img_size=size, min_img_size=None)
-        compute, p = compute_time_by_size(model_at(width), (crop_at(0, 2), size), device, dtype, cfg.channels_last,
-                                          batch)
+        first = start_size(size, None)
+        compute, p = compute_time_by_size(model_at(width), (first, size), device, dtype, cfg.channels_last, batch)
         budget = Budget(cfg.max_minutes * 60, RunShape(steps, val_images, batch, test_size_for(size), crop_at))
-        return budget.plan(0, compute, compute, crop_at(0, 2), p)
+        return budget.plan(0, compute, compute, first, p)
 
     index, counts = largest_that_fits(SIZE_LADDER, epochs_at, EPOCHS_TO_GROW)
     # Ranks time differently and may stop at different sizes: all take rank 0's choice and figures
@@ -505,21 +509,31 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
-    model = create_model(cfg.arch, num_classes=len(split.classes), **options)
+    model, net = build_model(cfg, options, len(split.classes), weights, device, world)
+    return Run(cfg=cfg, out=out, device=device, precision=precision, size_reason=size_reason, split=split,
+               eval_size=eval_size, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
+               net=net, options=options,
+               optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
+               scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
+               criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world=world, batch=batch,
+               main=rank == 0, steps_per_epoch=len(train_loader))
+
+
+def build_model(cfg: TrainConfig, options: dict[str, Any], num_classes: int, weights: dict | None,
+                device: torch.device, world: int) -> tuple[nn.Module, nn.Module]:
+    """(the model checkpoints save, the module that trains it: DDP-wrapped and compiled as asked)."""
+    model = create_model(cfg.arch, num_classes=num_classes, **options)
     if weights is not None:
         load_pretrained(model, weights, cfg.arch, source=cfg.pretrained)
     if cfg.sync_bn and world > 1:
         model = ddp.sync_batchnorm(model, device)
     model = model.to(device, memory_format=memory_format(cfg.channels_last))
-    optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
     net: nn.Module = model
     if torch.distributed.is_initialized():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
-    return Run(cfg, out, device, precision, size_reason, split, eval_size, train_loader, val_loader, workers, model, net, options,
-               optimizer, torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
-               nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world, batch, rank == 0, len(train_loader))
+    return model, net
 
 
 def restore(run: Run, state: dict[str, Any]) -> None:
@@ -651,6 +665,15 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
     return sums.over_ranks()
 
 
+class ValSums(NamedTuple):
+    """One rank's validation: summed loss, correct answers, images scored, unreadable files."""
+
+    loss: float
+    correct: int
+    images: int
+    failures: list[tuple[int, str]]
+
+
 def validate(run: Run, progress: Progress) -> tuple[float, float]:
     """(loss, accuracy) on the validation set, through the one inference path; NaN without one.
     Each rank scores its own slice with rank 0's weights, and the counts are summed."""
@@ -660,15 +683,15 @@ def validate(run: Run, progress: Progress) -> tuple[float, float]:
     # precision (in bf16 the folded weights round otherwise than the unfolded ones).
     net = TorchNet.prepare(copy.deepcopy(run.model), run.device, run.dtype, run.cfg.channels_last)
     logits, labels, _, failures = run_eval(net, run.val_loader, IMAGENET_MEAN, IMAGENET_STD)
-    mine = (F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
-            (logits.argmax(1) == labels).sum().item(), len(labels), failures)
-    parts = ddp.gather(mine)
-    for i, reason in (f for part in parts for f in part[3]):
+    mine = ValSums(F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
+                   (logits.argmax(1) == labels).sum().item(), len(labels), failures)
+    parts: list[ValSums] = ddp.gather(mine)
+    for i, reason in (f for part in parts for f in part.failures):
         progress.skipped.setdefault(run.split.val[i].path, reason)
-    n = sum(part[2] for part in parts)
+    n = sum(part.images for part in parts)
     if not n:
         return float("nan"), float("nan")
-    return sum(part[0] for part in parts) / n, sum(part[1] for part in parts) / n
+    return sum(part.loss for part in parts) / n, sum(part.correct for part in parts) / n
 
 
 def end_epoch(run: Run, progress: Progress, sums: EpochSums, val_loss: float, val_acc: float, crop: int,
@@ -711,35 +734,70 @@ def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s:
 # The run
 
 
+def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progress, Budget | None]:
+    """Where the run starts (from `state` when resumed), its time budget, and the files that
+    describe it (train.csv, val.csv, config.json, the first lines)."""
+    progress = Progress(epochs=run.cfg.epochs, skipped=dict(run.split.skipped))
+    if state is not None:
+        restore(run, state)
+        progress = Progress.restore(run.cfg.epochs, state)
+        progress.skipped.update(run.split.skipped)
+    ddp.same_on_all_ranks("the step to start from (resuming needs --out on a file system all nodes share)",
+                          progress.step)
+    budget = None
+    if run.cfg.max_minutes:
+        shape = RunShape(run.steps_per_epoch, math.ceil(len(run.split.val) / run.world), run.batch, run.eval_size,
+                         run.crop_at)
+        budget = Budget.restore(run.cfg.max_minutes * 60, shape, (state or {}).get("budget"), started=started)
+    if run.main:
+        D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
+        if run.split.val:
+            D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
+        (run.out / "config.json").write_text(json.dumps(
+            {**asdict(run.cfg), "precision": run.precision.record(), "size_reason": run.size_reason}, indent=2))
+        announce(run, progress)
+    return progress, budget
+
+
+def record_epoch(run: Run, progress: Progress, budget: Budget | None, board, row: dict, improved: bool) -> None:
+    """The finished epoch in metrics.csv, TensorBoard, last.pt (and best.pt), and one line."""
+    write_metrics(run.out / "metrics.csv", progress.history)
+    if board is not None:
+        for key, value in row.items():
+            if key != "epoch":
+                board.add_scalar(key, value, progress.epoch)
+    save(run, run.out / "last.pt", progress, budget, row)
+    if improved:
+        save(run, run.out / "best.pt", progress, budget, row)
+    tqdm.write(f"epoch {progress.epoch}/{progress.epochs}  loss {row['train_loss']:.4f}  "
+               f"acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
+               f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
+
+
+def summary(run: Run, progress: Progress, started: float) -> dict[str, Any]:
+    """The run's result. best.pt is the epoch that scored best on the validation set, which that
+    choice flatters: the final weights' score is reported beside it."""
+    key = "val_acc" if run.val_loader is not None else "train_acc"
+    final = progress.history[-1] if progress.history else {}
+    best_epoch = next((r["epoch"] for r in progress.history if r[key] == progress.best_acc), None)
+    return {"best_acc": progress.best_acc, "best_epoch": best_epoch, "final_acc": final.get(key),
+            "epochs": progress.epoch, "out": str(run.out), "classes": run.split.classes,
+            "skipped": len(progress.skipped), "validated": bool(run.split.val),
+            "final_train_acc": final.get("train_acc"), "seconds": time.monotonic() - started,
+            "main_process": run.main, "model": run.model}
+
+
 def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train per `cfg`, or continue the run whose saved `state` `resume_config` returned with its
     configuration. Returns the final summary, with the trained `model` (this rank's copy). Under
-    torchrun the process group is destroyed on every way out, errors included."""
+    torchrun the process group is destroyed on every way out, errors included, and the TensorBoard
+    writer is closed."""
     started = time.monotonic()  # a time budget counts the data scan and the decoded cache too
+    board = None
     try:
-        run = set_up(cfg, state)
-        cfg = run.cfg  # with the width and crop size the budget chose, where it chose them
-        progress = Progress(epochs=cfg.epochs, skipped=dict(run.split.skipped))
-        budget = None
-        if state is not None:
-            restore(run, state)
-            progress = Progress.restore(cfg.epochs, state)
-            progress.skipped.update(run.split.skipped)
-        ddp.same_on_all_ranks("the step to start from (resuming needs --out on a file system all nodes share)",
-                              progress.step)
-        if cfg.max_minutes:
-            shape = RunShape(run.steps_per_epoch, -(-len(run.split.val) // run.world), run.batch, run.eval_size,
-                             run.crop_at)
-            budget = Budget.restore(cfg.max_minutes * 60, shape, (state or {}).get("budget"), started=started)
-        if run.main:
-            D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
-            if run.split.val:
-                D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
-            (run.out / "config.json").write_text(json.dumps(
-                {**asdict(run.cfg), "precision": run.precision.record(), "size_reason": run.size_reason}, indent=2))
-            announce(run, progress)
+        run = set_up(cfg, state)  # its cfg has the width and crop size the budget chose, where it chose them
+        progress, budget = begin(run, state, started)
         board = tensorboard_writer(run.out) if run.main else None
-
         while progress.epoch < progress.epochs:
             crop = run.crop_at(progress.epoch, progress.epochs)
             sums = train_epoch(run, progress, budget)
@@ -749,34 +807,14 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
             row, improved = end_epoch(run, progress, sums, val_loss, val_acc, crop,
                                       sums.seconds + time.monotonic() - t_val)
             if run.main:
-                write_metrics(run.out / "metrics.csv", progress.history)
-                if board is not None:
-                    for key, value in row.items():
-                        if key != "epoch":
-                            board.add_scalar(key, value, progress.epoch)
-                save(run, run.out / "last.pt", progress, budget, row)
-                if improved:
-                    save(run, run.out / "best.pt", progress, budget, row)
-                tqdm.write(f"epoch {progress.epoch}/{progress.epochs}  loss {row['train_loss']:.4f}  "
-                           f"acc {row['train_acc']:.4f}  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
-                           f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
+                record_epoch(run, progress, budget, board, row, improved)
             stop, progress.epochs = next_plan(run, progress, budget, row["seconds"])
             if stop:
                 break
-
         if run.main and progress.skipped:
             D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
+    finally:
         if board is not None:
             board.close()
-    finally:
         ddp.stop()
-    # best.pt is the epoch that scored best on the validation set, which that choice flatters: the
-    # final weights' score is reported beside it.
-    key = "val_acc" if run.val_loader is not None else "train_acc"
-    final = progress.history[-1] if progress.history else {}
-    best_epoch = next((r["epoch"] for r in progress.history if r[key] == progress.best_acc), None)
-    return {"best_acc": progress.best_acc, "best_epoch": best_epoch, "final_acc": final.get(key),
-            "epochs": progress.epoch, "out": str(run.out), "classes": run.split.classes,
-            "skipped": len(progress.skipped), "validated": bool(run.split.val),
-            "final_train_acc": final.get("train_acc"), "seconds": time.monotonic() - started,
-            "main_process": run.main, "model": run.model}
+    return summary(run, progress, started)

@@ -110,6 +110,22 @@ ONNX_MIN_IMAGES = 1000
 ONNX_EXPORT_SECONDS = 4.0
 ONNX_TIME_SAVED = 0.07
 
+# Static int8 calibrates its activation ranges on this many images: enough for MinMax ranges of a
+# ResNet's activations to settle.
+CALIBRATION_IMAGES = 128
+
+# `serve` runs up to this many images through the model together, across queued requests: the
+# largest batch the benchmarks time, more only adds latency for the last request in.
+SERVE_BATCH = 32
+
+# --- The degradation experiment (experiment.py) -----------------------------------------------
+
+# A training epoch costs more than its timed steps (loading batches, metrics; the epoch's
+# validation pass is counted apart): measured 1.1x for ResNet-20/56 at 32 px on the development CPU.
+EXPERIMENT_EPOCH_OVERHEAD = 1.15
+# Kept back from --max-minutes: the plot, the summary, the noise in the estimate.
+EXPERIMENT_PLAN_FRACTION = 0.92
+
 # Exports kept in the cache, the least recently used dropped first: a few models in use at once
 # (a training run's best.pt, the model being served), ~45 MB each for a full-width ResNet-18.
 ONNX_CACHE_KEEP = 8
