@@ -81,11 +81,10 @@ def test_evaluate_reports_unreadable_files(trained, tmp_path):
     assert r["num_images"] == 2 and [s["path"].endswith("broken.jpg") for s in r["skipped"]] == [True]
 
 
-def test_models_table_lists_params_and_gflops(capsys):
+def test_models_table_lists_params_and_input_sizes(capsys):
     assert main(["models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["resnet50"]["params"] == 25_557_032 and rows["resnet20"]["input_size"] == 32
-    assert 8.0 < rows["resnet50"]["gflops"] < 8.4
 
 
 def test_benchmark_json(tmp_path, tiny_folder):
@@ -93,12 +92,10 @@ def test_benchmark_json(tmp_path, tiny_folder):
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["images"] == 32  # every image of the folder went through the pipeline
-    assert data["images_per_second"] == pytest.approx(data["images"] / data["seconds"])
     r = run_cli("benchmark", "infer", "--arch", "resnet20", "--img-size", "32", "--batch-size", "4",
                 "--steps", "2", "--amp", "off", "--json")  # fp32: both engines are candidates
     assert r.returncode == 0, r.stderr
     infer = json.loads(r.stdout)
-    assert infer["images_per_second"] == pytest.approx(4 * 2 / infer["seconds"])
     assert (infer["arch"], infer["img_size"], infer["amp"]) == ("resnet20", 32, "fp32")
     assert "measured here" in infer["engine_reason"]  # a long-lived Classifier's engine, timed
 

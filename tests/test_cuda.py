@@ -36,28 +36,6 @@ def test_normalize_on_gpu_equals_cpu():
     assert torch.allclose(gpu.cpu(), normalize(x), atol=1e-6)
 
 
-def test_channels_last_equals_contiguous():
-    torch.manual_seed(0)
-    model = create_model("resnet50", num_classes=10).cuda().eval()
-    x = torch.randn(4, 3, 96, 96, device="cuda")
-    with torch.no_grad():
-        ref = model(x)
-        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-    assert rel_err(out, ref) < 1e-5
-
-
-@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
-def test_autocast_logits_close_to_fp32(dtype, tol):
-    torch.manual_seed(0)
-    model = create_model("resnet18", num_classes=10).cuda().eval()
-    x = torch.randn(8, 3, 112, 112, device="cuda")
-    with torch.no_grad():
-        ref = model(x)
-        with torch.autocast("cuda", dtype=dtype):
-            out = model(x)
-    assert out.dtype == dtype and rel_err(out.float(), ref) < tol
-
-
 def test_compiled_model_matches_eager():
     torch.manual_seed(0)
     model = create_model("resnet20").cuda().eval()

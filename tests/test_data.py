@@ -1,5 +1,7 @@
 import csv
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -335,3 +337,51 @@ def test_real_kaggle_photos_decode_to_the_reference():
     for p in paths:
         img = D.decode(p)  # no draft: these photos are smaller than 2x the resize size
         assert torch.equal(tf(img), torch.from_numpy(torchvision_reference(img, 224)).permute(2, 0, 1)), p
+
+
+HOLD_CACHE = """
+import sys
+from pathlib import Path
+from resnet import data as D
+root, folder = sys.argv[1], Path(sys.argv[2])
+samples = [D.Sample(str(p), 0) for p in sorted(folder.glob("*.png"))]
+cache = D.build_cache(samples, root, 32)
+print(cache.dir, flush=True)
+if len(sys.argv) > 3:  # hold it until told to go
+    sys.stdin.readline()
+"""
+
+
+def test_decoded_caches_stay_under_their_limit_and_one_in_use_is_kept(tmp_path):
+    """Three caches, the limit lowered to nothing: building the third drops the least recently used
+    one nobody holds, and keeps the one a running process holds; `resnet cache --clear` removes
+    the rest once nobody does."""
+    root = tmp_path / "caches"
+    sets = []
+    for k in range(3):
+        folder = tmp_path / f"set{k}"
+        folder.mkdir()
+        for i in range(4):
+            photo(48, 40, seed=10 * k + i).save(folder / f"{i}.png")
+        sets.append(folder)
+
+    def build(folder: Path, env: dict, hold: bool = False) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", HOLD_CACHE, str(root), str(folder), *(["hold"] if hold else [])],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+    first, second = (build(f, {}).communicate()[0].strip() for f in sets[:2])
+    assert {p.name for p in root.iterdir()} == {Path(first).name, Path(second).name}
+    holder = build(sets[0], {}, hold=True)  # uses the first cache again: now the most recent, and in use
+    assert holder.stdout.readline().strip() == first
+    third = build(sets[2], {"RESNET_CACHE_LIMIT_GB": "0"}).communicate()[0].strip()
+    assert {p.name for p in root.iterdir()} == {Path(first).name, Path(third).name}  # the second dropped
+    holder.communicate("go\n")
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    (tmp_path / "xdg" / "resnet").mkdir(parents=True)
+    root.rename(tmp_path / "xdg" / "resnet" / "decoded")
+    listing = subprocess.run([sys.executable, "-m", "resnet", "cache"], capture_output=True, text=True, env=env)
+    rows = [line for line in listing.stdout.splitlines() if line.startswith("decoded ")]
+    assert listing.returncode == 0 and len(rows) == 2 and not any("in use" in row for row in rows)
+    cleared = subprocess.run([sys.executable, "-m", "resnet", "cache", "--clear"], capture_output=True, text=True, env=env)
+    assert "removed 2 caches" in cleared.stdout and not any((tmp_path / "xdg" / "resnet" / "decoded").iterdir())

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -132,8 +131,7 @@ def test_killed_rank_restarts_and_ends_as_an_uninterrupted_run(tiny_folder, tmp_
     straight = torchrun([*args, "--out", str(tmp_path / "straight")], tmp_path / "r1")
     assert straight.returncode == 0, straight.stderr[-3000:]
     out, record = tmp_path / "killed", tmp_path / "r2"
-    r = torchrun([*args, "--out", str(out)], record, restarts=1, RESNET_TEST_KILL_AFTER_EPOCH="1",
-                 TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")  # see docs/distributed.md: restarts
+    r = torchrun([*args, "--out", str(out)], record, restarts=1, RESNET_TEST_KILL_AFTER_EPOCH="1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (record / "metrics_at_kill.csv").is_file() and (record / "rank1.attempt1.json").is_file()
     assert "train0" not in loaded(record, 0, attempt=1)["loaded"]  # the second attempt began at epoch 2
@@ -149,12 +147,13 @@ def test_killed_rank_restarts_and_ends_as_an_uninterrupted_run(tiny_folder, tmp_
     assert_same_weights(last["model"], read_checkpoint(tmp_path / "straight" / "last.pt")["model"])
 
 
-def test_without_restarts_a_killed_rank_ends_the_job_promptly(tiny_folder, tmp_path):
-    started = time.monotonic()
+def test_without_restarts_a_killed_rank_ends_the_job(tiny_folder, tmp_path):
+    """Rank 1 killed after epoch 1: the job ends, saying so, and rank 0 trains no further alone
+    (a job that hung in a collective instead would run into `run`'s timeout and fail)."""
     r = torchrun([str(tiny_folder), *QUICK, "--epochs", "3", "--out", str(tmp_path / "out")], tmp_path / "r",
                  RESNET_TEST_KILL_AFTER_EPOCH="1")
-    assert r.returncode != 0 and time.monotonic() - started < 60
-    assert "SIGKILL" in r.stderr
+    assert r.returncode != 0 and "SIGKILL" in r.stderr
+    assert len(rows(tmp_path / "out")) == 1  # epoch 1, saved before the kill; no epoch after it
 
 
 def test_a_global_batch_that_does_not_divide_is_a_one_line_error(tiny_folder, tmp_path):

@@ -66,8 +66,112 @@ def test_resume_from_another_folder_extends_the_same_run(run_a, tmp_path, monkey
     assert not any(tmp_path.iterdir())  # nothing written where we stood
 
 
+def test_a_copied_run_resumes_where_it_now_is(run_a, tmp_path):
+    """Resuming a copy continues in the copy's folder; the original is not written."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_a, copy)
+    original = {p.name: p.read_bytes() for p in run_a.iterdir() if p.is_file()}
+    assert main(["train", "--resume", str(copy / "last.pt"), "--epochs", str(read_checkpoint(copy / "last.pt")["epoch"] + 1)]) == 0
+    assert {p.name: p.read_bytes() for p in run_a.iterdir() if p.is_file()} == original
+    rows = (copy / "metrics.csv").read_text().splitlines()
+    assert len(rows) == len((run_a / "metrics.csv").read_text().splitlines()) + 1
+
+
 def test_train_without_data_or_resume(capsys):
     fails(capsys, ["train"], "needs DATA")
+
+
+# Outputs: checked before any work, never onto an input
+
+
+def output_mistakes(run: Path, data: Path, tmp: Path) -> list[tuple[list, tuple[str, ...]]]:
+    """(command line, what its one-line error says) for the output mistakes a user makes most."""
+    ckpt = run / "best.pt"
+    (tmp / "a-file").write_text("x")
+    (tmp / "a-folder").mkdir(exist_ok=True)
+    return [
+        (["evaluate", ckpt, data, "--json", ckpt], ("--json", "would overwrite the input")),
+        (["evaluate", ckpt, data, "--json", tmp / "a-folder"], ("--json", "is a folder")),
+        (["evaluate", ckpt, data, "--json", tmp / "a-file" / "e.json"], ("a-file is a file, not a folder",)),
+        (["evaluate", ckpt, data, "--report", tmp / "a-file"], ("--report", "is a file, not a folder")),
+        (["evaluate", ckpt, data, "--report", "/proc/resnet-test/report"], ("--report", "cannot write in /proc")),
+        (["export", ckpt, "--format", "onnx", "--output", ckpt], ("--output", "named *.onnx")),
+        (["export", ckpt, "--format", "onnx", "--output", tmp / "m.safetensors"], ("named *.onnx",)),
+        (["export", ckpt, "--format", "safetensors", "--output", tmp / "m.onnx"], ("named *.safetensors",)),
+        (["export", ckpt, "--output", "/proc/resnet-test.onnx"], ("--output", "cannot write in /proc")),
+        (["predict", ckpt, data, "--output", tmp / "a-folder"], ("--output",)),
+        (["predict", ckpt, data, "--output", tmp / "a-file" / "rows.csv"], ("a-file is a file, not a folder",)),
+        (["predict", ckpt, data, "--cam", tmp / "a-file"], ("--cam", "is a file, not a folder")),
+        (["predict", ckpt, data, "--output", "/proc/resnet-test/rows.csv"], ("cannot write in /proc",)),
+        (["train", data, "--out", run], ("already holds a run", f"--resume {run / 'last.pt'}")),
+        (["train", data, "--out", data], ("--out", "is an input")),
+        (["experiment", "degradation", data, "--epochs", "1", "--out", tmp / "a-file"], ("--out", "is a file")),
+    ]
+
+
+def test_output_mistakes_are_one_line_before_any_work(run_a, tmp_path, capsys, monkeypatch):
+    from resnet import predict, train
+
+    # Any work at all would load a model or start training: both fail the test if reached.
+    monkeypatch.setattr(predict, "load_checkpoint", lambda *a: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(train, "set_up", lambda *a: pytest.fail("training started"))
+    data = run_a.parent / "data"
+    for args, needles in output_mistakes(run_a, data, tmp_path):
+        fails(capsys, args, *needles)
+
+
+def test_no_output_flag_changes_a_checkpoint(run_a, tmp_path, capsys):
+    """Every output flag pointed at the checkpoint itself: refused, and its bytes unchanged."""
+    import hashlib
+
+    ckpt = run_a / "best.pt"
+    before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    data = run_a.parent / "data"
+    for args in (["evaluate", ckpt, data, "--json", ckpt], ["evaluate", ckpt, data, "--report", ckpt],
+                 ["export", ckpt, "--output", ckpt], ["export", ckpt, "--format", "safetensors", "--output", ckpt],
+                 ["predict", ckpt, data, "--output", ckpt], ["predict", ckpt, data, "--cam", ckpt],
+                 ["train", data, "--out", run_a], ["experiment", "degradation", data, "--epochs", "1", "--out", ckpt]):
+        assert main([str(a) for a in args]) == 2, args
+        capsys.readouterr()
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
+
+
+def test_mistakes_with_a_trained_model_are_one_line(run_a, tmp_path, capsys):
+    ckpt, data = run_a / "best.pt", run_a.parent / "data"
+    (tmp_path / "gone.csv").write_text("path,label\n/no/such/a.png,a\n/no/such/b.png,b\n")
+    photo(40, 40).save(tmp_path / "photo.png")
+    (tmp_path / "m.onnx").write_bytes(b"not read")
+    cases = [
+        (["evaluate", ckpt, tmp_path / "gone.csv"], ("none of the 2 images", "/no/such/a.png")),
+        (["evaluate", ckpt, data / "a", "--label-pattern", "("], ("--label-pattern", "not a regular expression")),
+        (["evaluate", tmp_path / "photo.png", data], ("photo.png is not a resnet checkpoint",)),
+        (["evaluate", run_a, data], ("is a folder", "best.pt")),
+        (["export", tmp_path / "m.onnx"], ("is an ONNX export, not a checkpoint",)),
+        (["experiment", "degradation", data, "--depths", "21", "--epochs", "1", "--out", tmp_path / "x"],
+         ("--depths 21", "20, 32, 44, 56, 110")),
+        (["benchmark", "train", "--img-size", "5"], ("--img-size must be at least 16, not 5",)),
+        (["benchmark", "infer", "--img-size", "5"], ("--img-size must be at least 16, not 5",)),
+        (["serve", ckpt, "--port", "99999"], ("--port must be in 1..65535",)),
+        (["serve", ckpt, "--port", "-1"], ("--port must be in 1..65535",)),
+        (["serve", ckpt, "--max-upload-mb", "0"], ("--max-upload-mb must be positive",)),
+        (["serve", ckpt, "--host", "no-such-host.invalid"], ("--host no-such-host.invalid",)),
+    ]
+    for args, needles in cases:
+        fails(capsys, args, *needles)
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(run_a, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run_a / "best.pt"), "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0], err
 
 
 # 2. Tracebacks that were
@@ -84,7 +188,8 @@ def test_full_disk_while_saving(tiny_folder, tmp_path, monkeypatch, capsys):
 def test_out_that_is_a_file(tiny_folder, tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
     fails(capsys, small_run(tiny_folder, tmp_path / "taken"), "--out", "is a file")
-    fails(capsys, small_run(tiny_folder, tmp_path / "taken" / "run"), "cannot write in")
+    fails(capsys, small_run(tiny_folder, tmp_path / "taken" / "run"), "taken is a file, not a folder")
+    fails(capsys, small_run(tiny_folder, Path("/proc/resnet-test/run")), "--out", "cannot write in /proc")
 
 
 @pytest.mark.parametrize("flag,value,needle", [
@@ -231,6 +336,44 @@ def test_cli_help_does_not_import_torch():
     code = "import sys; from resnet.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def package_imports() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (anywhere in it, lazy imports included)."""
+    import ast
+
+    import resnet
+
+    root = Path(resnet.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".") if package else []
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join([*base, node.module] if node.module else base)
+                for alias in node.names:  # `from . import data` names a module, `from .x import y` a name in x
+                    sub = f"{target}.{alias.name}" if target else alias.name
+                    edges.add(sub if (root / (sub.replace(".", "/") + ".py")).exists()
+                              or (root / sub.replace(".", "/")).is_dir() else target)
+    return {k: {e for e in v if e and e != k} for k, v in graph.items()}
+
+
+def test_the_package_has_no_import_circle():
+    """export and predict once imported each other; any cycle would be found here, with its path."""
+    graph = package_imports()
+    assert graph["export"] and "predict" not in graph["export"]  # the graph is really read
+
+    def visit(node: str, path: list[str]) -> None:
+        assert node not in path, " -> ".join(path[path.index(node):] + [node])
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, path + [node])
+
+    for module in graph:
+        visit(module, [])
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "resnet20", "plain_resnet34"])

@@ -31,12 +31,6 @@ def test_state_dict_is_torchvisions_exactly(name):
     assert count_params(model) == expected["num_params"]
 
 
-def test_known_parameter_counts():
-    with torch.device("meta"):
-        assert count_params(create_model("resnet18")) == 11_689_512
-        assert count_params(create_model("resnet50")) == 25_557_032
-
-
 @pytest.mark.parametrize("depth,paper", [(20, 0.27e6), (32, 0.46e6), (44, 0.66e6), (56, 0.85e6), (110, 1.7e6)])
 def test_cifar_nets_have_the_papers_sizes(depth, paper):
     model = create_model(f"resnet{depth}")

@@ -131,6 +131,24 @@ def test_a_stored_model_runs_in_its_own_precision_where_the_cpu_can(monkeypatch,
         assert policy.model_precision("bf16", CPU, fp32).dtype == torch.bfloat16
 
 
+def test_a_bf16_model_on_a_cpu_without_bf16_kernels_says_so_and_runs_fp32(trained, tmp_path, monkeypatch, caplog,
+                                                                         detected):
+    from resnet import Classifier
+
+    state = read_checkpoint(trained[1] / "best.pt")
+    state["precision"] = {"dtype": "bfloat16", "reason": "measured on an AMX CPU"}
+    save_checkpoint(tmp_path / "bf16.pt", state)
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        clf = Classifier.from_checkpoint(tmp_path / "bf16.pt")
+    assert clf.describe()["precision"] == "fp32" and "no bf16 kernels: fp32" in clf.precision_reason
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'bf16.pt'}: {clf.precision_reason}"]
+    monkeypatch.setattr(policy, "cpu_has_bf16", lambda: True)  # where it can: its own precision, silently
+    caplog.clear()
+    assert Classifier.from_checkpoint(tmp_path / "bf16.pt").describe()["precision"] == "bfloat16"
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("capable", [False, True])
 def test_training_says_and_records_the_precision_it_chose(tiny_folder, tmp_path, monkeypatch, capsys, capable,
                                                           detected, autocasts):

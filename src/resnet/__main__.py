@@ -1,3 +1,5 @@
+"""`python -m resnet`: the same command line as `resnet`."""
+
 import sys
 
 from .cli import main

@@ -56,12 +56,21 @@ def fit(budget_s: float, spent_s: float, epochs_done: int, epoch_s: Callable[[in
     """How many epochs in total fit `budget_s`, at least one more than `epochs_done`.
     `epoch_s(epoch, epochs)` is the predicted time of an epoch when the run has `epochs` in all:
     with progressive resizing, later epochs cost more, and where they fall depends on the total.
-    `BUDGET_RESERVE` of the budget is kept for the final evaluation and report."""
+    `BUDGET_RESERVE` of the budget is kept for the final evaluation and report. The time left
+    grows with the total, so the largest total that fits is found by doubling, then bisecting: a
+    long budget of short epochs (thousands of them) is planned in milliseconds, not minutes."""
     left = budget_s * (1 - BUDGET_RESERVE) - spent_s
-    epochs = epochs_done + 1
-    while sum(epoch_s(e, epochs + 1) for e in range(epochs_done, epochs + 1)) <= left:
-        epochs += 1
-    return epochs
+
+    def fits(total: int) -> bool:
+        return sum(epoch_s(e, total) for e in range(epochs_done, total)) <= left
+
+    low, high = epochs_done + 1, epochs_done + 2  # `low` is always taken; is `high` within budget?
+    while fits(high):
+        low, high = high, epochs_done + 2 * (high - epochs_done)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def largest_that_fits(sizes: Sequence[T], epochs_of: Callable[[T], int], enough: int) -> tuple[int, list[int]]:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, ConfigError, first_line
-from .models import MAX_WIDTH, MIN_IMG_SIZE, ResNet, clean_state_dict, create_model, model_spec
-from .options import PRECISIONS
+from .models import MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec
+from .options import MIN_IMG_SIZE, PRECISIONS
 from .transforms import CROP_PCT
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
@@ -43,10 +43,25 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def check_checkpoint_file(path: str | Path) -> Path:
+    """`path` is a file torch.save could have written (not a folder, an ONNX export, an image):
+    checked before any work, with a message that says what it is instead."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give a checkpoint file in it (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is an ONNX export, not a checkpoint: this command takes the .pt it came from")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if path.suffix != ".safetensors" and not magic.startswith((b"PK\x03\x04", b"\x80")):
+        raise CheckpointError(f"{path} is not a resnet checkpoint (not a file torch.save wrote)")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = check_checkpoint_file(path)
     try:
         if path.suffix == ".safetensors":
             state = _read_safetensors(path)

@@ -13,8 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError, DataError, TrainingError, UsageError
-from .options import AMP_CHOICES, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, PRESETS, QUANTIZE
+from .errors import ConfigError, DataError, MachineError, TrainingError, UsageError
+from .options import AMP_CHOICES, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, MIN_IMG_SIZE, PRESETS, QUANTIZE
+from .outputs import check_output_dir, check_output_file
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,13 +27,6 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {value}")
     return value
 
 
@@ -61,7 +55,7 @@ def add_train(sub) -> None:
                    help="class folders, train/+val/ folders, a flat Kaggle-style folder or a CSV "
                         "(not needed with --resume)")
     t.add_argument("--val", help="a separate labelled validation source")
-    t.add_argument("--val-split", type=_fraction, help="fraction held out when there is no --val (0.2)")
+    t.add_argument("--val-split", type=float, help="fraction held out when there is no --val (0.2)")
     t.add_argument("--label-pattern", help="regex whose first group is the label in a flat folder's file names")
     t.add_argument("--arch", help="model name (resnet models)")
     t.add_argument("--width", type=float, help="channel multiplier of the model (default preset: 0.5)")
@@ -199,6 +193,11 @@ def add_experiment(sub) -> None:
     dg.add_argument("--out", default="runs/degradation")
 
 
+def add_cache(sub) -> None:
+    c = sub.add_parser("cache", help="list the caches (decoded images, ONNX exports) with sizes and last use")
+    c.add_argument("--clear", action="store_true", help="remove every cache that no running process uses")
+
+
 def add_demo(sub) -> None:
     d = sub.add_parser("demo", help="train and evaluate on scikit-learn's digits, offline")
     d.add_argument("--out", default="runs/demo")
@@ -208,7 +207,7 @@ def build_parser() -> Parser:
     p = Parser(prog="resnet", description="Train, evaluate and use ResNet image classifiers.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (add_train, add_evaluate, add_predict, add_export, add_serve, add_models, add_benchmark,
-                add_experiment, add_demo):
+                add_experiment, add_cache, add_demo):
         add(sub)
     return p
 
@@ -229,6 +228,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg, state = resume_config(resume, {**opts, "preset": a.preset})
     elif a.data is None:
         raise ConfigError("train needs DATA (or --resume OUT/last.pt)")
+    elif (Path(a.out or TrainConfig.out) / "last.pt").is_file():
+        out = Path(a.out or TrainConfig.out)
+        raise ConfigError(f"--out {out} already holds a run: continue it with --resume {out / 'last.pt'}, or give "
+                          "another --out (delete the folder to start over)")
     else:
         cfg, state = make_config(a.preset or ("finetune" if a.pretrained else "default"), **opts), None
     summary = train(cfg, state)
@@ -254,6 +257,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_json, write_report
 
+    if a.json:
+        check_output_file("--json", a.json, [a.checkpoint, a.data])
+    if a.report:
+        check_output_dir("--report", a.report, [a.data])
     result, samples, probs = evaluate(a.checkpoint, a.data, a.tta, a.batch_size, a.workers, a.device,
                                       a.label_pattern, a.amp, a.compile, a.engine)
     if a.json:
@@ -263,7 +270,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"report: {write_report(a.report, result, samples, probs, metrics)}")
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} unreadable files")
-    print(f"inference: {result['precision']} on {result['engine']} ({result['engine_reason']})")
+    print(f"inference: {result['precision']} ({result['precision_reason']}) on {result['engine']} "
+          f"({result['engine_reason']})")
     top5 = f"  top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
     print(f"accuracy: {result['accuracy']:.4f} on {result['num_images']} images{top5}")
     return 0
@@ -295,6 +303,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if a.output not in (None, "-") and Path(a.output).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--output {a.output}: name a .csv or .json file, or - for CSV on stdout")
     files = expand_paths(a.paths)
+    if a.output not in (None, "-"):
+        check_output_file("--output", a.output, [a.model, *files])
+    if a.cam:
+        check_output_dir("--cam", a.cam, [a.model])
     if not files:
         print(f"resnet predict: no files match {' '.join(a.paths)}", file=sys.stderr)
         return 1
@@ -373,7 +385,10 @@ def format_table(rows: list[dict], top_k: int) -> str:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from . import export as X
+    from .checkpoint import check_checkpoint_file
     from .predict import Classifier, compare, verify_images
+
+    check_checkpoint_file(a.checkpoint)
 
     if a.format == "safetensors" and a.quantize:
         raise ConfigError("--quantize goes with --format onnx")
@@ -383,6 +398,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     ckpt = Path(a.checkpoint)
     suffix = {"safetensors": ".safetensors", "onnx": ".int8.onnx" if a.quantize else ".onnx"}[a.format]
     output = Path(a.output or ckpt.with_suffix(suffix))
+    if not output.name.lower().endswith(suffix if a.format == "safetensors" else ".onnx"):
+        raise ConfigError(f"--output {output}: a {a.format} file is named *{suffix}")
+    check_output_file("--output", output, [ckpt, *([a.calib] if a.calib else [])])
     if a.format == "safetensors":
         X.export_safetensors(ckpt, output)
     elif a.quantize:
@@ -400,10 +418,32 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def check_listening(host: str, port: int, max_upload_mb: float) -> None:
+    """Before the model is loaded: a port in range, an upload limit that lets a photo in, a host
+    that resolves (exit 2), and a port free to listen on (exit 1: the machine's, not the flag's)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be in 1..65535, not {port}")
+    if not max_upload_mb > 0:
+        raise ConfigError(f"--max-upload-mb must be positive, not {max_upload_mb}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: {e.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise MachineError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from .predict import Classifier
     from .serve import serve
 
+    check_listening(a.host, a.port, a.max_upload_mb)
     clf = Classifier.load(a.model, a.device, a.amp, engine=a.engine, images=math.inf)  # long-lived
     serve(clf, a.host, a.port, a.max_upload_mb)
     return 0
@@ -430,6 +470,8 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_benchmark(a: argparse.Namespace) -> int:
     from .bench import bench_data, bench_model
 
+    if a.img_size < MIN_IMG_SIZE:
+        raise ConfigError(f"--img-size must be at least {MIN_IMG_SIZE}, not {a.img_size}")
     if a.task == "data":
         if not a.root:
             raise DataError("benchmark data needs an image folder")
@@ -450,12 +492,39 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         raise ConfigError(f"--depths {a.depths!r}: give whole numbers separated by commas, e.g. 20,56") from None
     if a.max_minutes is not None and a.max_minutes <= 0:
         raise ConfigError(f"--max-minutes must be positive, not {a.max_minutes}")
+    check_output_dir("--out", a.out, [a.data, *([a.val] if a.val else [])])
     summary = degradation(a.data, a.out, a.val, depths, a.epochs, a.max_minutes, a.train_images, a.test_images,
                           a.seed, a.workers, a.batch_size, a.lr)
     print(f"history, summary and figure: {Path(a.out) / 'history.csv'}, {Path(a.out) / 'summary.json'}, "
           f"{Path(a.out) / 'figure6.png'}")
     names = list(summary)
     print("final training error: " + ", ".join(f"{n} {summary[n]['final_train_error']:.2%}" for n in names))
+    return 0
+
+
+def cmd_cache(a: argparse.Namespace) -> int:
+    """The decoded caches (kept under `RESNET_CACHE_LIMIT_GB`, least recently used dropped first)
+    and the ONNX exports (the 8 most recently used kept), with what they take."""
+    import time
+
+    from .data import cache_entries, cache_limit, default_cache_dir, prune
+
+    decoded, onnx = default_cache_dir("decoded"), Path(default_cache_dir("onnx"))
+    if a.clear:
+        removed = prune(decoded, 0)
+        for export in onnx.glob("*.onnx"):  # onnxruntime reads an export whole: none is in use
+            export.unlink(missing_ok=True)
+            removed.append(str(export))
+        print(f"removed {len(removed)} caches")
+    rows = [("decoded", e) for e in cache_entries(decoded)]
+    rows += [("onnx", {"path": str(f), "bytes": f.stat().st_size, "last_used": f.stat().st_mtime, "in_use": False})
+             for f in sorted(onnx.glob("*.onnx"), key=lambda f: f.stat().st_mtime)]
+    for kind, e in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
+        print(f"{kind:8} {e['bytes'] / 2**20:10.1f} MiB  last used {when}{'  in use' if e['in_use'] else ''}  {e['path']}")
+    total = sum(e["bytes"] for kind, e in rows if kind == "decoded")
+    print(f"in all: decoded caches {total / 2**30:.2f} of {cache_limit() / 2**30:.0f} GiB ({decoded}); "
+          f"ONNX exports: {sum(1 for kind, _ in rows if kind == 'onnx')} ({onnx})")
     return 0
 
 
@@ -467,7 +536,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
-            "serve": cmd_serve, "models": cmd_models, "benchmark": cmd_benchmark, "experiment": cmd_experiment,
+            "serve": cmd_serve, "models": cmd_models, "benchmark": cmd_benchmark, "experiment": cmd_experiment, "cache": cmd_cache,
             "demo": cmd_demo}
 
 
@@ -479,8 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"resnet {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 2
-    except TrainingError as e:
-        print(f"resnet {args.command}: {e}", file=sys.stderr)
+    except (TrainingError, MachineError) as e:
+        print(f"resnet {args.command}: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -14,7 +14,6 @@ has a single code path. Under torchrun:
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -25,7 +24,6 @@ from torch import nn
 
 from .errors import ConfigError, TrainingError
 
-log = logging.getLogger(__name__)
 
 
 def launched() -> bool:
@@ -38,16 +36,26 @@ def start(device: torch.device) -> tuple[int, int, int]:
     """(rank, world size, local rank); the process group started from torchrun's environment:
     NCCL for CUDA (one device per local rank), Gloo for the CPU."""
     if launched() and not dist.is_initialized():
-        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and \
-                os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            log.warning("restarted by torchrun, whose shared rendezvous store can still hold the previous "
-                        "group's addresses (the group may then fail to connect or hang): launch with "
-                        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and --standalone or --rdzv-backend c10d")
+        me, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store = attempt_store(me, size)
         if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", store=store, rank=me, world_size=size, device_id=device)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", store=store, rank=me, world_size=size)
     return rank(), world(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def attempt_store(me: int, size: int) -> dist.Store:
+    """torchrun's rendezvous store (MASTER_ADDR:MASTER_PORT), as `env://` would open it, seen under
+    a prefix of this restart attempt's own. torchrun keeps one store for all attempts (hosted by its
+    agent), so a restarted group would otherwise read the previous group's keys, among them its
+    ranks' addresses, and fail to connect (gloo's "Connection refused"; pytorch issue 135712)."""
+    from datetime import timedelta
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                          is_master=not agent and me == 0, timeout=timedelta(minutes=30), multi_tenant=not agent)
+    return dist.PrefixStore(f"resnet/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def stop() -> None:

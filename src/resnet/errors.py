@@ -29,5 +29,9 @@ def first_line(e: BaseException) -> str:
     return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
+class MachineError(RuntimeError):
+    """The machine, not the command line, is at fault (a port already taken): one line, exit 1."""
+
+
 class TrainingError(RuntimeError):
     """The run cannot go on (a NaN loss, say); the last good checkpoint is kept. Exit code 1."""

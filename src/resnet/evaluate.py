@@ -53,6 +53,10 @@ def evaluate(model: str | Path, data: str | Path, tta: bool = False, batch_size:
     loader = D.make_loader(D.ImageDataset(samples, clf.transform), batch_size, False,
                            D.default_workers(clf.net.device.type) if workers is None else workers)
     logits, labels, indices, failures = run_eval(clf.net, loader, clf.mean, clf.std, tta)
+    if not len(labels):  # every file was skipped, at scan time or when decoded
+        unread = skipped + [(samples[i].path, reason) for i, reason in failures]
+        first = f" (e.g. {unread[0][0]}: {unread[0][1]})" if unread else ""
+        raise D.DataError(f"none of the {len(files) + len(skipped)} images of {data} could be read{first}")
     skipped += [(samples[i].path, reason) for i, reason in failures]
     result = compute_metrics(logits, labels, clf.classes)
     result["tta"] = tta

@@ -18,20 +18,18 @@ from typing import Any, Sequence
 
 from . import data as D
 from .errors import ConfigError
-from .models import model_spec
+from .models import CIFAR_DEPTHS
 from .train import make_config, train
 from .tuning import EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_PLAN_FRACTION
 
 
 def networks(depths: Sequence[int]) -> list[tuple[str, str]]:
     """(name, architecture) for each depth, plain then residual: plain20, resnet20, plain56..."""
-    out = []
-    for depth in depths:
-        for kind in ("plain", "resnet"):
-            arch = f"{kind}{depth}"
-            model_spec(arch)  # an unknown depth fails now
-            out.append((arch, arch))
-    return out
+    unknown = [d for d in depths if d not in CIFAR_DEPTHS]
+    if unknown or not depths:
+        raise ConfigError(f"--depths {','.join(map(str, depths))}: the paper's CIFAR depths are "
+                          f"{', '.join(map(str, CIFAR_DEPTHS))}")
+    return [(f"{kind}{depth}",) * 2 for depth in depths for kind in ("plain", "resnet")]
 
 
 def subset(data: str | Path, val: str | Path | None, train_images: int | None, val_images: int | None,

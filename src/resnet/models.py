@@ -29,9 +29,6 @@ log = logging.getLogger(__name__)
 # The largest channel multiplier a model (or a checkpoint's model options) may ask for: 4x the
 # published widths is already 16x the compute; a crafted file asking for 1000x would take ~24 GB.
 MAX_WIDTH = 4.0
-# The smallest input side trained or evaluated: the ImageNet stem down-samples 32x, and below this
-# leaves nothing to pool.
-MIN_IMG_SIZE = 16
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -232,7 +229,7 @@ _IMAGENET_NETS: dict[str, tuple[Block, list[int], dict]] = {
     "wide_resnet50_2": (Bottleneck, [3, 4, 6, 3], {"width_per_group": 128}),
     "wide_resnet101_2": (Bottleneck, [3, 4, 23, 3], {"width_per_group": 128}),
 }
-_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # the paper's CIFAR-10 nets, 6n + 2 layers
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
@@ -246,7 +243,7 @@ def _register(name: str, block: Block, layers: list[int], input_size: int, class
 for _name, (_block, _layers, _opts) in _IMAGENET_NETS.items():
     _register(_name, _block, _layers, 224, 1000, _IMAGENET_URLS[_name], **_opts)
     _register("plain_" + _name, _block, _layers, 224, 1000, residual=False, **_opts)
-for _depth in _CIFAR_DEPTHS:
+for _depth in CIFAR_DEPTHS:
     _n = (_depth - 2) // 6  # 6n+2 layers: 3 stages of n blocks of 2 convs, the stem and fc
     _cifar = dict(stem="cifar", widths=(16, 32, 64), shortcut="A")
     _register(f"resnet{_depth}", BasicBlock, [_n] * 3, 32, 10, **_cifar)

@@ -16,6 +16,9 @@ AUGMENTS = ("random-resized-crop", "pad-crop")
 EXPORT_FORMATS = ("onnx", "safetensors")
 QUANTIZE = ("int8",)
 BENCHMARKS = ("train", "infer", "data")
+# The smallest input side trained or evaluated: the ImageNet stem down-samples 32x, and below this
+# leaves nothing to pool.
+MIN_IMG_SIZE = 16
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

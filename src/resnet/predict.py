@@ -11,6 +11,7 @@ exception.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -27,6 +28,8 @@ from .device import pick_device
 from .errors import CheckpointError, ConfigError
 from .export import OnnxNet, cached_onnx, onnx_cache_path, onnx_key, sample_images
 from .transforms import CROP_PCT, EvalTransform, normalize
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class Explanation:
@@ -77,6 +80,8 @@ class Classifier:
         model, meta = load_checkpoint(path)
         dev = pick_device(device)
         precision = policy.model_precision(amp, dev, meta.get("precision"))
+        if amp == "auto" and precision.name != (meta.get("precision") or {}).get("dtype", precision.name):
+            log.warning(f"{path}: {precision.reason}")  # not the precision it trained in: one line says so
         key = onnx_key(model, meta) if engine != "torch" and dev.type == "cpu" else None  # before folding
         exported = key is not None and onnx_cache_path(key, cache_dir).is_file()
         net = runtime.TorchNet.prepare(model, dev, precision.dtype, channels_last)

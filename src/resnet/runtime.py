@@ -78,8 +78,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 def compile_for_inference(model: nn.Module) -> nn.Module:
     """torch.compile with Inductor's freezing: the weights become constants, so convolutions run on
     prepacked oneDNN weights with the ReLU and residual add fused in. Measured on the 2-core AVX2
-    CPU, ResNet-18 @224 batch 64: 1.29x eager channels_last, 1.14x the folded eager model, after
-    ~15 s of compiling per batch shape: worth it for long runs only (docs/benchmarks.md)."""
+    CPU, ResNet-18 @224 batch 64, against the folded eager model with glibc's heap kept: 1.03x
+    (52.0 against 50.7 img/s), after ~15 s of compiling per batch shape: worth it for long runs
+    only (docs/benchmarks.md)."""
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True  # applies to inference graphs only; training is compiled apart

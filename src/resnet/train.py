@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import random
-import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -47,15 +47,16 @@ from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size, largest_that_fits, step_seconds
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
-from .models import MAX_WIDTH, MIN_IMG_SIZE, create_model, fit_weights, load_pretrained, model_spec, read_weights
+from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
 from .device import pick_device
-from .options import AMP_CHOICES, AUGMENTS, DEVICES, PRESETS, SCHEDULES
+from .options import AMP_CHOICES, AUGMENTS, DEVICES, MIN_IMG_SIZE, PRESETS, SCHEDULES
+from .outputs import check_output_dir
 from .policy import Precision, choose_precision, kept_precision
 from .runtime import TorchNet, autocast, memory_format, run_eval
 from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
                          normalize)
-from .tuning import (AUTO_CACHE_BYTES, EPOCHS_TO_GROW, EVAL_SCALE, FIRST_FIT_STEPS, RAMP, SIZE_LADDER, SIZE_STEP,
-                     START_SIZE_FRACTION, UNTIMED_STEPS, VAL_BATCH_FACTOR)
+from .tuning import (AUTO_CACHE_BYTES, EPOCHS_TO_GROW, EVAL_SCALE, FIRST_FIT_STEPS, LOG_EVERY_S, RAMP, SIZE_LADDER,
+                     SIZE_STEP, START_SIZE_FRACTION, UNTIMED_STEPS, VAL_BATCH_FACTOR)
 
 log = logging.getLogger(__name__)
 
@@ -142,21 +143,15 @@ def _flag(name: str) -> str:
 
 
 def check_config(cfg: TrainConfig) -> None:
-    """Every value in its range, before anything is read or written: a `ConfigError` naming the
-    option, its value and what is allowed."""
+    """Every value in its range and --out a folder it can write, before anything is read or
+    written: a `ConfigError` naming the option, its value and what is allowed."""
     for name, (ok, allowed) in _RANGES.items():
         value = getattr(cfg, name)
         if not ok(value):
             raise ConfigError(f"{_flag(name)} must be {allowed}, not {value!r}")
     model_spec(cfg.arch)  # an unknown name fails now, not after scanning the data
-    if cfg.label_pattern is not None:
-        try:
-            pattern = re.compile(cfg.label_pattern)
-        except re.error as e:
-            raise ConfigError(f"--label-pattern {cfg.label_pattern!r} is not a regular expression: {e}") from None
-        if not pattern.groups:
-            raise ConfigError(f"--label-pattern {cfg.label_pattern!r} needs a group around the label, "
-                              "e.g. '^([a-z]+)_' (or a group named label)")
+    D.check_label_pattern(cfg.label_pattern)
+    check_output_dir("--out", cfg.out, [p for p in (cfg.data, cfg.val) if p])
 
 
 def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
@@ -191,13 +186,16 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
 def resume_config(path: str | Path, given: dict[str, Any] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """(configuration, saved state) to continue the run saved in `path` (a last.pt). Resuming
     continues that run as it was: in its own folder, on its own data, for its own plan of epochs
-    (a time budget keeps the time already spent). Options given again must agree with it (paths
-    compared as absolute paths); only `RESUME_MAY_CHANGE` may differ, and `epochs` extends the run."""
+    (a time budget keeps the time already spent). Its folder is the one `path` is in: a run copied
+    or moved elsewhere goes on there, and never writes into the folder it was copied from. Options
+    given again must agree with it (paths compared as absolute paths); only `RESUME_MAY_CHANGE` may
+    differ, and `epochs` extends the run."""
     state = read_checkpoint(path)
     if "optimizer" not in state or not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path} holds no training state to resume from (resume from last.pt)")
     known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+    saved = {k: v for k, v in state["config"].items() if k in known}
+    cfg = TrainConfig(**{**saved, "out": str(Path(path).resolve().parent)})
     conflicts = []
     for key, value in (given or {}).items():
         if value is None or key in RESUME_MAY_CHANGE:
@@ -215,16 +213,6 @@ def resume_config(path: str | Path, given: dict[str, Any] | None = None) -> tupl
     cfg = replace(cfg, **{"epochs": planned, **changes})
     check_config(cfg)
     return cfg, state
-
-
-def check_out_dir(out: str | Path) -> None:
-    """--out must be a folder we can write, or creatable: checked before the data is read."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder")
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: cannot write in {existing}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +396,8 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
         root = cfg.cache_dir or D.default_cache_dir()
         if rank == 0:
             tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
-        bar = functools.partial(tqdm, desc="decoding", leave=False, disable=rank != 0)
+        # disable=None: a bar on a terminal only (off one its redraws would be carriage-return junk)
+        bar = functools.partial(tqdm, desc="decoding", leave=False, disable=None if rank == 0 else True)
         train_cache = D.build_cache(split.train, root, cache_size, functools.partial(bar, total=len(split.train)),
                                     builder=local_rank == 0)
         if split.val:
@@ -484,7 +473,7 @@ def run_precision(cfg: TrainConfig, device: torch.device, batch: int, num_classe
 def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     """Device, data, model, optimiser: every check that can fail on the user's input runs before
     the expensive work (the pretrained weights are read before the data is scanned and decoded;
-    --out is checked before and created after)."""
+    --out, checked with the configuration, is created after)."""
     resuming = state is not None
     device = set_up_device(cfg)
     rank, world, local_rank = ddp.start(device)
@@ -496,7 +485,6 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
             probe = create_model(cfg.arch, num_classes=weights["fc.weight"].shape[0] if "fc.weight" in weights
                                  else None, width=cfg.width)
         fit_weights(probe, weights, cfg.pretrained, cfg.arch)
-    check_out_dir(cfg.out)
     split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
@@ -582,6 +570,42 @@ def announce(run: Run, progress: Progress) -> None:
 # One epoch
 
 
+class PlainBar:
+    """An epoch's progress off a terminal (a SLURM log, CI, `> log`), where tqdm's redraws would
+    land in the file as carriage returns: a plain line at a quarter, a half and three quarters of
+    the epoch, each only if `LOG_EVERY_S` have passed since the last, so a log holds at most four
+    lines an epoch with the epoch's own, and none but that one for short epochs."""
+
+    def __init__(self, iterable, desc: str):
+        self.iterable, self.desc, self.postfix = iterable, desc, ""
+        self.total = len(iterable)
+        self.last = time.monotonic()
+
+    def __iter__(self):
+        marks = {self.total * q // 4 for q in (1, 2, 3)}
+        for done, item in enumerate(self.iterable):
+            if done in marks and time.monotonic() - self.last >= LOG_EVERY_S:
+                self.last = time.monotonic()
+                tqdm.write(f"{self.desc}: {done}/{self.total} steps  {self.postfix}")
+            yield item
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = "  ".join(f"{k} {v}" for k, v in values.items())
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def close(self) -> None:
+        pass
+
+
+def epoch_bar(loader, desc: str, main: bool):
+    """tqdm's bar on a terminal, `PlainBar` lines elsewhere; nothing on ranks other than 0."""
+    if main and not sys.stderr.isatty():
+        return PlainBar(loader, desc)
+    return tqdm(loader, desc=desc, disable=not main, leave=False, dynamic_ncols=True)
+
+
 @dataclass
 class EpochSums:
     seen: int = 0
@@ -622,8 +646,7 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
     run.net.train()
     t0 = time.monotonic() - sums.seconds
     t_timed, done_here = t0, 0
-    bar = tqdm(run.train_loader, desc=f"epoch {progress.epoch + 1}/{progress.epochs}", disable=not run.main,
-               leave=False, dynamic_ncols=True)
+    bar = epoch_bar(run.train_loader, f"epoch {progress.epoch + 1}/{progress.epochs}", run.main)
     for batch in bar:
         for i, reason in batch.failures:
             progress.skipped.setdefault(run.split.train[i].path, reason)

@@ -62,6 +62,12 @@ SIZE_LADDER = ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128), (1.0, 160), (1.0,
 # better on held-out photos than its 59 in fp32: past ~60 the small net has had enough.
 EPOCHS_TO_GROW = 60
 
+# --- Logs -------------------------------------------------------------------------------------
+
+# Off a terminal, an epoch's progress is a plain line at its quarters, at most this often: a long
+# epoch in a SLURM log shows it is alive, a 20-minute run's log stays a page of epoch lines.
+LOG_EVERY_S = 30
+
 # --- Data loading -----------------------------------------------------------------------------
 
 # On a GPU, decoding is the bottleneck: up to this many workers, one core left for the main
@@ -76,6 +82,11 @@ PREFETCH_BATCHES = 4
 # Training caches its decoded images by itself when the copy is at most this large: decoding then
 # happens once instead of every epoch, which on a 2-core machine is CPU taken from training.
 AUTO_CACHE_BYTES = 2 * 1024**3
+
+# The decoded caches of a user are kept under this size (RESNET_CACHE_LIMIT_GB changes it): the
+# least recently used, not in use, are dropped after a new one is built. Ten 2 GiB caches (the
+# largest made without --cache) or a day of trying sizes on several data sets.
+CACHE_LIMIT_BYTES = 20 * 1024**3
 
 # Processes other than the one decoding a machine's cache look for its finished index this often:
 # a build takes seconds to hours, and a stat twice a second costs nothing.

@@ -1,0 +1,27 @@
+"""From files on disk to batches, in four modules: `files` (find images, label, split), `decode`
+(robustly, to RGB), `cache` (the decoded cache), `loader` (dataset, sampler, loader). Their names
+are importable from here (`from resnet import data as D`).
+
+A real folder has broken files. They are found at scan time where that is cheap (empty, not an
+image, a decompression bomb: Pillow reads only the header) and otherwise when they are decoded
+(truncated data): the dataset then hands back a failure instead of raising, the collate function
+drops it from the batch and reports it, and the epoch goes on. Every skipped file is listed with
+its reason.
+"""
+
+from ..errors import DataError
+from .cache import (CACHE_FORMAT, CACHE_LIMIT_ENV, DecodedCache, build_cache, cache_bytes, cache_entries, cache_limit,
+                    cache_size_for, default_cache_dir, prune)
+from .decode import ImageInput, UnreadableImage, decode, load_image, read_error, read_images, to_rgb
+from .files import (IMG_EXTENSIONS, VAL_DIR_NAMES, DataSplit, Sample, Scan, check_header, check_label_pattern, discover, find_images,
+                    is_image_name, label_from_name, labelled_files, samples_for, scan, stratified_split,
+                    write_samples, write_skipped)
+from .loader import Batch, Draw, EpochSampler, ImageDataset, Item, collate, default_workers, make_loader
+
+__all__ = ["CACHE_FORMAT", "CACHE_LIMIT_ENV", "DecodedCache", "build_cache", "cache_bytes", "cache_entries", "cache_limit",
+           "cache_size_for", "default_cache_dir", "prune",
+           "ImageInput", "UnreadableImage", "decode", "load_image", "read_error", "read_images", "to_rgb",
+           "IMG_EXTENSIONS", "VAL_DIR_NAMES", "DataSplit", "Sample", "Scan", "check_header", "check_label_pattern", "discover",
+           "find_images", "is_image_name", "label_from_name", "labelled_files", "samples_for", "scan",
+           "stratified_split", "write_samples", "write_skipped", "Batch", "Draw", "EpochSampler", "ImageDataset",
+           "Item", "collate", "default_workers", "make_loader", "DataError"]
