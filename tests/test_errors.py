@@ -149,6 +149,7 @@ def test_mistakes_with_a_trained_model_are_one_line(run_a, tmp_path, capsys):
         (["evaluate", tmp_path / "photo.png", data], ("photo.png is not a resnet checkpoint",)),
         (["evaluate", run_a, data], ("is a folder", "best.pt")),
         (["export", tmp_path / "m.onnx"], ("is an ONNX export, not a checkpoint",)),
+        (["export", ckpt, "--opset", "17", "--output", tmp_path / "o.onnx"], ("--opset 17", "opset 18")),
         (["experiment", "degradation", data, "--depths", "21", "--epochs", "1", "--out", tmp_path / "x"],
          ("--depths 21", "20, 32, 44, 56, 110")),
         (["benchmark", "train", "--img-size", "5"], ("--img-size must be at least 16, not 5",)),

@@ -92,7 +92,7 @@ def _set_metadata(model, card: dict[str, Any], precision: str) -> None:
         prop.key, prop.value = key, value
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET) -> Path:
+def export_onnx(checkpoint: str | Path, output: str | Path) -> Path:
     """fp32 ONNX of a checkpoint, batch axis dynamic, model card in `metadata_props`."""
     import onnx
 
@@ -104,7 +104,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, opset: int = OPSET) 
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["logits"],
-                                    opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},),
+                                    opset_version=OPSET, dynamo=True, dynamic_shapes=({0: batch},),
                                     verbose=False)
     proto = program.model_proto
     _set_metadata(proto, meta, "fp32")
