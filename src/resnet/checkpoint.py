@@ -15,7 +15,7 @@ import torch
 from .errors import CheckpointError, ConfigError, first_line
 from .models import MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec
 from .options import MIN_IMG_SIZE, PRECISIONS
-from .transforms import CROP_PCT
+from .transforms import CROP_PCT, EvalTransform
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
@@ -146,6 +146,11 @@ def load_checkpoint(path: str | Path) -> tuple[ResNet, dict[str, Any]]:
 def card_strings(card: dict[str, Any]) -> dict[str, str]:
     """A model card as the string -> string map ONNX and safetensors metadata hold."""
     return {k: json.dumps(card[k]) for k in CARD_KEYS if k in card}
+
+
+def eval_transform(card: dict[str, Any]) -> EvalTransform:
+    """The preprocessing a model card describes: resize to eval_size / crop_pct, centre-crop."""
+    return EvalTransform.for_size(int(card["eval_size"]), float(card.get("crop_pct", CROP_PCT)))
 
 
 def card_from_strings(meta: dict[str, str]) -> dict[str, Any]:

@@ -220,17 +220,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     # Every training option the parser has: the rest keep the preset's (or TrainConfig's) value.
     opts = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.name != "preset" and hasattr(a, f.name)}
-    resume = a.resume
-    if resume == "auto":
-        last = Path(a.out or TrainConfig.out) / "last.pt"
-        resume = last if last.is_file() else None
+    last = Path(a.out or TrainConfig.out) / "last.pt"
+    resume = (last if last.is_file() else None) if a.resume == "auto" else a.resume
     if resume:
         cfg, state = resume_config(resume, {**opts, "preset": a.preset})
     elif a.data is None:
         raise ConfigError("train needs DATA (or --resume OUT/last.pt)")
-    elif (Path(a.out or TrainConfig.out) / "last.pt").is_file():
-        out = Path(a.out or TrainConfig.out)
-        raise ConfigError(f"--out {out} already holds a run: continue it with --resume {out / 'last.pt'}, or give "
+    elif last.is_file():
+        raise ConfigError(f"--out {last.parent} already holds a run: continue it with --resume {last}, or give "
                           "another --out (delete the folder to start over)")
     else:
         cfg, state = make_config(a.preset or ("finetune" if a.pretrained else "default"), **opts), None

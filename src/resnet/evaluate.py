@@ -48,16 +48,16 @@ def evaluate(model: str | Path, data: str | Path, tta: bool = False, batch_size:
     `Classifier`'s own inference path: what `predict` would say about each image. Returns (the JSON
     result, the samples that were scored, in order, and their probabilities)."""
     files, skipped = D.labelled_files(data, label_pattern)
+    total = len(files) + len(skipped)  # every image of DATA, readable or not
     clf = Classifier.load(model, device, amp, compile, engine, images=len(files))
     samples = D.samples_for(files, clf.classes)
     loader = D.make_loader(D.ImageDataset(samples, clf.transform), batch_size, False,
                            D.default_workers(clf.net.device.type) if workers is None else workers)
     logits, labels, indices, failures = run_eval(clf.net, loader, clf.mean, clf.std, tta)
-    if not len(labels):  # every file was skipped, at scan time or when decoded
-        unread = skipped + [(samples[i].path, reason) for i, reason in failures]
-        first = f" (e.g. {unread[0][0]}: {unread[0][1]})" if unread else ""
-        raise D.DataError(f"none of the {len(files) + len(skipped)} images of {data} could be read{first}")
     skipped += [(samples[i].path, reason) for i, reason in failures]
+    if not len(labels):  # every file was skipped, at scan time or when decoded
+        first = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise D.DataError(f"none of the {total} images of {data} could be read{first}")
     result = compute_metrics(logits, labels, clf.classes)
     result["tta"] = tta
     result["checkpoint"] = str(model)

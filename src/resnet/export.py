@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from . import data as D
-from .checkpoint import card_from_strings, card_strings, load_checkpoint
+from .checkpoint import card_from_strings, card_strings, eval_transform, load_checkpoint
 from .errors import CheckpointError
-from .transforms import CROP_PCT, EvalTransform, normalize
+from .transforms import CROP_PCT, normalize
 from .tuning import CALIBRATION_IMAGES, ONNX_CACHE_KEEP
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
@@ -163,7 +163,7 @@ def calibration_batches(card: dict[str, Any], folder: str | Path, limit: int = C
               if not isinstance(img, str)]
     if not images:
         raise D.DataError(f"no readable image to calibrate on in {folder}")
-    transform = EvalTransform.for_size(int(card["eval_size"]), float(card.get("crop_pct", CROP_PCT)))
+    transform = eval_transform(card)
     mean, std = tuple(card["mean"]), tuple(card["std"])
     batches = []
     for start in range(0, len(images), batch_size):

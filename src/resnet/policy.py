@@ -144,7 +144,7 @@ def model_precision(amp: str, device: torch.device, record: dict[str, str] | Non
     (`choose_precision` untimed). Nothing is timed: two loads of one model on one machine compute the same
     numbers. `--amp` other than auto overrides."""
     if amp != "auto":
-        return Precision(amp_dtype(amp, device), f"--amp {amp}")
+        return choose_precision(amp, device)
     if record is None:
         chosen = choose_precision("auto", device)
         return Precision(chosen.dtype, f"the model records no precision; {chosen.reason}")

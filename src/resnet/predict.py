@@ -23,11 +23,11 @@ from PIL import Image
 
 from . import data as D
 from . import policy, runtime
-from .checkpoint import CARD_KEYS, load_checkpoint
+from .checkpoint import CARD_KEYS, eval_transform, load_checkpoint
 from .device import pick_device
 from .errors import CheckpointError, ConfigError
 from .export import OnnxNet, cached_onnx, onnx_cache_path, onnx_key, sample_images
-from .transforms import CROP_PCT, EvalTransform, normalize
+from .transforms import normalize
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Classifier:
         self.card = {k: card[k] for k in CARD_KEYS if k in card}
         self.classes: list[str] = [str(c) for c in card["classes"]]
         self.mean, self.std = tuple(card["mean"]), tuple(card["std"])
-        self.transform = EvalTransform.for_size(int(card["eval_size"]), float(card.get("crop_pct", CROP_PCT)))
+        self.transform = eval_transform(card)
         self.source = source
 
     # -- loading ---------------------------------------------------------------------------
@@ -79,8 +79,9 @@ class Classifier:
         Grad-CAM uses the eager PyTorch model whichever engine predicts."""
         model, meta = load_checkpoint(path)
         dev = pick_device(device)
+        recorded = (meta.get("precision") or {}).get("dtype")
         precision = policy.model_precision(amp, dev, meta.get("precision"))
-        if amp == "auto" and precision.name != (meta.get("precision") or {}).get("dtype", precision.name):
+        if amp == "auto" and recorded and precision.name != recorded:
             log.warning(f"{path}: {precision.reason}")  # not the precision it trained in: one line says so
         key = onnx_key(model, meta) if engine != "torch" and dev.type == "cpu" else None  # before folding
         exported = key is not None and onnx_cache_path(key, cache_dir).is_file()

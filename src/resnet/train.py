@@ -460,14 +460,17 @@ def run_precision(cfg: TrainConfig, device: torch.device, batch: int, num_classe
     forked random generator: whether it ran changes no initial weight. Every rank takes rank 0's."""
     if saved is not None and cfg.amp == "auto":
         return kept_precision(saved, device)
-    timer = None
-    if not cfg.deterministic:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            model = create_model(cfg.arch, num_classes=num_classes, width=cfg.width).to(
-                device, memory_format=memory_format(cfg.channels_last))
-        timer = functools.partial(step_seconds, model, cfg.img_size, device, cfg.channels_last, batch)
+
+    @functools.cache  # built on the first timing, if there is one (most CPUs and GPUs time nothing)
+    def probe() -> nn.Module:
+        return create_model(cfg.arch, num_classes=num_classes, width=cfg.width).to(
+            device, memory_format=memory_format(cfg.channels_last))
+
+    def seconds_with(dtype: torch.dtype | None) -> float:
+        return step_seconds(probe(), cfg.img_size, device, cfg.channels_last, batch, dtype)
+
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return ddp.gather(choose_precision(cfg.amp, device, timer))[0]
+        return ddp.gather(choose_precision(cfg.amp, device, None if cfg.deterministic else seconds_with))[0]
 
 
 def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
@@ -684,6 +687,9 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
             progress.partial = asdict(sums.over_ranks())
             save(run, run.out / "last.pt", progress, budget, {})
     bar.close()
+    # The last step's gradients are not needed (the next step sets them anew): freed here, they take
+    # no memory through validation, nor are they copied with the model it scores.
+    run.optimizer.zero_grad(set_to_none=True)
     progress.partial = {}
     return sums.over_ranks()
 
