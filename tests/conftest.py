@@ -146,3 +146,22 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 def needs_datasets():
     return pytest.mark.skipif(not (DATASETS / "catsdogs").is_dir(), reason="../shared/datasets is absent")
+
+
+def killed_before_epoch_2(monkeypatch, run) -> None:
+    """`run()` as a process that dies between epochs 1 and 2 (a KeyboardInterrupt when the
+    sampler is set to the second epoch): its last.pt holds the first epoch."""
+    from resnet import data as D
+
+    real = D.EpochSampler.set_epoch
+
+    def dies(self, epoch, start=0, size=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        real(self, epoch, start, size)
+
+    monkeypatch.setattr(D.EpochSampler, "set_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(D.EpochSampler, "set_epoch", real)
+

@@ -21,6 +21,7 @@ import torch
 from resnet import data as D
 from resnet import train as T
 from resnet.cli import main
+from resnet.plan import Recipe
 from resnet.transforms import EvalTransform
 
 RECORD = Path(os.environ["RESNET_TEST_RECORD"])
@@ -41,6 +42,25 @@ def getitem(self, item, _orig=D.ImageDataset.__getitem__):
     index = item.index if isinstance(item, D.Draw) else item
     seen["loaded"].setdefault(f"{split}{epoch[0]}", []).append(self.samples[index].path)
     return _orig(self, item)
+
+
+class RecordedTensorLoader(D.TensorLoader):
+    """The in-memory loader, recording the files of the images it hands out as `getitem` does."""
+
+    paths: list[str] = []
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            seen["loaded"].setdefault(f"train{epoch[0]}", []).extend(self.paths[i] for i in batch.indices.tolist())
+            yield batch
+
+
+def make_loaders(cfg, split, *args, _orig=T.make_loaders):
+    train_loader, val_loader, workers = _orig(cfg, split, *args)
+    if isinstance(train_loader, D.TensorLoader):
+        train_loader.__class__ = RecordedTensorLoader
+        train_loader.paths = [s.path for s in split.train]
+    return train_loader, val_loader, workers
 
 
 def build(self, *args, _orig=D.DecodedCache.build, **kwargs):
@@ -75,9 +95,10 @@ def uneven_compute(model, sizes, *args):
 
 D.ImageDataset.__getitem__ = getitem
 D.DecodedCache.build = build
-T.train_epoch, T.next_plan, T.train = train_epoch, next_plan, train
+T.train_epoch, T.next_plan, T.train, T.make_loaders = train_epoch, next_plan, train, make_loaders
 if os.environ.get("RESNET_TEST_UNEVEN_TIMING"):
-    T.SIZE_LADDER, T.EPOCHS_TO_GROW, T.compute_time_by_size = ((0.5, 24), (0.5, 32), (1.0, 32)), 5, uneven_compute
+    T.compute_time_by_size = uneven_compute
+    T.plan_recipe = lambda stats: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -49,7 +49,8 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
 
 
 @pytest.mark.parametrize("name,size", [("resnet18", 224), ("resnet50", 224), ("resnet18_seed", 32),
-                                       ("resnet20", 32), ("plain20", 32), ("resnext50_32x4d", 64)])
+                                       ("resnet20", 32), ("plain20", 32), ("resnext50_32x4d", 64),
+                                       ("resnet9", 32), ("resnet9", 16)])
 @pytest.mark.parametrize("batch", [1, 4])
 def test_output_shapes(name, size, batch):
     model = create_model(name, num_classes=7).eval()
@@ -120,11 +121,35 @@ def test_resnet18_seed_is_the_tutorials_network():
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 2)
 
 
+def test_resnet9_is_pages_network():
+    """Page's ResNet-9: 64-128-256-512 channels, resolution halved by a max-pool after each stage's
+    first convolution (32 -> 16 -> 8 -> 4), residual blocks after the first and the last stage, a
+    global max-pool and logits scaled by 1/8; its residual blocks are the family's BasicBlock."""
+    from resnet.models import ResNet9, count_flops
+
+    m = create_model("resnet9", num_classes=10).eval()
+    assert isinstance(m, ResNet9) and m.num_stages == 3
+    assert [m.conv1.out_channels, m.layer1[0].conv.out_channels, m.layer2[0].conv.out_channels,
+            m.layer3[0].conv.out_channels] == [64, 128, 256, 512]
+    assert isinstance(m.layer1[1], BasicBlock) and isinstance(m.layer3[1], BasicBlock) and len(m.layer2) == 1
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert m.forward_features(x).shape == (2, 512, 4, 4)
+        features = m.forward_features(x).amax((2, 3))
+        assert torch.allclose(m(x), m.fc(features) / 8, atol=1e-6)
+    assert count_params(m) == 6_573_130
+    # 3x3 convolutions at 32, 32, 16, 16, 16, 8, 4 and 4 px, plus the classifier: ~0.38 G multiply-adds
+    assert count_flops("resnet9")[1] == pytest.approx(0.7585, rel=1e-3)
+    half = create_model("resnet9", width=0.5)
+    assert half.conv1.out_channels == 32 and half.fc.in_features == 256
+
+
 def test_registry_lists_every_family():
     names = set(list_models())
     for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
               "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnet20", "resnet32",
-              "resnet44", "resnet56", "resnet110", "resnet18_seed", "plain_resnet18", "plain20", "plain110"]:
+              "resnet44", "resnet56", "resnet110", "resnet18_seed", "plain_resnet18", "plain20", "plain110",
+              "resnet9"]:
         assert n in names
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet19")

@@ -213,7 +213,7 @@ def test_bf16_and_fp32_evaluation_agree(trained):
     assert 0 < (p32 - p16).abs().max() < 0.05  # bf16 did run, and stayed close
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet20", "plain20"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnet20", "plain20", "resnet9"])
 def test_folding_batchnorm_keeps_the_logits(arch):
     """Every BatchNorm folded into its convolution (none left behind), the logits unchanged, for
     basic and bottleneck blocks, projection and padding shortcuts, and plain nets."""

@@ -12,6 +12,9 @@ from resnet import data as D
 from resnet import train as T
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError
+from resnet.plan import Recipe, eval_size_for
+
+from conftest import killed_before_epoch_2
 from resnet.cli import main
 
 
@@ -28,17 +31,7 @@ def weights(path: Path) -> dict:
 def test_resume_after_a_kill_ends_with_the_same_weights(tiny_folder, tmp_path, monkeypatch):
     T.train(quick(tiny_folder, tmp_path / "straight"))
 
-    real = D.EpochSampler.set_epoch
-
-    def killed_at_epoch_2(self, epoch, start=0, size=None):
-        if epoch == 1:
-            raise KeyboardInterrupt  # the process dies between epochs 1 and 2
-        real(self, epoch, start, size)
-
-    monkeypatch.setattr(D.EpochSampler, "set_epoch", killed_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        T.train(quick(tiny_folder, tmp_path / "resumed"))
-    monkeypatch.setattr(D.EpochSampler, "set_epoch", real)
+    killed_before_epoch_2(monkeypatch, lambda: T.train(quick(tiny_folder, tmp_path / "resumed")))
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
     T.train(*T.resume_config(tmp_path / "resumed" / "last.pt"))
 
@@ -184,6 +177,7 @@ def test_a_log_off_a_terminal_has_plain_lines(tiny_folder, tmp_path, monkeypatch
     assert b"\r" not in text
     lines = text.decode().splitlines()
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
+    lines = [line for line in lines if not line.startswith("plan: ")]  # what the data is and what it gets
     assert len(lines) <= 3 + 8, lines  # the epochs and the run's own lines (start, cache, report, result)
 
     monkeypatch.setattr(T, "LOG_EVERY_S", 0)  # a long epoch: a line at each quarter, none in between
@@ -237,8 +231,7 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
         return 1.5e-6 * sum(p.numel() for p in model.parameters()) * (min(sizes) / 24) ** 2, 2.0
 
     monkeypatch.setattr(T, "compute_time_by_size", fake_compute)
-    monkeypatch.setattr(T, "SIZE_LADDER", ((0.5, 24), (0.5, 32), (1.0, 32)))
-    monkeypatch.setattr(T, "EPOCHS_TO_GROW", 5)
+    monkeypatch.setattr(T, "plan_recipe", lambda stats: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5))
     cfg = T.make_config("default", data=str(tiny_folder), arch="resnet20", batch_size=8, workers=0,
                         out=str(tmp_path / "run"), seed=3, val_split=0.25, max_minutes=0.1)
     T.train(cfg)
@@ -249,7 +242,7 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
     assert "size: width 0.5, 32 px" in out
     assert "as many epochs of" in out and f"{cfg.epochs} epochs of" not in out  # not the preset's, unplanned
     best = read_checkpoint(tmp_path / "run" / "best.pt")
-    assert best["model_options"]["width"] == 0.5 and best["eval_size"] == T.test_size_for(32)
+    assert best["model_options"]["width"] == 0.5 and best["eval_size"] == eval_size_for(32)
     # Resumed, the run keeps the size it chose, without choosing again, and names its planned epochs.
     monkeypatch.setattr(T, "size_for_budget", lambda *a: pytest.fail("the size was chosen again on resume"))
     planned = read_checkpoint(tmp_path / "run" / "last.pt")["progress"]["epochs"]

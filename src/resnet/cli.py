@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, DataError, MachineError, TrainingError, UsageError
-from .options import AMP_CHOICES, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, MIN_IMG_SIZE, PRESETS, QUANTIZE
+from .options import AMP_CHOICES, AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, MIN_IMG_SIZE, PRESETS, QUANTIZE
 from .outputs import check_output_dir, check_output_file
 
 
@@ -71,6 +71,11 @@ def add_train(sub) -> None:
     t.add_argument("--label-smoothing", type=float)
     t.add_argument("--warmup-epochs", type=float)
     t.add_argument("--scale-min", type=float, help="RandomResizedCrop's smallest area fraction")
+    t.add_argument("--augment", choices=AUGMENTS,
+                   help="random-resized-crop (photos) or pad-crop (the paper's for small images); default: planned")
+    t.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="small-image fast path: all pixels in one tensor, augmented as tensor ops, no workers "
+                        "(default: planned, on for small images that fit in 2 GiB)")
     t.add_argument("--workers", type=int)
     t.add_argument("--out", help="the run's folder (default: runs/train)")
     t.add_argument("--resume", metavar="CKPT|auto",

@@ -192,6 +192,63 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
 
 
+class ConvPool(nn.Module):
+    """3x3 convolution, BN, ReLU, then a 2x2 max-pool: how ResNet-9 halves the resolution (a pool
+    after a stride-1 convolution sees every position, where a strided convolution skips 3 in 4)."""
+
+    def __init__(self, inplanes: int, planes: int):
+        super().__init__()
+        self.conv = conv3x3(inplanes, planes)
+        self.bn = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.relu(self.bn(self.conv(x))))
+
+
+class ResNet9(nn.Module):
+    """The 9-layer residual network of the DAWNBench CIFAR-10 records (David Page, myrtle.ai, "How
+    to train your ResNet", 2018; the base of Keller Jordan's airbench): a 3x3 stride-1 stem, three
+    stages that each widen and halve the resolution with `ConvPool`, a residual `BasicBlock` after
+    the first and the last, global max-pooling and a linear classifier whose logits are scaled by
+    1/8 (Page's scale: it keeps early softmax outputs soft at high learning rates). Wide and
+    shallow: at 32 px it is ~9 layers of large matrix products, where the paper's ResNet-56 is 56
+    thin ones, which suits a CPU's vector units and short budgets."""
+
+    LOGIT_SCALE = 0.125
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (64, 128, 256, 512),
+                 zero_init_residual: bool = False):
+        super().__init__()
+        if len(widths) != 4:
+            raise ValueError("ResNet-9 takes 4 widths: the stem's and one per stage")
+        self.conv1 = conv3x3(3, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(ConvPool(widths[0], widths[1]), BasicBlock(widths[1], widths[1]))
+        self.layer2 = nn.Sequential(ConvPool(widths[1], widths[2]))
+        self.layer3 = nn.Sequential(ConvPool(widths[2], widths[3]), BasicBlock(widths[3], widths[3]))
+        self.num_stages = 3
+        self.pool = nn.AdaptiveMaxPool2d((1, 1))
+        self.num_features = widths[3]
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.constant_(m.bn2.weight, 0)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1)) * self.LOGIT_SCALE
+
+
 # ---------------------------------------------------------------------------------------------
 # Registry
 
@@ -199,7 +256,7 @@ class ResNet(nn.Module):
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    build: Callable[..., ResNet]
+    build: Callable[..., nn.Module]
     input_size: int           # native resolution: what GFLOPs are quoted at and what img_size defaults to
     default_classes: int
     imagenet_url: str | None = None
@@ -251,6 +308,7 @@ for _depth in CIFAR_DEPTHS:
 # The tutorial's network: ResNet-18's stages behind a 3x3 stride-1 stem with no max-pool.
 _register("resnet18_seed", BasicBlock, [2, 2, 2, 2], 224, 2, stem="cifar")
 _register("plain_resnet18_seed", BasicBlock, [2, 2, 2, 2], 224, 2, stem="cifar", residual=False)
+_REGISTRY["resnet9"] = ModelSpec("resnet9", ResNet9, 32, 10, options={"widths": (64, 128, 256, 512)})
 
 
 def list_models() -> list[str]:
@@ -265,7 +323,7 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def create_model(name: str, num_classes: int | None = None, pretrained: str | None = None,
-                 width: float = 1.0, **options) -> ResNet:
+                 width: float = 1.0, **options) -> nn.Module:
     """`num_classes` defaults to the family's own (1000 for ImageNet nets, 10 for CIFAR nets,
     2 for the tutorial's). `width` scales every stage's channels (0.5: a quarter of the compute,
     for small CPUs; only 1.0 matches published weights). `pretrained`: see `load_pretrained`."""
@@ -387,32 +445,25 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _conv(conv: nn.Conv2d, h: int, w: int) -> tuple[int, int, int]:
-    """(FLOPs, output height, output width) of a convolution on an h x w input."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return 2 * oh * ow * conv.out_channels * conv.in_channels // conv.groups * kh * kw, oh, ow
-
-
 def count_flops(name: str, img_size: int | None = None) -> tuple[int, float]:
     """(parameters, GFLOPs) of one image at the native size: every convolution and the classifier,
-    walked in the network's order with the feature map's size (what torch's FlopCounterMode counts,
-    without running anything; the model is built on the meta device). A multiply-add counts as 2
-    FLOPs (torchvision's tables count it as 1)."""
+    counted from the shapes they produce in a forward pass on the meta device (what torch's
+    FlopCounterMode counts, without computing anything). A multiply-add counts as 2 FLOPs
+    (torchvision's tables count it as 1)."""
     size = img_size or model_spec(name).input_size
     with torch.device("meta"):
         model = create_model(name)
-    flops, h, w = _conv(model.conv1, size, size)
-    if isinstance(model.maxpool, nn.MaxPool2d):
-        k, st, pad = model.maxpool.kernel_size, model.maxpool.stride, model.maxpool.padding
-        h, w = (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1
-    for i in range(1, model.num_stages + 1):
-        for block in getattr(model, f"layer{i}"):
-            if isinstance(block.downsample, nn.Sequential):  # the projection runs on the block's input
-                flops += _conv(block.downsample[0], h, w)[0]
-            for conv in (block.conv1, block.conv2, getattr(block, "conv3", None)):
-                if conv is not None:
-                    f, h, w = _conv(conv, h, w)
-                    flops += f
-    flops += 2 * model.fc.in_features * model.fc.out_features
-    return count_params(model), flops / 1e9
+    flops = []
+
+    def count(module: nn.Module, args: tuple, out: Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            flops.append(2 * out[0].numel() * module.in_channels // module.groups * kh * kw)
+        else:
+            flops.append(2 * module.in_features * module.out_features)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    model.eval()(torch.empty(1, 3, size, size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    return count_params(model), sum(flops) / 1e9

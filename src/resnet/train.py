@@ -51,12 +51,13 @@ from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model
 from .device import pick_device
 from .options import AMP_CHOICES, AUGMENTS, DEVICES, MIN_IMG_SIZE, PRESETS, SCHEDULES
 from .outputs import check_output_dir
+from .plan import Recipe, eval_size_for, plan_recipe
 from .policy import Precision, choose_precision, kept_precision
 from .runtime import TorchNet, autocast, memory_format, run_eval
 from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
                          normalize)
-from .tuning import (AUTO_CACHE_BYTES, EPOCHS_TO_GROW, EVAL_SCALE, FIRST_FIT_STEPS, LOG_EVERY_S, RAMP, SIZE_LADDER,
-                     SIZE_STEP, START_SIZE_FRACTION, UNTIMED_STEPS, VAL_BATCH_FACTOR)
+from .tuning import (AUTO_CACHE_BYTES, FIRST_FIT_STEPS, LOG_EVERY_S, RAMP, SIZE_STEP, START_SIZE_FRACTION,
+                     UNTIMED_STEPS, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class TrainConfig:
     width: float = 0.5                    # channel multiplier: a quarter of ResNet-18's compute
     img_size: int = 96                    # the last epochs' crops (see `crop_size_at`)
     min_img_size: int | None = None       # the first epochs' crops; default: 2/3 of img_size
-    eval_size: int | None = None          # default: `test_size_for(img_size)`
+    eval_size: int | None = None          # default: `plan.eval_size_for(img_size)`
     epochs: int = 10
     batch_size: int = 64
     lr: float = 0.4                       # for batch 256; scaled linearly with batch_size
@@ -91,6 +92,7 @@ class TrainConfig:
     pretrained: str | None = None
     workers: int | None = None
     cache: bool | None = None             # None: on when the decoded copy is small (see below)
+    in_memory: bool = False               # the small-image fast path: pixels in one tensor (data/memory.py)
     cache_dir: str | None = None
     seed: int = 0
     deterministic: bool = False
@@ -104,6 +106,7 @@ class TrainConfig:
     patience: int | None = None
     save_every: int = 0                   # also write last.pt every N steps (long epochs)
     preset: str = "default"
+    given: list[str] = field(default_factory=list)  # the options set by the user: the plan keeps them
 
 
 # Each option's allowed values, checked before any work is done: (test, what is allowed).
@@ -151,6 +154,11 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"{_flag(name)} must be {allowed}, not {value!r}")
     model_spec(cfg.arch)  # an unknown name fails now, not after scanning the data
     D.check_label_pattern(cfg.label_pattern)
+    if cfg.in_memory and cfg.cache is False:
+        raise ConfigError("--in-memory reads its pixels from the decoded cache: not with --no-cache")
+    if cfg.in_memory and (cfg.augment != "pad-crop" or cfg.train_like_eval):
+        raise ConfigError("--in-memory augments as --augment pad-crop does (it is the small-image fast path): "
+                          f"not with {'the seed preset' if cfg.train_like_eval else '--augment ' + cfg.augment}")
     check_output_dir("--out", cfg.out, [p for p in (cfg.data, cfg.val) if p])
 
 
@@ -178,7 +186,7 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
     for key in PATH_OPTIONS:
         if values.get(key):
             values[key] = os.path.abspath(values[key])
-    cfg = TrainConfig(preset=preset, **values)
+    cfg = TrainConfig(preset=preset, given=sorted(given), **values)
     check_config(cfg)
     return cfg
 
@@ -268,11 +276,6 @@ def crop_size_at(epoch: int, epochs: int, img_size: int, min_img_size: int | Non
     return min(img_size, max(low, int(round((low + t * (img_size - low)) / SIZE_STEP)) * SIZE_STEP))
 
 
-def test_size_for(img_size: int) -> int:
-    """The evaluation size for a training size: `EVAL_SCALE` larger, a multiple of `SIZE_STEP`."""
-    return max(SIZE_STEP, int(round(img_size * EVAL_SCALE / SIZE_STEP)) * SIZE_STEP)
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -334,6 +337,7 @@ class Run:
     out: Path
     device: torch.device
     precision: Precision              # the autocast dtype (None: fp32) and why it was chosen
+    plan: list[str]                   # what the data is like and what the default chose for it
     size_reason: str | None           # why this width and crop size, when the budget chose them
     split: D.DataSplit
     eval_size: int
@@ -361,7 +365,7 @@ class Run:
     def lr(self, step: int, epochs: int) -> float:
         # Linear scaling rule (Goyal et al.) on the global batch, whatever the number of processes.
         peak = self.cfg.lr * self.cfg.batch_size / 256
-        warmup = int(self.cfg.warmup_epochs * self.steps_per_epoch)
+        warmup = int(min(self.cfg.warmup_epochs, WARMUP_MAX_FRACTION * epochs) * self.steps_per_epoch)
         return lr_at(step, epochs * self.steps_per_epoch, warmup, peak, self.cfg.schedule)
 
 
@@ -376,10 +380,12 @@ def set_up_device(cfg: TrainConfig) -> torch.device:
 
 
 def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: torch.device, rank: int,
-                 world: int, local_rank: int) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None, int]:
+                 world: int, local_rank: int) -> tuple[D.TensorLoader | torch.utils.data.DataLoader,
+                                                       torch.utils.data.DataLoader | None, int]:
     """(training loader, validation loader, workers), each over this rank's shard, decoding once
-    into the cache first when it is on (by default: when the decoded copy is small): the first
-    process of each machine decodes, the others wait for it and read its cache."""
+    into the cache first when it is on (by default: when the decoded copy is small; always for the
+    in-memory loader, which reads its pixels from it): the first process of each machine decodes,
+    the others wait for it and read its cache."""
     eval_tf = EvalTransform.for_size(eval_size, cfg.crop_pct)
     if cfg.train_like_eval:
         train_tf = EvalTransform.for_size(cfg.img_size, cfg.crop_pct)
@@ -387,43 +393,52 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
         train_tf = PadCropTransform(cfg.img_size, hflip=cfg.hflip)
     else:
         train_tf = TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip)
-    train_cache = val_cache = None
-    # Crops are cut from this copy; padded crops need the images at the training size, not larger.
+    # In memory, every image is stored at the training size (a centre crop of the shorter side),
+    # padded crops need the images at the training size, the others a little larger.
+    square = EvalTransform.for_size(cfg.img_size, 1.0) if cfg.in_memory else None
     cache_size = (cfg.img_size if cfg.augment == "pad-crop" and not cfg.train_like_eval
                   else D.cache_size_for(max(cfg.img_size, eval_size)))
     n_images = len(split.train) + len(split.val)
-    if cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= AUTO_CACHE_BYTES:
-        root = cfg.cache_dir or D.default_cache_dir()
-        if rank == 0:
-            tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
-        # disable=None: a bar on a terminal only (off one its redraws would be carriage-return junk)
-        bar = functools.partial(tqdm, desc="decoding", leave=False, disable=None if rank == 0 else True)
+    cached = cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= AUTO_CACHE_BYTES
+    root = cfg.cache_dir or D.default_cache_dir()
+    if rank == 0 and (cached or cfg.in_memory):
+        tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
+    # disable=None: a bar on a terminal only (off one its redraws would be carriage-return junk)
+    bar = functools.partial(tqdm, desc="decoding", leave=False, disable=None if rank == 0 else True)
+    train_cache = val_cache = None
+    if cached or cfg.in_memory:
         train_cache = D.build_cache(split.train, root, cache_size, functools.partial(bar, total=len(split.train)),
-                                    builder=local_rank == 0)
-        if split.val:
-            val_cache = D.build_cache(split.val, root, eval_tf.resize_size,
-                                      functools.partial(bar, total=len(split.val)), eval_tf, builder=local_rank == 0)
-    workers = cfg.workers if cfg.workers is not None else D.default_workers(device.type)
-    train_ds = D.ImageDataset(split.train, train_tf, train_cache)
+                                    square, builder=local_rank == 0)
+    if cached and split.val:
+        val_cache = D.build_cache(split.val, root, eval_tf.resize_size,
+                                  functools.partial(bar, total=len(split.val)), eval_tf, builder=local_rank == 0)
+    workers = 0 if cfg.in_memory else cfg.workers if cfg.workers is not None else D.default_workers(device.type)
     batch_size = ddp.per_rank_batch(cfg.batch_size, world)
-    train_loader = D.make_loader(train_ds, batch_size, True, workers, cfg.seed, device.type == "cuda", rank, world,
-                                 drop_last=len(train_ds) > batch_size * world)
+    drop_last = len(split.train) > batch_size * world
+    if cfg.in_memory:
+        images, labels, positions, failures = D.in_memory(train_cache, [s.label for s in split.train])
+        train_loader = D.TensorLoader(images, labels, positions, batch_size, train_tf.pad, train_tf.hflip, cfg.seed,
+                                      rank, world, drop_last, failures)
+    else:
+        train_loader = D.make_loader(D.ImageDataset(split.train, train_tf, train_cache), batch_size, True, workers,
+                                     cfg.seed, device.type == "cuda", rank, world, drop_last=drop_last)
     val_loader = (D.make_loader(D.ImageDataset(split.val, eval_tf, val_cache), batch_size * VAL_BATCH_FACTOR,
                                 False, workers, cfg.seed, device.type == "cuda", rank, world)
                   if split.val else None)
     return train_loader, val_loader, workers
 
 
-def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, batch: int, world: int,
-                    dtype: torch.dtype | None) -> tuple[TrainConfig, str]:
-    """(the configuration at the largest (width, crop size) of `SIZE_LADDER` that still gets
-    `EPOCHS_TO_GROW` epochs in `--max-minutes`, why). More epochs of the default's small network
-    stop paying once it has enough; a budget that buys more goes to resolution and width instead.
-    Each candidate's forward + backward is timed on random batches at its first and last crop sizes
-    and turned into epochs by the budget's own fit; the loader and the decoded cache are left out
-    (the run's timed steps fix the real count), in the run's precision `dtype`. Every rank takes
-    rank 0's choice."""
+def size_for_budget(cfg: TrainConfig, recipe: Recipe, split: D.DataSplit, device: torch.device, batch: int,
+                    world: int, dtype: torch.dtype | None) -> tuple[TrainConfig, str]:
+    """(the configuration at the largest (width, crop size) of the recipe's ladder that still gets
+    its `enough_epochs` in `--max-minutes`, why). More epochs of a small network stop paying once
+    it has enough; a budget that buys more goes to resolution and width instead. Each candidate's
+    forward + backward is timed on random batches at its first and last crop sizes and turned into
+    epochs by the budget's own fit; the loader and the decoded cache are left out (the run's timed
+    steps fix the real count), in the run's precision `dtype`. Every rank takes rank 0's choice."""
     steps, val_images = max(1, len(split.train) // cfg.batch_size), math.ceil(len(split.val) / world)
+    ladder, enough = recipe.ladder, recipe.enough_epochs
+    fixed = cfg.min_img_size is not None and cfg.min_img_size >= cfg.img_size  # no progressive resizing
 
     def model_at(width: float) -> nn.Module:
         return create_model(cfg.arch, num_classes=len(split.classes), width=width).to(
@@ -431,23 +446,47 @@ def size_for_budget(cfg: TrainConfig, split: D.DataSplit, device: torch.device, 
 
     def epochs_at(rung: tuple[float, int]) -> int:
         width, size = rung
-        crop_at = functools.partial(crop_size_at, img_size=size, min_img_size=None)
-        first = start_size(size, None)
+        crop_at = functools.partial(crop_size_at, img_size=size, min_img_size=size if fixed else None)
+        first = crop_at(0, 2)
         compute, p = compute_time_by_size(model_at(width), (first, size), device, dtype, cfg.channels_last, batch)
-        budget = Budget(cfg.max_minutes * 60, RunShape(steps, val_images, batch, test_size_for(size), crop_at))
+        eval_size = size if fixed else eval_size_for(size)
+        budget = Budget(cfg.max_minutes * 60, RunShape(steps, val_images, batch, eval_size, crop_at))
         return budget.plan(0, compute, compute, first, p)
 
-    index, counts = largest_that_fits(SIZE_LADDER, epochs_at, EPOCHS_TO_GROW)
+    index, counts = largest_that_fits(ladder, epochs_at, enough)
     # Ranks time differently and may stop at different sizes: all take rank 0's choice and figures
     # (padded with -1 to one length, as a broadcast needs).
-    shared = ddp.from_rank0([index, *counts, *[-1] * (len(SIZE_LADDER) - len(counts))], device)
+    shared = ddp.from_rank0([index, *counts, *[-1] * (len(ladder) - len(counts))], device)
     index, counts = shared[0], [n for n in shared[1:] if n >= 0]
-    width, size = SIZE_LADDER[index]
-    estimates = ", ".join(f"{w:g} @ {s} px: {n}" for (w, s), n in zip(SIZE_LADDER, counts))
-    why = (f"the largest that still gets {EPOCHS_TO_GROW} epochs" if counts[index] >= EPOCHS_TO_GROW else
-           f"fewer than {EPOCHS_TO_GROW} epochs fit: more epochs pay before a larger network")
-    return (replace(cfg, width=width, img_size=size),
+    width, size = ladder[index]
+    estimates = ", ".join(f"{w:g} @ {s} px: {n}" for (w, s), n in zip(ladder, counts))
+    why = (f"the largest that still gets {enough} epochs" if counts[index] >= enough else
+           f"fewer than {enough} epochs fit: more epochs pay before a larger network")
+    sizes = dict(min_img_size=size, eval_size=size) if fixed else {}
+    return (replace(cfg, width=width, img_size=size, **sizes),
             f"width {width:g}, {size} px, {why} (epochs estimated from timed forward + backward: {estimates})")
+
+
+def apply_plan(cfg: TrainConfig, split: D.DataSplit) -> tuple[TrainConfig, Recipe | None, list[str]]:
+    """(the configuration with the recipe planned from the training data in every option the user
+    left out, the recipe, what was seen and chosen, a line each). Only the default preset plans,
+    and not from pretrained weights, whose network and sizes are their own."""
+    if cfg.preset != "default" or cfg.pretrained:
+        return cfg, None, []
+    stats = D.describe(split.train, len(split.classes), cfg.seed)
+    recipe = plan_recipe(stats)
+    planned = {k: v for k, v in recipe.values.items() if k not in cfg.given}
+    if "img_size" in cfg.given:  # the other sizes follow the one given, as the recipe has them follow its own
+        for key in ("min_img_size", "eval_size"):
+            if key in planned:
+                planned[key] = cfg.img_size if recipe.values[key] == recipe.values["img_size"] else None
+    if cfg.cache is False and "in_memory" in planned:  # the in-memory loader reads the decoded cache
+        planned["in_memory"] = False
+    kept = sorted(k for k in recipe.values if k in cfg.given and recipe.values[k] != getattr(cfg, k))
+    lines = [f"data: {stats.line()}", *(why for keys, why in recipe.reasons if set(keys) - set(cfg.given))]
+    if kept:
+        lines.append("as given: " + ", ".join(f"{_flag(k)} {getattr(cfg, k)}" for k in kept))
+    return replace(cfg, **planned), recipe, lines
 
 
 def run_precision(cfg: TrainConfig, device: torch.device, batch: int, num_classes: int,
@@ -480,7 +519,6 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     resuming = state is not None
     device = set_up_device(cfg)
     rank, world, local_rank = ddp.start(device)
-    batch = ddp.per_rank_batch(cfg.batch_size, world)
     seed_everything(cfg.seed, cfg.deterministic)
     weights = read_weights(cfg.pretrained, cfg.arch) if cfg.pretrained and not resuming else None
     if weights is not None:  # do they fit? Checked on shapes alone, before the data is read
@@ -491,17 +529,19 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
+    cfg, recipe, plan = apply_plan(cfg, split) if not resuming else (cfg, None, (state or {}).get("plan") or [])
+    batch = ddp.per_rank_batch(cfg.batch_size, world)
     precision = run_precision(cfg, device, batch, len(split.classes), (state or {}).get("precision"))
     size_reason = None
-    if cfg.fit_size and not resuming:
-        cfg, size_reason = size_for_budget(cfg, split, device, batch, world, precision.dtype)
-    eval_size = cfg.eval_size or test_size_for(cfg.img_size)
+    if cfg.fit_size and recipe is not None:
+        cfg, size_reason = size_for_budget(cfg, recipe, split, device, batch, world, precision.dtype)
+    eval_size = cfg.eval_size or eval_size_for(cfg.img_size)
     train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world, local_rank)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
     model, net = build_model(cfg, options, len(split.classes), weights, device, world)
-    return Run(cfg=cfg, out=out, device=device, precision=precision, size_reason=size_reason, split=split,
+    return Run(cfg=cfg, out=out, device=device, precision=precision, plan=plan, size_reason=size_reason, split=split,
                eval_size=eval_size, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
                net=net, options=options,
                optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
@@ -547,7 +587,7 @@ def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metric
         "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
         "scheduler": {"step": progress.step, "total_steps": progress.epochs * run.steps_per_epoch},
         "rng": {"torch": torch.get_rng_state()}, "progress": asdict(progress), "precision": run.precision.record(),
-        "size_reason": run.size_reason, "budget": budget.state() if budget else None})
+        "plan": run.plan, "size_reason": run.size_reason, "budget": budget.state() if budget else None})
 
 
 def announce(run: Run, progress: Progress) -> None:
@@ -564,6 +604,8 @@ def announce(run: Run, progress: Progress) -> None:
     tqdm.write(f"{cfg.arch} on {run.device.type}{over}: {len(run.split.train)} train / {len(run.split.val)} val "
                f"images, {len(run.split.classes)} classes, {epochs} at {sizes} px, "
                f"{run.workers} worker{'' if run.workers == 1 else 's'}" + (f", {skipped} files skipped" if skipped else ""))
+    for line in run.plan:
+        tqdm.write(f"plan: {line}")
     tqdm.write(f"precision: {run.precision.name} ({run.precision.reason})")
     if run.size_reason:
         tqdm.write(f"size: {run.size_reason}")
@@ -783,7 +825,8 @@ def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progr
         if run.split.val:
             D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
         (run.out / "config.json").write_text(json.dumps(
-            {**asdict(run.cfg), "precision": run.precision.record(), "size_reason": run.size_reason}, indent=2))
+            {**asdict(run.cfg), "precision": run.precision.record(), "plan": run.plan, "size_reason": run.size_reason},
+            indent=2))
         announce(run, progress)
     return progress, budget
 

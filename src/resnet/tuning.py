@@ -62,6 +62,43 @@ SIZE_LADDER = ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128), (1.0, 160), (1.0,
 # better on held-out photos than its 59 in fp32: past ~60 the small net has had enough.
 EPOCHS_TO_GROW = 60
 
+# --- The plan from the data (plan.py) ----------------------------------------------------------
+
+# Headers read to describe a training set's sizes (data/stats.py): the median of 1,000 is within a
+# few pixels of the whole's, read in ~0.2 s where 50,000 take ~10 s.
+STATS_SAMPLE = 1000
+
+# Images whose median shorter side is at most this are "small" (CIFAR's 32, Tiny ImageNet's 64):
+# the ImageNet stem would reduce them to 1-2 px maps by its fourth stage, so they get ResNet-9 at
+# native resolution. STL-10's 96 px and the 180 px photos keep the photo recipe.
+SMALL_IMAGE_MAX = 64
+
+# The small-image recipe, after Page's ResNet-9 DAWNBench recipe (SGD + Nesterov 0.9, peak lr 0.4,
+# weight decay 5e-4, a warm-up then decay) and airbench's label smoothing 0.2 (it keeps a short
+# run's confident mistakes cheap), with batches of 128 instead of 512: a CPU trains as many images
+# a second either way, and a short run gains from 4x the steps. One epoch of the whole schedule on
+# CIFAR-10 (45,000 images, 2-core Xeon, fp32), held-out accuracy: batch 512 at lr 0.2 or 0.4 per
+# 256: 53.4-53.6 %; batch 64 at 0.2: 66.4 %; batch 128 at 0.2: 65.7 %, 0.4: 68.7 %, 0.8: 69.9 %,
+# 1.6: 69.6 %. So 128 at 0.8 per 256 (a peak of 0.4, Page's).
+SMALL_RECIPE = dict(arch="resnet9", width=0.5, augment="pad-crop", batch_size=128, lr=0.8, momentum=0.9,
+                    nesterov=True, weight_decay=5e-4, label_smoothing=0.2, warmup_epochs=2.0)
+
+# ResNet-9's widths a budget may take, cheapest first (half width is a quarter of the compute: 4x
+# the epochs), and the epochs a wider one must still get. Measured on a 2-core Xeon at 32 px,
+# batch 512, fp32: 281 img/s at half width, 115 at 0.75, 77 at full width; the full-width
+# network reaches 94 % in 24 epochs on a GPU (Page), a short budget gets more from more epochs.
+SMALL_WIDTHS = (0.5, 0.75, 1.0)
+SMALL_EPOCHS_TO_GROW = 24
+
+# The in-memory loader (data/memory.py) takes a training set of at most this many bytes of
+# pixels: CIFAR-10 is 150 MB, Tiny ImageNet at 64 px 1.2 GB; past that, memory is better left to
+# the page cache of the decoded copy.
+IN_MEMORY_BYTES = 2 * 1024**3
+
+# A warm-up is at most this fraction of the run: 2 epochs of warm-up in a 3-epoch budget would
+# leave no time at the peak learning rate (Page warms up over 5 of 24 epochs).
+WARMUP_MAX_FRACTION = 0.2
+
 # --- Logs -------------------------------------------------------------------------------------
 
 # Off a terminal, an epoch's progress is a plain line at its quarters, at most this often: a long

@@ -1,5 +1,6 @@
-"""From files on disk to batches, in four modules: `files` (find images, label, split), `decode`
-(robustly, to RGB), `cache` (the decoded cache), `loader` (dataset, sampler, loader). Their names
+"""From files on disk to batches: `files` (find images, label, split), `stats` (what the images
+are like, for the plan), `decode` (robustly, to RGB), `cache` (the decoded cache), `loader`
+(dataset, sampler, loader) and `memory` (the small-image fast path: pixels in one tensor). Their names
 are importable from here (`from resnet import data as D`).
 
 A real folder has broken files. They are found at scan time where that is cheap (empty, not an
@@ -17,6 +18,8 @@ from .files import (IMG_EXTENSIONS, VAL_DIR_NAMES, DataSplit, Sample, Scan, chec
                     is_image_name, label_from_name, labelled_files, samples_for, scan, stratified_split,
                     write_samples, write_skipped)
 from .loader import Batch, Draw, EpochSampler, ImageDataset, Item, collate, default_workers, make_loader
+from .memory import TensorLoader, in_memory, pad_crop_flip
+from .stats import DataStats, describe
 
 __all__ = ["CACHE_FORMAT", "CACHE_LIMIT_ENV", "DecodedCache", "build_cache", "cache_bytes", "cache_entries", "cache_limit",
            "cache_size_for", "default_cache_dir", "prune",
@@ -24,4 +27,5 @@ __all__ = ["CACHE_FORMAT", "CACHE_LIMIT_ENV", "DecodedCache", "build_cache", "ca
            "IMG_EXTENSIONS", "VAL_DIR_NAMES", "DataSplit", "Sample", "Scan", "check_header", "check_label_pattern", "discover",
            "find_images", "is_image_name", "label_from_name", "labelled_files", "samples_for", "scan",
            "stratified_split", "write_samples", "write_skipped", "Batch", "Draw", "EpochSampler", "ImageDataset",
-           "Item", "collate", "default_workers", "make_loader", "DataError"]
+           "Item", "collate", "default_workers", "make_loader", "TensorLoader", "in_memory", "pad_crop_flip",
+           "DataStats", "describe", "DataError"]

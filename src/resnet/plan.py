@@ -1,0 +1,94 @@
+"""The default recipe, planned from the data: the kind of images decides the network, its input
+size, the augmentation, the regularisation and the loader; the compute then picks a size within
+that kind's ladder (`train.size_for_budget`, from timed steps). Pure: `DataStats` in, values and
+one reason per decision out, so every rule is tested without images or a clock. Only options the
+user left out are planned, and only for the `default` preset (`train.apply_plan`).
+
+Two kinds, after the recipes that hold the records for each:
+- small images (a median shorter side up to `SMALL_IMAGE_MAX`, CIFAR-like): the wide and shallow
+  ResNet-9 at native resolution (no up-sampling: a 32 px image holds 32 px of detail), the paper's
+  pad-and-crop augmentation, batches of 512, label smoothing 0.2 and weight decay 5e-4 as in
+  Page's and Jordan's CIFAR-10 recipes, and the in-memory loader where the pixels fit;
+- photos: the ImageNet-stem ResNet-18 at half width with random-resized crops growing 64 -> 96 px
+  (docs/training.md), never trained or evaluated above the resolution the photos hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .data.stats import DataStats
+from .options import MIN_IMG_SIZE
+from .tuning import (EPOCHS_TO_GROW, EVAL_SCALE, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
+                     SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    kind: str                                   # "small images" or "photos"
+    values: dict[str, Any]                      # TrainConfig fields
+    ladder: tuple[tuple[float, int], ...]       # (width, final crop px) a budget may choose from
+    enough_epochs: int                          # a larger rung only while it still gets this many
+    # Why, a line per decision with the options it decided: a line whose options were all given
+    # by the user is not shown (it did not decide anything).
+    reasons: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+
+
+def eval_size_for(img_size: int) -> int:
+    """The evaluation size for a training size: `EVAL_SCALE` larger (random crops zoom in), a
+    multiple of `SIZE_STEP`."""
+    return max(SIZE_STEP, int(round(img_size * EVAL_SCALE / SIZE_STEP)) * SIZE_STEP)
+
+
+def plan_recipe(stats: DataStats) -> Recipe:
+    """The recipe for data like `stats` describes."""
+    if stats.short_side <= SMALL_IMAGE_MAX:
+        return _small_images(stats)
+    return _photos(stats)
+
+
+def _small_images(stats: DataStats) -> Recipe:
+    size = max(MIN_IMG_SIZE, stats.short_side)
+    fits = stats.images * size * size * 3 <= IN_MEMORY_BYTES
+    values = {**SMALL_RECIPE, "img_size": size, "min_img_size": size, "eval_size": size, "crop_pct": 1.0,
+              "in_memory": fits}
+    pixels = stats.images * size * size * 3
+    reasons = [
+        (("arch", "img_size"), f"small images (median shorter side {stats.short_side} px <= {SMALL_IMAGE_MAX}): "
+                               f"the 9-layer ResNet-9 at {size} px, native resolution, no progressive resizing"),
+        (("augment",), f"pad-and-crop + flip augmentation (what a {size} px image allows: a random-resized crop "
+                       "would up-sample it)"),
+        (("label_smoothing", "weight_decay", "batch_size", "lr"),
+         f"label smoothing {SMALL_RECIPE['label_smoothing']}, weight decay {SMALL_RECIPE['weight_decay']:g}, "
+         f"batch {SMALL_RECIPE['batch_size']}, lr {SMALL_RECIPE['lr']} per 256 (the CIFAR-10 records' recipe, "
+         "with 4x the steps)"),
+        (("in_memory",), f"pixels in memory ({pixels / 2**20:.0f} MiB), batches cut and augmented as tensor "
+                         "operations, no workers" if fits else
+                         f"{pixels / 2**30:.1f} GiB of pixels is more than the in-memory loader takes "
+                         f"({IN_MEMORY_BYTES / 2**30:.0f} GiB): the decoded cache and the DataLoader"),
+    ]
+    if size != stats.short_side:
+        reasons.append((("img_size",), f"{stats.short_side} px images up-sampled to {size} px, the smallest "
+                                       "the networks take"))
+    return Recipe("small images", values, tuple((w, size) for w in SMALL_WIDTHS), SMALL_EPOCHS_TO_GROW, reasons)
+
+
+def _photos(stats: DataStats) -> Recipe:
+    # Never above the resolution the photos hold: the rungs whose evaluation size fits the median
+    # shorter side (and always one: the largest multiple of SIZE_STEP that does).
+    ladder = tuple(r for r in SIZE_LADDER if eval_size_for(r[1]) <= stats.short_side)
+    reasons = [(("arch", "img_size"), f"photos (median shorter side {stats.short_side} px): ResNet-18 at half "
+                                      "width with random-resized crops growing to the final size (the dogs-vs-cats "
+                                      "recipe)")]
+    values: dict[str, Any] = {"in_memory": False}
+    if not ladder:
+        size = max(MIN_IMG_SIZE, int(stats.short_side / EVAL_SCALE) // SIZE_STEP * SIZE_STEP)
+        ladder = ((SIZE_LADDER[0][0], size),)
+        values.update(img_size=size, eval_size=min(stats.short_side, eval_size_for(size)))
+        reasons.append((("img_size",), f"trained at {size} px, not {SIZE_LADDER[0][1]}: the photos hold "
+                                       f"{stats.short_side} px"))
+    elif len(ladder) < len(SIZE_LADDER):
+        reasons.append((("img_size",), f"sizes up to {ladder[-1][1]} px: larger ones would be up-sampled from "
+                                       f"{stats.short_side} px"))
+    return Recipe("photos", values, ladder, EPOCHS_TO_GROW, reasons)

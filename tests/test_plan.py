@@ -1,0 +1,185 @@
+"""The plan from the data: what each kind of data gets, why, and that the user's options win."""
+
+import json
+
+import pytest
+import torch
+
+from resnet import data as D
+from resnet import train as T
+from resnet.data.stats import DataStats
+from resnet.plan import eval_size_for, plan_recipe
+from resnet.tuning import EPOCHS_TO_GROW, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX
+
+from conftest import killed_before_epoch_2, photo
+
+
+def stats(short: int, images: int = 50_000, classes: int = 10, grey: float = 0.0) -> DataStats:
+    return DataStats(images=images, classes=classes, short_side=short, short_side_p10=short, short_side_p90=short,
+                     grey=grey, smallest_class=images // classes, largest_class=images // classes)
+
+
+@pytest.mark.parametrize("short", [8, 28, 32, 64])
+def test_small_images_never_get_a_crop_above_their_size_nor_an_imagenet_stem(short):
+    recipe = plan_recipe(stats(short))
+    v = recipe.values
+    size = max(16, short)  # the smallest input the networks take
+    assert v["arch"] == "resnet9" and v["augment"] == "pad-crop"
+    assert v["img_size"] == v["min_img_size"] == v["eval_size"] == size and v["crop_pct"] == 1.0
+    assert {s for _, s in recipe.ladder} == {size}  # the budget may only widen, never up-sample
+    assert v["in_memory"] and recipe.kind == "small images"
+
+
+def test_small_images_too_many_for_memory_go_through_the_cache():
+    n = IN_MEMORY_BYTES // (32 * 32 * 3) + 1
+    recipe = plan_recipe(stats(32, images=n))
+    assert not recipe.values["in_memory"] and "decoded cache" in recipe.reasons[-1][1]
+
+
+def test_photos_of_180_px_keep_the_dogs_vs_cats_plan():
+    recipe = plan_recipe(stats(180, images=8000, classes=2))
+    assert recipe.kind == "photos" and recipe.values == {"in_memory": False}  # arch, width, sizes: the preset's
+    assert recipe.ladder == tuple(r for r in SIZE_LADDER if eval_size_for(r[1]) <= 180)
+    assert recipe.ladder[0] == SIZE_LADDER[0] and recipe.ladder[-1] == (1.0, 128)
+    assert recipe.enough_epochs == EPOCHS_TO_GROW
+
+
+def test_large_photos_may_grow_to_torchvisions_224():
+    assert plan_recipe(stats(375, images=2000, classes=2)).ladder == SIZE_LADDER
+
+
+def test_low_resolution_photos_are_not_up_sampled():
+    recipe = plan_recipe(stats(SMALL_IMAGE_MAX + 16))  # 80 px: a photo, but below the default's 96
+    size = recipe.values["img_size"]
+    assert size <= 80 and recipe.values["eval_size"] <= 80 and recipe.ladder == ((0.5, size),)
+    assert "the photos hold 80 px" in recipe.reasons[-1][1]
+
+
+def test_the_plan_keeps_every_option_given_and_the_sizes_follow_a_given_size(tmp_path):
+    split = D.DataSplit(["a", "b"], [D.Sample(str(tmp_path / f"{i}.png"), i % 2) for i in range(8)], [])
+    for s in split.train:
+        photo(32, 32, seed=1).save(s.path)
+    cfg = T.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), arch="resnet20",
+                        img_size=24, label_smoothing=0.0)
+    planned, recipe, lines = T.apply_plan(cfg, split)
+    assert recipe.kind == "small images" and planned.augment == "pad-crop" and planned.in_memory
+    assert (planned.arch, planned.img_size, planned.label_smoothing) == ("resnet20", 24, 0.0)
+    assert planned.min_img_size == planned.eval_size == 24
+    assert lines[0].startswith("data: 8 images, 2 classes (balanced), shorter side 32 px")
+    assert "as given: --arch resnet20, --img-size 24, --label-smoothing 0.0" in lines
+    assert not any("ResNet-9" in line for line in lines)  # the lines say what the plan decided, only that
+    assert any("pad-and-crop" in line for line in lines)
+    # Other presets are recipes of their own, and pretrained weights bring their network.
+    for other in (T.make_config("cifar-paper", data=str(tmp_path), out=str(tmp_path / "r2")),
+                  T.make_config("default", data=str(tmp_path), out=str(tmp_path / "r3"), pretrained="x.pth")):
+        assert T.apply_plan(other, split) == (other, None, [])
+
+
+def test_describe_reads_sizes_grey_and_balance(tmp_path):
+    samples = []
+    for i, (w, h, mode, label) in enumerate([(32, 32, "RGB", 0), (40, 30, "RGB", 0), (64, 48, "L", 0),
+                                             (30, 30, "RGB", 0), (32, 20, "L", 1)]):
+        path = tmp_path / f"{i}.png"
+        photo(w, h, seed=i).convert(mode).save(path)
+        samples.append(D.Sample(str(path), label))
+    s = D.describe(samples, classes=2)
+    assert (s.images, s.classes, s.smallest_class, s.largest_class) == (5, 2, 1, 4)
+    assert s.short_side == 30 and (s.short_side_p10, s.short_side_p90) == (20, 48) and s.grey == 0.4
+    assert "imbalanced: 1 to 4 a class" in s.line()
+
+
+def test_in_memory_crops_are_pad_crops_drawn_from_each_images_own_seed():
+    images = torch.randint(0, 256, (400, 3, 8, 8), dtype=torch.uint8)
+    seeds = torch.arange(400) + 10**12  # consecutive, as the sampler's are
+    out = D.pad_crop_flip(images, 2, True, seeds)
+    assert out.shape == images.shape and out.is_contiguous(memory_format=torch.channels_last)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    drawn = []
+    for i in range(400):  # each is one of the 25 crops of its padded image, mirrored or not
+        crops = [(t, l, m) for t in range(5) for l in range(5) for m in (0, 1)
+                 if torch.equal(out[i], padded[i, :, t:t + 8, l:l + 8].flip(-1) if m else padded[i, :, t:t + 8, l:l + 8])]
+        assert crops, i
+        drawn.append(crops[0])
+    # Every offset and both mirrorings occur, about evenly (400 draws of 50 outcomes).
+    assert len(set(drawn)) == 50 and max(drawn.count(d) for d in set(drawn)) < 24
+    # The same seed gives the same crop whatever batch the image is in: half batches agree.
+    halves = torch.cat([D.pad_crop_flip(images[:150], 2, True, seeds[:150]),
+                        D.pad_crop_flip(images[150:], 2, True, seeds[150:])])
+    assert torch.equal(out, halves)
+    assert not torch.equal(out, D.pad_crop_flip(images, 2, True, seeds + 1))
+    assert torch.equal(D.pad_crop_flip(images, 0, False, seeds), images)
+
+
+def test_in_memory_loader_shards_resumes_and_reports_failures():
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 4, 4).contiguous()
+    labels, positions = torch.arange(20) % 2, torch.arange(20) + 100
+
+    def loader(rank=0, world=1, batch=4):
+        return D.TensorLoader(images, labels, positions, batch, 0, False, 7, rank, world, True, [(5, "truncated")])
+
+    whole = loader()
+    whole.sampler.set_epoch(3)
+    batches = list(whole)
+    assert len(batches) == len(whole) == 5 and batches[0].failures == [(5, "truncated")]
+    seen = torch.cat([b.indices for b in batches])
+    assert sorted(seen.tolist()) == list(range(100, 120))  # every image once, by its dataset position
+    for b in batches:
+        assert torch.equal(b.images[:, 0, 0, 0].long() + 100, b.indices) and torch.equal(b.labels, b.indices % 2)
+    resumed = loader()
+    resumed.sampler.set_epoch(3, start=8)  # two batches in
+    assert [torch.equal(a.indices, b.indices) for a, b in zip(batches[2:], resumed)] == [True] * 3
+    assert all(not b.failures for b in resumed)
+    halves = [torch.cat([b.indices for b in _epoch(loader(r, 2, batch=5), 3)]) for r in (0, 1)]
+    assert sorted(torch.cat(halves).tolist()) == list(range(100, 120))
+
+
+def _epoch(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+def test_in_memory_is_refused_where_it_cannot_do_what_is_asked(tmp_path):
+    from resnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--in-memory augments as --augment pad-crop does"):
+        T.make_config("default", out=str(tmp_path / "a"), in_memory=True, augment="random-resized-crop")
+    with pytest.raises(ConfigError, match="not with --no-cache"):
+        T.make_config("default", out=str(tmp_path / "b"), in_memory=True, augment="pad-crop", cache=False)
+
+
+def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """End to end on 32 px images with no option but the folder: the plan's choices reach the
+    run (ResNet-9, pad-crop from memory) and its records, and a run resumed after its first epoch
+    ends with the weights of one that was not interrupted."""
+    root = tmp_path / "small"
+    for c, bright in (("a", False), ("b", True)):
+        (root / c).mkdir(parents=True)
+        for i in range(20):
+            photo(32, 32, seed=i + (50 if bright else 0), bright=bright).save(root / c / f"{i}.png")
+    opts = dict(data=str(root), epochs=2, batch_size=16, deterministic=True, val_split=0.2)
+    straight = T.train(T.make_config("default", out=str(tmp_path / "straight"), **opts))
+    config = json.loads((tmp_path / "straight" / "config.json").read_text())
+    assert (config["arch"], config["img_size"], config["eval_size"], config["augment"], config["in_memory"]) == \
+        ("resnet9", 32, 32, "pad-crop", True)
+    assert config["plan"][0].startswith("data: 32 images, 2 classes (balanced), shorter side 32 px")  # the training part
+    assert T.read_checkpoint(tmp_path / "straight" / "best.pt")["plan"] == config["plan"]
+    assert straight["epochs"] == 2
+
+    killed_before_epoch_2(monkeypatch, lambda: T.train(T.make_config("default", out=str(tmp_path / "resumed"), **opts)))
+    T.train(*T.resume_config(tmp_path / "resumed" / "last.pt"))
+    a = T.read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = T.read_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # The trained ResNet-9 goes through every inference path: ONNX gives PyTorch's logits, and
+    # predict gives each image the label evaluate scored it with.
+    from resnet.evaluate import evaluate
+    from resnet.export import export_onnx
+    from resnet.predict import Classifier, compare
+
+    best = tmp_path / "straight" / "best.pt"
+    fp32 = Classifier.load(best, amp="off", engine="torch")  # the export is fp32, whatever the run's precision
+    assert compare(fp32, Classifier.load(export_onnx(best, tmp_path / "m.onnx")))["max_abs_difference"] < 1e-4
+    result, samples, probs = evaluate(best, tmp_path / "straight" / "val.csv", workers=0)
+    rows = Classifier.load(best).predict([s.path for s in samples])
+    assert [r["label"] for r in rows] == [result["classes"][i] for i in probs.argmax(1).tolist()]
