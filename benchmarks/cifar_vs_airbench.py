@@ -64,7 +64,7 @@ def main() -> None:
     tr, held = split(Path(a.work))
     rows = []
     if not a.skip_peer:
-        out, wall = run([sys.executable, str(SHARED / "peers" / "airbench_cpu.py"), "--train", str(tr),
+        out, _ = run([sys.executable, str(SHARED / "peers" / "airbench_cpu.py"), "--train", str(tr),
                          "--test", str(held), "--minutes", str(a.minutes)])
         r = json.loads(out.strip().splitlines()[-1])
         rows.append({"run": "airbench94 (CPU port)", "accuracy": r["test_acc_no_tta"], "tta": r["test_acc"],
