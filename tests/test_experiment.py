@@ -1,31 +1,110 @@
-"""`resnet experiment degradation` on a tiny synthetic folder: the files and their schema (the
-science is in docs/science.md, measured on CIFAR-10)."""
+"""`resnet experiment degradation`: the plan from the budget (pure), its refit, and the command on
+a tiny synthetic folder: the files and their schema (the science is in docs/science.md, measured on
+CIFAR-10)."""
 
 import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+import resnet.experiment as E
 from conftest import photo
 from resnet.cli import main
 from resnet.transforms import EvalTransform, PadCropTransform
+from resnet.tuning import BUDGET_RESERVE, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES, EXPERIMENT_RECIPE
+
+# Training steps at batch 64 of plain-20, ResNet-20, plain-56, ResNet-56 on a 2-core Xeon (fp32).
+XEON = (0.095, 0.132, 0.266, 0.306)
 
 
-def test_degradation_writes_history_summary_and_figure(tmp_path):
+def used(plan: E.Plan, step_s) -> float:
+    return plan.epochs * E.round_seconds(plan.train_images, plan.test_images, step_s, plan.batch_size)
+
+
+def test_the_budget_buys_epochs_of_as_many_images_as_it_can_pay_for():
+    budget = 30 * 60
+    plan = E.plan_experiment(45000, 5000, budget, XEON)
+    assert 800 <= plan.train_images <= 1000 and plan.test_images == 1000
+    assert plan.epochs == EXPERIMENT_EPOCHS
+    left = budget * (1 - BUDGET_RESERVE)  # every epoch the budget holds, and not one more
+    assert used(plan, XEON) <= left < used(plan, XEON) * (plan.epochs + 1) / plan.epochs
+    assert used(plan, XEON) > 0.9 * left
+    # a CPU three times faster trains three times the images, for the same epochs
+    fast = E.plan_experiment(45000, 5000, budget, [s / 3 for s in XEON])
+    assert fast.epochs == EXPERIMENT_EPOCHS and 2.9 < (fast.train_images + 333) / (plan.train_images + 333) < 3.1
+    # a budget that buys more than the folder holds: all of it, for more epochs
+    long = E.plan_experiment(45000, 5000, 20 * 3600, XEON)
+    assert long.train_images == 45000 and long.epochs > EXPERIMENT_EPOCHS
+    assert used(long, XEON) <= 20 * 3600 * (1 - BUDGET_RESERVE)
+    # too little for any: the smallest set measured to show the result, for what epochs fit
+    short = E.plan_experiment(45000, 5000, 60, XEON)
+    assert short.train_images == EXPERIMENT_MIN_IMAGES and 1 <= short.epochs < EXPERIMENT_EPOCHS
+    assert plan.batch_size == EXPERIMENT_RECIPE["batch_size"] and plan.lr == EXPERIMENT_RECIPE["lr"]
+    assert len(plan.reasons) == 4  # test images, training images, epochs, the recipe: each said
+
+
+def test_options_given_are_kept():
+    plan = E.plan_experiment(45000, 5000, 30 * 60, XEON, train_images=500)
+    assert plan.train_images == 500 and plan.epochs > EXPERIMENT_EPOCHS  # the budget goes to epochs
+    assert not any(r.startswith("training images") for r in plan.reasons)
+    given = E.plan_experiment(45000, 5000, None, None, batch_size=32, epochs=7, test_images=300, lr=0.5,
+                              warmup_epochs=1.5)
+    assert (given.train_images, given.test_images, given.epochs) == (45000, 300, 7)  # no budget: all images
+    assert (given.batch_size, given.lr, given.warmup_epochs, given.reasons) == (32, 0.5, 1.5, ())
+    few = E.plan_experiment(800, 90, None, None, epochs=3)
+    assert (few.train_images, few.test_images) == (800, 90)  # fewer than the default test set: all
+
+
+def test_replan_keeps_one_plan_steady_and_never_grows_past_the_first_decay():
+    # 10 s an epoch of every network in 1,000 s, of which 970 usable
+    assert E.replan(1000, 50, 2, 20, [12.0, 10.0]) == 93  # room for 91 more, with half an epoch to spare
+    assert E.replan(1000, 60, 3, 93, [12.0, 10.0, 10.1]) == 93  # noise does not move it
+    assert E.replan(1000, 500, 10, 20, [10.0] * 10) == 20  # past the first decay: no growing
+    assert E.replan(1000, 900, 10, 20, [10.0] * 10) == 17  # ...but shrinking, yes
+    assert E.replan(1000, 965, 10, 20, [10.0] * 10) == 10  # another epoch would overrun: stop here
+    assert E.replan(1000, 50, 2, 20, [300.0, 10.0]) == 93  # a slow first epoch is left out
+
+
+def test_every_network_follows_the_one_plan(tmp_path, monkeypatch):
+    """The epochs refitted after each epoch reach every network, and each one's schedule follows
+    the new plan: all train the same epochs, and all end at the decayed rate."""
+    root = tiny_cifar(tmp_path)
+    monkeypatch.setattr(E, "timed_steps", lambda archs, batch, device: [0.01] * len(archs))
+    plans = iter([4, 4, 4])
+    monkeypatch.setattr(E, "replan", lambda *a: next(plans))
+    summary = E.degradation(root, tmp_path / "exp", depths=[20], max_minutes=10, train_images=20, batch_size=10,
+                            lr=0.4)
+    assert [s["epochs"] for s in summary.values()] == [4, 4] and [s["steps"] for s in summary.values()] == [8, 8]
+    for name in summary:
+        with open(tmp_path / "exp" / name / "metrics.csv") as f:
+            lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+        peak = 0.4 * 10 / 256
+        assert lrs[-1] == pytest.approx(peak / 100)  # the last quarter of 4 epochs, not of the first plan
+    plan = json.loads((tmp_path / "exp" / "plan.json").read_text())
+    assert plan["epochs_trained"] == 4 and len(plan["epoch_seconds_measured"]) == 4
+
+
+def tiny_cifar(tmp_path):
     root = tmp_path / "cifar"
     for c, bright in (("cat", False), ("dog", True)):
         (root / c).mkdir(parents=True)
         for i in range(20):
             photo(32, 32, seed=i + (40 if bright else 0), bright=bright).save(root / c / f"{i}.png")
+    return root
+
+
+def test_degradation_writes_history_summary_and_figure(tmp_path):
+    root = tiny_cifar(tmp_path)
     out = tmp_path / "exp"
     assert main(["experiment", "degradation", str(root), "--depths", "20", "--epochs", "2", "--out", str(out),
                  "--train-images", "20", "--lr", "0.05"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["plain20", "resnet20"]
     for s in summary.values():
-        assert set(s) == {"final_train_error", "final_test_error", "epochs", "seconds"}
+        assert set(s) == {"final_train_error", "final_test_error", "epochs", "steps", "seconds"}
         assert s["epochs"] == 2 and 0 <= s["final_train_error"] <= 1 and 0 <= s["final_test_error"] <= 1
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))

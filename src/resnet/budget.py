@@ -73,6 +73,17 @@ def fit(budget_s: float, spent_s: float, epochs_done: int, epoch_s: Callable[[in
     return low
 
 
+def steady_fit(budget_s: float, spent_s: float, epochs_done: int, planned: int,
+               epoch_s: Callable[[int, int], float]) -> int:
+    """`fit` again for a run that has a plan of `planned` epochs: the count moves only when it
+    would with half an epoch to spare either way, so noise in the timings does not shake the
+    schedule (whose decay points are fractions of the plan)."""
+    half = epoch_s(epochs_done, planned) / 2
+    cautious = fit(budget_s, spent_s + half, epochs_done, epoch_s)
+    generous = fit(budget_s, spent_s - half, epochs_done, epoch_s)
+    return cautious if cautious > planned else generous if generous < planned else planned
+
+
 def largest_that_fits(sizes: Sequence[T], epochs_of: Callable[[T], int], enough: int) -> tuple[int, list[int]]:
     """(index of the last of `sizes`, cheapest first, that still gets `enough` epochs — the first
     when none does; the epochs of each size timed). Sizes are timed cheapest first and the search
@@ -123,8 +134,7 @@ class Budget:
     def refit(self, history: list[dict], epochs_done: int, planned: int) -> int:
         """The plan again, from whole epochs: predictions are scaled by the median ratio of measured
         to predicted time over the last `REFIT_WINDOW` epochs (the first epoch, which starts the
-        workers, left out once there are two). The count moves only when it would with half an
-        epoch to spare either way, so noise does not shake the schedule."""
+        workers, left out once there are two), kept steady by `steady_fit`."""
         recent = history[max(min(1, epochs_done - 1), epochs_done - REFIT_WINDOW):epochs_done]
         ratios = sorted(r["seconds"] / self.epoch_at(r["img_size"]) for r in recent)
         k = ratios[len(ratios) // 2]
@@ -132,10 +142,7 @@ class Budget:
         def epoch_s(e: int, n: int) -> float:
             return k * self.epoch_at(self.shape.crop_at(e, n))
 
-        half = epoch_s(epochs_done, planned) / 2
-        cautious = fit(self.seconds, self.elapsed() + half, epochs_done, epoch_s)
-        generous = fit(self.seconds, self.elapsed() - half, epochs_done, epoch_s)
-        return cautious if cautious > planned else generous if generous < planned else planned
+        return steady_fit(self.seconds, self.elapsed(), epochs_done, planned, epoch_s)
 
     def cannot_fit(self, next_epoch_s: float) -> bool:
         """The last resort: another epoch like the last one would overrun the budget."""

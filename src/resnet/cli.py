@@ -185,14 +185,16 @@ def add_experiment(sub) -> None:
     dg.add_argument("--depths", default="20,56", help="comma-separated CIFAR depths (20, 32, 44, 56, 110)")
     budget = dg.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=_positive_int, help="epochs for every network")
-    budget.add_argument("--max-minutes", type=float, help="the whole experiment's time; split evenly in epochs")
-    dg.add_argument("--train-images", type=_positive_int, help="a stratified subset of the training images")
-    dg.add_argument("--test-images", type=_positive_int, help="a stratified subset of the test images")
-    dg.add_argument("--batch-size", type=_positive_int, default=128,
-                    help="the paper's 128; a short run on a CPU gets more steps from a smaller one "
+    budget.add_argument("--max-minutes", type=float,
+                        help="the whole experiment's time: it chooses the training images, epochs and recipe")
+    dg.add_argument("--train-images", type=_positive_int,
+                    help="a stratified subset of the training images (default: as many as the budget trains well)")
+    dg.add_argument("--test-images", type=_positive_int, help="a stratified subset of the test images (default: 2,000)")
+    dg.add_argument("--batch-size", type=_positive_int,
+                    help="default 64: on a CPU a short run gets more steps from it than from the paper's 128 "
                          "(the learning rate follows it linearly)")
-    dg.add_argument("--lr", type=float,
-                    help="learning rate for batch 256, scaled linearly (default: the paper's 0.1 at batch 128)")
+    dg.add_argument("--lr", type=float, help="learning rate for batch 256, scaled linearly (default: a short run's)")
+    dg.add_argument("--warmup-epochs", type=float, help="linear warm-up (default: a short run's)")
     dg.add_argument("--seed", type=int, default=0)
     dg.add_argument("--workers", type=int, default=0)
     dg.add_argument("--out", default="runs/degradation")
@@ -499,7 +501,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         raise ConfigError(f"--max-minutes must be positive, not {a.max_minutes}")
     check_output_dir("--out", a.out, [a.data, *([a.val] if a.val else [])])
     summary = degradation(a.data, a.out, a.val, depths, a.epochs, a.max_minutes, a.train_images, a.test_images,
-                          a.seed, a.workers, a.batch_size, a.lr)
+                          a.seed, a.workers, a.batch_size, a.lr, a.warmup_epochs)
     print(f"history, summary and figure: {Path(a.out) / 'history.csv'}, {Path(a.out) / 'summary.json'}, "
           f"{Path(a.out) / 'figure6.png'}")
     names = list(summary)

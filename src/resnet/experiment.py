@@ -2,116 +2,242 @@
 
 Plain networks (no shortcuts) train worse as they get deeper: plain-56 ends with a higher training
 error than plain-20. With identity shortcuts the deeper network trains at least as well: ResNet-56
-at or below ResNet-20. Each network is trained with the same recipe (`--preset cifar-paper`: the
-paper's optimiser, augmentation and step decay at the same fractions of the run) for the same
-number of epochs, and its training and test error are recorded every epoch.
+at or below ResNet-20. Every network is trained with one recipe (`--preset cifar-paper`'s optimiser,
+augmentation and step decay, with the batch, learning rate and warm-up below) on the same images
+for the same epochs, side by side: one epoch of each network in turn, so that a time budget can be
+refitted as it goes and every network keeps the same plan. Training and test error are recorded
+every epoch.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
+import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm import tqdm
+
 from . import data as D
+from .budget import fit, steady_fit
 from .errors import ConfigError
 from .models import CIFAR_DEPTHS
-from .train import make_config, train
-from .tuning import EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_PLAN_FRACTION
+from .train import Progress, Run, begin, end_epoch, make_config, record_epoch, set_up, train_epoch, validate
+from .tuning import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
+                     EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR)
 
 
-def networks(depths: Sequence[int]) -> list[tuple[str, str]]:
-    """(name, architecture) for each depth, plain then residual: plain20, resnet20, plain56..."""
+def networks(depths: Sequence[int]) -> list[str]:
+    """The architecture of each depth, plain then residual: plain20, resnet20, plain56..."""
     unknown = [d for d in depths if d not in CIFAR_DEPTHS]
     if unknown or not depths:
         raise ConfigError(f"--depths {','.join(map(str, depths))}: the paper's CIFAR depths are "
                           f"{', '.join(map(str, CIFAR_DEPTHS))}")
-    return [(f"{kind}{depth}",) * 2 for depth in depths for kind in ("plain", "resnet")]
+    return [f"{kind}{depth}" for depth in depths for kind in ("plain", "resnet")]
 
 
-def subset(data: str | Path, val: str | Path | None, train_images: int | None, val_images: int | None,
-           seed: int, out: Path) -> tuple[str, str]:
-    """CSV files of the training and test images (a stratified, seeded subset when asked), written
-    to `out`: every network then trains and is tested on exactly the same images."""
-    split = D.discover(data, val, 0.1 if val is None else None, seed)
-    train_s, test_s = split.train, split.val
+# ---------------------------------------------------------------------------------------------
+# The plan: images, epochs and recipe from the budget (pure: no torch, no files)
 
-    def take(samples: list[D.Sample], n: int | None) -> list[D.Sample]:
-        if n is None or n >= len(samples):
+
+@dataclass(frozen=True)
+class Plan:
+    train_images: int
+    test_images: int
+    epochs: int
+    batch_size: int
+    lr: float                      # for batch 256, scaled linearly to the batch
+    warmup_epochs: float
+    reasons: tuple[str, ...]       # one line per decision, printed and saved in plan.json
+
+
+def round_seconds(train_images: int, test_images: int, step_s: Sequence[float], batch_size: int) -> float:
+    """Predicted seconds of one epoch of every network: training steps from `step_s` (one per
+    network, at `batch_size`), a test image at a third of a training one (forward only)."""
+    per_image = EXPERIMENT_EPOCH_OVERHEAD * sum(step_s) / batch_size
+    return per_image * (train_images + test_images * VAL_BATCH_COST / VAL_BATCH_FACTOR)
+
+
+def plan_experiment(available_train: int, available_test: int, seconds: float | None, step_s: Sequence[float] | None,
+                    batch_size: int | None = None, epochs: int | None = None, train_images: int | None = None,
+                    test_images: int | None = None, lr: float | None = None,
+                    warmup_epochs: float | None = None) -> Plan:
+    """The experiment's plan for `seconds` of training (None: `epochs` given), every network's
+    training step taking `step_s` at the planned batch. Options given are kept. A budget buys
+    `EXPERIMENT_EPOCHS` epochs of as many training images as it can pay for (at least
+    `EXPERIMENT_MIN_IMAGES`, at most all), then as many epochs of those as fit."""
+    batch = batch_size or EXPERIMENT_RECIPE["batch_size"]
+    reasons = []
+    n_test = min(available_test, test_images or EXPERIMENT_TEST_IMAGES)
+    if test_images is None and n_test < available_test:
+        reasons.append(f"test images: {n_test:,} of {available_test:,} (stratified): the error of each "
+                       f"network within ~1.6 points, at a fraction of the time (--test-images changes it)")
+    if train_images is not None or seconds is None:
+        n_train = min(available_train, train_images or available_train)
+    else:
+        per_round = round_seconds(1, 0, step_s, batch)
+        affordable = int(seconds * (1 - BUDGET_RESERVE) / EXPERIMENT_EPOCHS / per_round
+                         - n_test * VAL_BATCH_COST / VAL_BATCH_FACTOR)
+        n_train = min(available_train, max(EXPERIMENT_MIN_IMAGES, affordable))
+        reasons.append(f"training images: {n_train:,} of {available_train:,} (stratified), "
+                       + ("all of them fit " if n_train == available_train else "the most that fit ")
+                       + f"{EXPERIMENT_EPOCHS} epochs of every network in the budget: the deeper ResNet trains "
+                         f"below the shallower only once it fits its images, which takes epochs "
+                         f"(--train-images changes it)")
+    if epochs is None:
+        one = round_seconds(n_train, n_test, step_s, batch)
+        epochs = fit(seconds, 0.0, 0, lambda e, n: one)
+        reasons.append(f"epochs: {epochs} of {max(1, n_train // batch)} steps "
+                       f"for every network (an epoch of all of them predicted at {one:.0f} s from timed steps; "
+                       f"refitted after each)")
+    rate = EXPERIMENT_RECIPE["lr"] if lr is None else lr
+    warmup = EXPERIMENT_RECIPE["warmup_epochs"] if warmup_epochs is None else warmup_epochs
+    chosen = [what for what, given in ((f"batch {batch}", batch_size), (f"lr {rate:g} per 256 images", lr),
+                                       (f"warm-up {warmup:g} epochs", warmup_epochs)) if given is None]
+    if chosen:
+        reasons.append(f"{', '.join(chosen)}: a short run's recipe, measured (docs/science.md)")
+    return Plan(n_train, n_test, epochs, batch, rate, warmup, tuple(reasons))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def timed_steps(archs: Sequence[str], batch_size: int, device: str) -> list[float]:
+    """Seconds of one training step of each network (forward, backward, SGD, at 32 px, in the
+    precision its run will choose: `resnet benchmark train`'s code)."""
+    from .bench import bench_model
+
+    return [bench_model("train", arch, 32, batch_size, steps=3, device=device)["seconds"] / 3 for arch in archs]
+
+
+def subset(split: D.DataSplit, train_images: int, test_images: int, seed: int, out: Path) -> tuple[str, str]:
+    """CSV files of the training and test images (a stratified, seeded subset of each where fewer
+    are planned), written to `out`: every network trains and is tested on exactly these images."""
+
+    def take(samples: list[D.Sample], n: int) -> list[D.Sample]:
+        if n >= len(samples):
             return samples
         keep, _ = D.stratified_split([s.label for s in samples], 1 - n / len(samples), seed)
         return [samples[i] for i in keep]
 
     out.mkdir(parents=True, exist_ok=True)
-    D.write_samples(out / "train.csv", take(train_s, train_images), split.classes)
-    D.write_samples(out / "test.csv", take(test_s, val_images), split.classes)
+    D.write_samples(out / "train.csv", take(split.train, train_images), split.classes)
+    D.write_samples(out / "test.csv", take(split.val, test_images), split.classes)
     return str(out / "train.csv"), str(out / "test.csv")
 
 
-def plan_epochs(archs: Sequence[str], train_images: int, test_images: int, minutes: float,
-                batch_size: int = 128) -> int:
-    """Epochs that every network can have within `minutes`, from real training steps of each
-    (`resnet benchmark train`'s code: forward, backward and the SGD step at 32 px); a test image
-    costs about a third of a training one (forward only)."""
-    from .bench import bench_model
+def replan(budget_s: float, spent_s: float, done: int, planned: int, round_s: list[float]) -> int:
+    """Epochs in the plan after `done` epochs of every network, from the measured time of the
+    recent ones (the first, which warms kernels up, left out once there are two); `done` when
+    another would overrun the budget. Once the first step decay has passed, the plan may shrink but
+    not grow: growing would move the decay past epochs already trained at the lower rate."""
+    one = statistics.median(round_s[max(min(1, done - 1), done - REFIT_WINDOW):])
+    if spent_s + one > budget_s * (1 - BUDGET_RESERVE):
+        return done
+    planned_now = steady_fit(budget_s, spent_s, done, planned, lambda e, n: one)
+    return min(planned_now, planned) if 2 * done >= planned else planned_now
 
-    seconds = 0.0
-    for arch in archs:
-        ips = bench_model("train", arch, 32, batch_size, steps=3, device="cpu", amp="off")["images_per_second"]
-        seconds += EXPERIMENT_EPOCH_OVERHEAD * (train_images + test_images / 3) / ips
-    return max(1, math.floor(minutes * 60 * EXPERIMENT_PLAN_FRACTION / seconds))
+
+def epoch_of_each(runs: dict[str, tuple[Run, Progress]]) -> None:
+    """One epoch of every network in turn, each recorded as `train` records its epochs."""
+    for name, (run, progress) in runs.items():
+        sums = train_epoch(run, progress, None)
+        t_val = time.monotonic()
+        val_loss, val_acc = validate(run, progress)
+        row, improved = end_epoch(run, progress, sums, val_loss, val_acc, run.cfg.img_size,
+                                  sums.seconds + time.monotonic() - t_val)
+        record_epoch(run, progress, None, None, row, improved, name)
 
 
 def degradation(data: str | Path, out: str | Path, val: str | Path | None = None, depths: Sequence[int] = (20, 56),
                 epochs: int | None = None, max_minutes: float | None = None, train_images: int | None = None,
-                test_images: int | None = None, seed: int = 0, workers: int = 0, batch_size: int = 128,
-                lr: float | None = None) -> dict[str, Any]:
-    """Train plain and residual networks of each depth on the same images for the same epochs;
-    write history.csv, summary.json and figure6.png to `out`. Returns the summary. `lr`: for batch
-    256 (None: the paper's), the same for every network."""
+                test_images: int | None = None, seed: int = 0, workers: int = 0, batch_size: int | None = None,
+                lr: float | None = None, warmup_epochs: float | None = None, device: str = "auto") -> dict[str, Any]:
+    """Train plain and residual networks of each depth side by side on the same images for the
+    same epochs; write plan.json, history.csv, summary.json and figure6.png to `out`. Returns the
+    summary. With `max_minutes` the plan fits the whole experiment, set-up included, in it."""
     if (epochs is None) == (max_minutes is None):
         raise ConfigError("give --epochs N or --max-minutes M (one of them)")
-    out = Path(out)
-    nets = networks(depths)
-    train_csv, test_csv = subset(data, val, train_images, test_images, seed, out)
-    n_train = len(Path(train_csv).read_text().splitlines()) - 1
-    n_test = len(Path(test_csv).read_text().splitlines()) - 1
-    if epochs is None:
-        epochs = plan_epochs([a for _, a in nets], n_train, n_test, max_minutes, batch_size)
-        print(f"--max-minutes {max_minutes}: {epochs} epochs for each of {len(nets)} networks "
-              f"({n_train} training, {n_test} test images)")
+    started = time.monotonic()
+    out, archs = Path(out), networks(depths)
+    split = D.discover(data, val, 0.1 if val is None else None, seed)
+    batch = batch_size or EXPERIMENT_RECIPE["batch_size"]
+    step_s = timed_steps(archs, batch, device) if max_minutes else None
+    budget_s = max_minutes * 60 if max_minutes else None
+    plan = plan_experiment(len(split.train), len(split.val),
+                           budget_s - (time.monotonic() - started) if budget_s else None, step_s,
+                           batch_size, epochs, train_images, test_images, lr, warmup_epochs)
+    for line in plan.reasons:
+        tqdm.write(f"plan: {line}")
+    train_csv, test_csv = subset(split, plan.train_images, plan.test_images, seed, out)
+    runs = {}
+    for arch in archs:
+        cfg = make_config("cifar-paper", data=train_csv, val=test_csv, arch=arch, epochs=plan.epochs,
+                          out=str(out / arch), seed=seed, workers=workers, batch_size=plan.batch_size, lr=plan.lr,
+                          warmup_epochs=plan.warmup_epochs, in_memory=True, device=device)
+        run = set_up(cfg, None)
+        runs[arch] = (run, begin(run, None, started)[0])
+    round_s = side_by_side(runs, plan.epochs, budget_s, started)
+    return report(runs, plan, round_s, step_s, out)
+
+
+def side_by_side(runs: dict[str, tuple[Run, Progress]], planned: int, budget_s: float | None,
+                 started: float) -> list[float]:
+    """Train every network one epoch at a time, in turn, for the plan's epochs; with a budget
+    (seconds since `started`), the plan is refitted after each epoch of all and given to every
+    network. Returns the seconds of each epoch of all."""
+    round_s: list[float] = []
+    while len(round_s) < planned:
+        t = time.monotonic()
+        epoch_of_each(runs)
+        round_s.append(time.monotonic() - t)
+        if budget_s is not None and len(round_s) < planned:
+            now = replan(budget_s, time.monotonic() - started, len(round_s), planned, round_s)
+            if now != planned:
+                tqdm.write(f"--max-minutes {budget_s / 60:g}: {now} epochs of every network fit "
+                           f"(measured over epoch {len(round_s)})")
+            planned = now
+            for _, progress in runs.values():
+                progress.epochs = planned
+    return round_s
+
+
+def report(runs: dict[str, tuple[Run, Progress]], plan: Plan, round_s: list[float], step_s: list[float] | None,
+           out: Path) -> dict[str, Any]:
+    """history.csv, summary.json, plan.json and figure6.png; a line per network. Returns the summary."""
     history, summary = [], {}
-    for name, arch in nets:
-        cfg = make_config("cifar-paper", data=train_csv, val=test_csv, arch=arch, epochs=epochs,
-                          out=str(out / name), seed=seed, workers=workers, batch_size=batch_size, lr=lr)
-        started = time.monotonic()
-        train(cfg)
-        seconds = time.monotonic() - started
-        with open(out / name / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-        for r in rows:
-            history.append({"network": name, "epoch": int(r["epoch"]),
-                            "train_error": 1 - float(r["train_acc"]), "test_error": 1 - float(r["val_acc"])})
-        last = history[-1]
-        summary[name] = {"final_train_error": last["train_error"], "final_test_error": last["test_error"],
-                         "epochs": len(rows), "seconds": round(seconds, 1)}
-        print(f"{name}: training error {last['train_error']:.2%}, test error {last['test_error']:.2%} "
-              f"after {len(rows)} epochs ({seconds / 60:.1f} min)")
+    for name, (run, progress) in runs.items():
+        rows = [{"network": name, "epoch": r["epoch"], "train_error": 1 - r["train_acc"], "test_error": 1 - r["val_acc"]}
+                for r in progress.history]
+        history += rows
+        seconds = sum(r["seconds"] for r in progress.history)
+        summary[name] = {"final_train_error": rows[-1]["train_error"], "final_test_error": rows[-1]["test_error"],
+                         "epochs": len(rows), "steps": progress.step, "seconds": round(seconds, 1)}
+        tqdm.write(f"{name}: training error {rows[-1]['train_error']:.2%}, test error {rows[-1]['test_error']:.2%} "
+                   f"after {len(rows)} epochs, {progress.step} steps ({seconds / 60:.1f} min)")
+        if progress.skipped:
+            D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
     with open(out / "history.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["network", "epoch", "train_error", "test_error"], lineterminator="\n")
         w.writeheader()
         w.writerows(history)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_figure6(history, [n for n, _ in nets], out / "figure6.png")
+    predicted = (round_seconds(plan.train_images, plan.test_images, step_s, plan.batch_size) if step_s else None)
+    (out / "plan.json").write_text(json.dumps({**asdict(plan), "epochs_trained": len(round_s),
+                                               "epoch_seconds_predicted": predicted,
+                                               "epoch_seconds_measured": [round(s, 1) for s in round_s]},
+                                              indent=2) + "\n")
+    steps = max(p.step for _, p in runs.values())
+    plot_figure6(history, list(runs), out / "figure6.png",
+                 f"{plan.train_images:,} training images, {len(round_s)} epochs ({steps:,} steps of {plan.batch_size})")
     return summary
-
-
-def plot_figure6(history: list[dict], names: Sequence[str], path: Path) -> None:
+def plot_figure6(history: list[dict], names: Sequence[str], path: Path, what: str) -> None:
     """The paper's Figure 6: plain networks left, ResNets right; training error dashed, test error
-    bold, one colour per depth; error in % against epochs."""
+    bold, one colour per depth; error in % against epochs; `what` was trained, in the title."""
     from .evaluate import _plt
 
     plt = _plt()
@@ -134,7 +260,7 @@ def plot_figure6(history: list[dict], names: Sequence[str], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")
-    fig.suptitle("Training (dashed) and test (bold) error on CIFAR-10", fontsize=11)
+    fig.suptitle(f"Training (dashed) and test (bold) error: {what}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

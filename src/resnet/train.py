@@ -831,8 +831,10 @@ def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progr
     return progress, budget
 
 
-def record_epoch(run: Run, progress: Progress, budget: Budget | None, board, row: dict, improved: bool) -> None:
-    """The finished epoch in metrics.csv, TensorBoard, last.pt (and best.pt), and one line."""
+def record_epoch(run: Run, progress: Progress, budget: Budget | None, board, row: dict, improved: bool,
+                 name: str = "") -> None:
+    """The finished epoch in metrics.csv, TensorBoard, last.pt (and best.pt), and one line (led by
+    `name` where several networks train side by side)."""
     write_metrics(run.out / "metrics.csv", progress.history)
     if board is not None:
         for key, value in row.items():
@@ -841,7 +843,7 @@ def record_epoch(run: Run, progress: Progress, budget: Budget | None, board, row
     save(run, run.out / "last.pt", progress, budget, row)
     if improved:
         save(run, run.out / "best.pt", progress, budget, row)
-    tqdm.write(f"epoch {progress.epoch}/{progress.epochs}  loss {row['train_loss']:.4f}  "
+    tqdm.write(f"{name + ' ' if name else ''}epoch {progress.epoch}/{progress.epochs}  loss {row['train_loss']:.4f}  "
                f"acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
                f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
 
