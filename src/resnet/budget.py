@@ -73,6 +73,12 @@ def fit(budget_s: float, spent_s: float, epochs_done: int, epoch_s: Callable[[in
     return low
 
 
+def recent(epochs: Sequence[T], done: int) -> Sequence[T]:
+    """The last `REFIT_WINDOW` of the `done` epochs a refit goes by; the first, which pays one-off
+    costs (workers, kernel choices), left out once there are two."""
+    return epochs[max(min(1, done - 1), done - REFIT_WINDOW):done]
+
+
 def steady_fit(budget_s: float, spent_s: float, epochs_done: int, planned: int,
                epoch_s: Callable[[int, int], float]) -> int:
     """`fit` again for a run that has a plan of `planned` epochs: the count moves only when it
@@ -135,8 +141,7 @@ class Budget:
         """The plan again, from whole epochs: predictions are scaled by the median ratio of measured
         to predicted time over the last `REFIT_WINDOW` epochs (the first epoch, which starts the
         workers, left out once there are two), kept steady by `steady_fit`."""
-        recent = history[max(min(1, epochs_done - 1), epochs_done - REFIT_WINDOW):epochs_done]
-        ratios = sorted(r["seconds"] / self.epoch_at(r["img_size"]) for r in recent)
+        ratios = sorted(r["seconds"] / self.epoch_at(r["img_size"]) for r in recent(history, epochs_done))
         k = ratios[len(ratios) // 2]
 
         def epoch_s(e: int, n: int) -> float:

@@ -189,7 +189,7 @@ def add_experiment(sub) -> None:
                         help="the whole experiment's time: it chooses the training images, epochs and recipe")
     dg.add_argument("--train-images", type=_positive_int,
                     help="a stratified subset of the training images (default: as many as the budget trains well)")
-    dg.add_argument("--test-images", type=_positive_int, help="a stratified subset of the test images (default: 2,000)")
+    dg.add_argument("--test-images", type=_positive_int, help="a stratified subset of the test images (default: 1,000)")
     dg.add_argument("--batch-size", type=_positive_int,
                     help="default 64: on a CPU a short run gets more steps from it than from the paper's 128 "
                          "(the learning rate follows it linearly)")

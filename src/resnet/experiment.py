@@ -22,12 +22,12 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from . import data as D
-from .budget import fit, steady_fit
+from .budget import fit, recent, steady_fit
 from .errors import ConfigError
 from .models import CIFAR_DEPTHS
 from .train import Progress, Run, begin, end_epoch, make_config, record_epoch, set_up, train_epoch, validate
 from .tuning import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
-                     EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR)
+                     EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, VAL_BATCH_COST, VAL_BATCH_FACTOR)
 
 
 def networks(depths: Sequence[int]) -> list[str]:
@@ -111,7 +111,8 @@ def timed_steps(archs: Sequence[str], batch_size: int, device: str) -> list[floa
     precision its run will choose: `resnet benchmark train`'s code)."""
     from .bench import bench_model
 
-    return [bench_model("train", arch, 32, batch_size, steps=3, device=device)["seconds"] / 3 for arch in archs]
+    return [batch_size / bench_model("train", arch, 32, batch_size, steps=3, device=device)["images_per_second"]
+            for arch in archs]
 
 
 def subset(split: D.DataSplit, train_images: int, test_images: int, seed: int, out: Path) -> tuple[str, str]:
@@ -132,10 +133,10 @@ def subset(split: D.DataSplit, train_images: int, test_images: int, seed: int, o
 
 def replan(budget_s: float, spent_s: float, done: int, planned: int, round_s: list[float]) -> int:
     """Epochs in the plan after `done` epochs of every network, from the measured time of the
-    recent ones (the first, which warms kernels up, left out once there are two); `done` when
+    recent ones (`budget.recent`, as `train --max-minutes` refits); `done` when
     another would overrun the budget. Once the first step decay has passed, the plan may shrink but
     not grow: growing would move the decay past epochs already trained at the lower rate."""
-    one = statistics.median(round_s[max(min(1, done - 1), done - REFIT_WINDOW):])
+    one = statistics.median(recent(round_s, done))
     if spent_s + one > budget_s * (1 - BUDGET_RESERVE):
         return done
     planned_now = steady_fit(budget_s, spent_s, done, planned, lambda e, n: one)
@@ -235,6 +236,8 @@ def report(runs: dict[str, tuple[Run, Progress]], plan: Plan, round_s: list[floa
     plot_figure6(history, list(runs), out / "figure6.png",
                  f"{plan.train_images:,} training images, {len(round_s)} epochs ({steps:,} steps of {plan.batch_size})")
     return summary
+
+
 def plot_figure6(history: list[dict], names: Sequence[str], path: Path, what: str) -> None:
     """The paper's Figure 6: plain networks left, ResNets right; training error dashed, test error
     bold, one colour per depth; error in % against epochs; `what` was trained, in the title."""
