@@ -54,7 +54,7 @@ def test_evaluate_json_and_report(trained, tmp_path, capsys):
     assert set(r) >= {"accuracy", "num_images", "per_class", "confusion_matrix", "classes", "skipped"}
     assert r["num_images"] == 24 and r["tta"] is True
     assert main(["evaluate", str(out / "best.pt"), str(root), "--json", str(tmp_path / "plain.json"),
-                 "--workers", "0"]) == 0
+                 "--no-tta", "--workers", "0"]) == 0
     assert json.loads((tmp_path / "plain.json").read_text())["loss"] != r["loss"]  # TTA did something
     assert set(r["per_class"]["a"]) == {"precision", "recall", "f1", "support"}
     cm = r["confusion_matrix"]

@@ -28,6 +28,7 @@ def test_small_images_never_get_a_crop_above_their_size_nor_an_imagenet_stem(sho
     assert v["img_size"] == v["min_img_size"] == v["eval_size"] == size and v["crop_pct"] == 1.0
     assert {s for _, s in recipe.ladder} == {size}  # the budget may only widen, never up-sample
     assert v["in_memory"] and recipe.kind == "small images"
+    assert v["tta"]  # scored with the mirror image too, as the CIFAR-10 records are
 
 
 def test_small_images_too_many_for_memory_go_through_the_cache():
@@ -68,7 +69,12 @@ def test_the_plan_keeps_every_option_given_and_the_sizes_follow_a_given_size(tmp
     assert lines[0].startswith("data: 8 images, 2 classes (balanced), shorter side 32 px")
     assert "as given: --arch resnet20, --img-size 24, --label-smoothing 0.0" in lines
     assert not any("ResNet-9" in line for line in lines)  # the lines say what the plan decided, only that
+    assert planned.tta and any("flip TTA" in line for line in lines)
     assert any("pad-and-crop" in line for line in lines)
+    # Trained without mirror images (digits, text): not scored on them either.
+    planned, _, lines = T.apply_plan(T.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"),
+                                                   hflip=False), split)
+    assert not planned.tta and not any("TTA" in line for line in lines)
     # Other presets are recipes of their own, and pretrained weights bring their network.
     for other in (T.make_config("cifar-paper", data=str(tmp_path), out=str(tmp_path / "r2")),
                   T.make_config("default", data=str(tmp_path), out=str(tmp_path / "r3"), pretrained="x.pth")):

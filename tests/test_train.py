@@ -251,6 +251,29 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
     assert f"{planned} epochs of" in capsys.readouterr().out
 
 
+def test_a_budget_that_ends_mid_epoch_stops_there_annealed(tiny_folder, tmp_path, monkeypatch):
+    """A plan of two epochs and one step: the third epoch is that one step, and the schedule is laid
+    over the steps planned, not over three whole epochs."""
+    planned, real_plan = [], T.Budget.plan
+
+    def plan(self, *args) -> int:
+        real_plan(self, *args)  # the step model it measures
+        planned.append(2 * self.shape.steps_per_epoch + 1)
+        return planned[0]
+
+    monkeypatch.setattr(T.Budget, "plan", plan)
+    monkeypatch.setattr(T.Budget, "refit", lambda self, history, done, steps: steps)
+    T.train(quick(tiny_folder, tmp_path / "run", epochs=10, max_minutes=10, warmup_epochs=0.0))
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    total = planned[0]
+    assert last["progress"]["step"] == last["scheduler"]["total_steps"] == total
+    assert [row["epoch"] for row in last["progress"]["history"]] == [1, 2, 3]
+    peak = last["config"]["lr"] * last["config"]["batch_size"] / 256
+    lr = last["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(T.lr_at(total - 1, total, 0, peak, "onecycle"))
+    assert lr != pytest.approx(T.lr_at(total - 1, total + 1, 0, peak, "onecycle"))
+
+
 def test_schedule_warms_up_then_decays():
     lrs = [T.lr_at(s, 100, 10, 1.0, "onecycle") for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
@@ -273,19 +296,22 @@ def test_no_weight_decay_on_batchnorm_and_biases():
     assert no_decay["weight_decay"] == 0
 
 
-@pytest.mark.parametrize("cache", [False, True])
-def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path, cache):
-    """With the decoded cache or without it, the validation figures in metrics.csv are those that
-    `evaluate` computes for the same weights on the same images."""
+@pytest.mark.parametrize("cache,tta", [(False, False), (True, False), (False, True)])
+def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path, cache, tta):
+    """With the decoded cache or without it, with flip TTA or without, the validation figures in
+    metrics.csv are those that `evaluate` computes by default for the same weights on the same
+    images: the saved model is scored as it was validated."""
     from resnet.evaluate import evaluate
 
     out = tmp_path / "run"
-    T.train(quick(tiny_folder, out, epochs=1, cache=cache, cache_dir=str(tmp_path / "cache")))
+    T.train(quick(tiny_folder, out, epochs=1, cache=cache, cache_dir=str(tmp_path / "cache"), tta=tta))
     assert (tmp_path / "cache").exists() == cache
     row = read_checkpoint(out / "last.pt")["metrics"]
     result, _, _ = evaluate(out / "last.pt", out / "val.csv", workers=0, device="cpu")
     assert result["accuracy"] == pytest.approx(row["val_acc"]) and result["num_images"] == 8
-    assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+    assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5) and result["tta"] == tta
+    other, _, _ = evaluate(out / "last.pt", out / "val.csv", tta=not tta, workers=0, device="cpu")
+    assert other["loss"] != pytest.approx(row["val_loss"], rel=1e-5)  # the two ways differ on these images
 
 
 def test_patience_stops_a_run_that_does_not_improve(tiny_folder, tmp_path):

@@ -1,9 +1,9 @@
-"""`--max-minutes`: how many epochs fit a time budget, measured rather than guessed.
+"""`--max-minutes`: how many steps fit a time budget, measured rather than guessed.
 
 The `Budget` measures (a step-time model from the first steps, each epoch's real time), plans (how
-many epochs fit, with progressive resizing making later epochs dearer) and refits the plan every
-epoch. It returns plans; the training loop decides what to do with them, and the run's
-configuration is never rewritten. Its state (time already spent, the step model) travels in the
+many steps fit: whole epochs, with progressive resizing making later epochs dearer, then part of
+one more) and refits the plan every epoch. It returns plans; the training loop decides what to do
+with them, and the run's configuration is never rewritten. Its state (time already spent, the step model) travels in the
 checkpoint, so a resumed run keeps the budget it was given. Before a run whose size is left
 open, `largest_that_fits` picks the largest network the budget still trains for enough epochs.
 """
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .runtime import autocast, memory_format
-from .tuning import BUDGET_RESERVE, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
+from .tuning import BUDGET_RESERVE, GROW_MARGIN, MIN_TAIL, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
 
 T = TypeVar("T")
 
@@ -46,7 +46,7 @@ class RunShape:
     """What an epoch of this run is made of."""
 
     steps_per_epoch: int
-    val_images: int
+    val_images: int          # through the network in one validation pass (each twice with TTA)
     batch_size: int
     eval_size: int
     crop_at: Callable[[int, int], int]  # (epoch, epochs in the run) -> training crop size
@@ -71,6 +71,24 @@ def fit(budget_s: float, spent_s: float, epochs_done: int, epoch_s: Callable[[in
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low
+
+
+def fit_steps(budget_s: float, spent_s: float, epochs_done: int, steps_per_epoch: int,
+              epoch_s: Callable[[int, int], float], val_s: float) -> int:
+    """How many steps in total fill `budget_s`: the whole epochs `fit` finds, then as many steps of
+    one more as the time left pays for once that epoch's validation pass (`val_s`) is paid; none
+    under `MIN_TAIL` of an epoch. The run then has one more epoch, so every epoch is predicted as
+    the crop schedule of that many lays it out. Where not even one more whole epoch fits (`fit`
+    still gives one), a run under way gets part of one, or ends now; a run's first epoch is whole."""
+    budget_left = budget_s * (1 - BUDGET_RESERVE) - spent_s
+    whole = fit(budget_s, spent_s, epochs_done, epoch_s)
+    if epochs_done and sum(epoch_s(e, whole) for e in range(epochs_done, whole)) > budget_left:
+        whole = epochs_done
+    left = budget_left - sum(epoch_s(e, whole + 1) for e in range(epochs_done, whole))
+    train_s = epoch_s(whole, whole + 1) - val_s
+    fraction = (left - val_s) / train_s if train_s > 0 else 0.0
+    tail = min(steps_per_epoch - 1, int(fraction * steps_per_epoch)) if fraction >= MIN_TAIL else 0
+    return whole * steps_per_epoch + tail
 
 
 def recent(epochs: Sequence[T], done: int) -> Sequence[T]:
@@ -123,31 +141,40 @@ class Budget:
         model = StepModel(**state["model"]) if state.get("model") else None
         return cls(seconds, shape, state.get("spent_s", 0.0), model, clock, started)
 
+    def val_s(self) -> float:
+        """Predicted seconds of a validation pass."""
+        s = self.shape
+        return s.val_images / (VAL_BATCH_FACTOR * s.batch_size) * VAL_BATCH_COST * self.model.compute_at(s.eval_size)
+
     def epoch_at(self, size: int) -> float:
         """Predicted seconds of an epoch whose training crops are `size` px, validation included."""
-        s, m = self.shape, self.model
-        val_batches = s.val_images / (VAL_BATCH_FACTOR * s.batch_size)
-        return s.steps_per_epoch * m.step_at(size) + val_batches * VAL_BATCH_COST * m.compute_at(s.eval_size)
+        return self.shape.steps_per_epoch * self.model.step_at(size) + self.val_s()
+
+    def steps_fit(self, epochs_done: int, k: float = 1.0, extra_s: float = 0.0) -> int:
+        """`fit_steps` with every prediction scaled by `k`, `extra_s` more seconds spent."""
+        return fit_steps(self.seconds, self.elapsed() + extra_s, epochs_done, self.shape.steps_per_epoch,
+                         lambda e, n: k * self.epoch_at(self.shape.crop_at(e, n)), k * self.val_s())
 
     def plan(self, epochs_done: int, step_s: float, compute_s: float, size: int, p: float) -> int:
-        """The first plan, from the first steps' time (`step_s` each, of which `compute_s` is
-        forward + backward at crop `size`, growing as size ** p)."""
+        """The first plan, in steps, from the first steps' time (`step_s` each, of which
+        `compute_s` is forward + backward at crop `size`, growing as size ** p)."""
         self.model = StepModel(overhead=max(0.0, step_s - compute_s), compute=min(compute_s, step_s),
                                size=size, p=p)
-        return fit(self.seconds, self.elapsed(), epochs_done,
-                   lambda e, n: self.epoch_at(self.shape.crop_at(e, n)))
+        return self.steps_fit(epochs_done)
 
     def refit(self, history: list[dict], epochs_done: int, planned: int) -> int:
-        """The plan again, from whole epochs: predictions are scaled by the median ratio of measured
-        to predicted time over the last `REFIT_WINDOW` epochs (the first epoch, which starts the
-        workers, left out once there are two), kept steady by `steady_fit`."""
+        """The plan of `planned` steps again, from whole epochs: predictions are scaled by the
+        median ratio of measured to predicted time over the last `REFIT_WINDOW` epochs (the first
+        epoch, which starts the workers, left out once there are two). It grows only when it would
+        with `GROW_MARGIN` of an epoch to spare, so noise in the timings does not shake the
+        schedule; it shrinks as soon as it no longer fits, so the run ends annealed within its
+        budget."""
         ratios = sorted(r["seconds"] / self.epoch_at(r["img_size"]) for r in recent(history, epochs_done))
         k = ratios[len(ratios) // 2]
-
-        def epoch_s(e: int, n: int) -> float:
-            return k * self.epoch_at(self.shape.crop_at(e, n))
-
-        return steady_fit(self.seconds, self.elapsed(), epochs_done, planned, epoch_s)
+        epochs = math.ceil(planned / self.shape.steps_per_epoch)
+        margin = GROW_MARGIN * k * self.epoch_at(self.shape.crop_at(epochs_done, epochs))
+        cautious, exact = self.steps_fit(epochs_done, k, margin), self.steps_fit(epochs_done, k)
+        return cautious if cautious > planned else exact if exact < planned else planned
 
     def cannot_fit(self, next_epoch_s: float) -> bool:
         """The last resort: another epoch like the last one would overrun the budget."""

@@ -19,8 +19,9 @@ from .transforms import CROP_PCT, EvalTransform
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
-# safetensors metadata as JSON strings, read back by `Classifier.load`.
-CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean", "std")
+# safetensors metadata as JSON strings, read back by `Classifier.load`. `tta`: the model is
+# scored averaged with the mirror image unless told otherwise (absent: it is not).
+CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean", "std", "tta")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -107,6 +108,8 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
     crop_pct = state.get("crop_pct", CROP_PCT)
     if not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
         raise bad(f"crop_pct must be in (0, 1], not {crop_pct!r}")
+    if not isinstance(state.get("tta", False), bool):
+        raise bad(f"tta must be true or false, not {state['tta']!r}")
     for key in ("mean", "std"):
         v = state[key]
         if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):

@@ -38,6 +38,7 @@ COMPILE_HELP = "torch.compile with freezing: ~1.03x faster inference on a 2-core
 ENGINE_HELP = ("what runs the model (auto: for an fp32 model, onnxruntime on a cached ONNX export where it times "
                "faster on this CPU and the work pays for the export; else PyTorch)")
 MODEL_HELP = "a checkpoint (.pt), exported .safetensors or .onnx file"
+TTA_HELP = "average with the mirrored image (default: as the model was scored when it trained)"
 
 
 def add_inference_flags(p: Parser, compile: bool = True) -> None:
@@ -73,6 +74,9 @@ def add_train(sub) -> None:
     t.add_argument("--scale-min", type=float, help="RandomResizedCrop's smallest area fraction")
     t.add_argument("--augment", choices=AUGMENTS,
                    help="random-resized-crop (photos) or pad-crop (the paper's for small images); default: planned")
+    t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="validate with each image averaged with its mirror, and save the model to be scored so "
+                        "(default: planned, on for small images)")
     t.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="small-image fast path: all pixels in one tensor, augmented as tensor ops, no workers "
                         "(default: planned, on for small images that fit in 2 GiB)")
@@ -109,7 +113,7 @@ def add_evaluate(sub) -> None:
     e.add_argument("data")
     e.add_argument("--json", metavar="FILE")
     e.add_argument("--report", metavar="DIR")
-    e.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
     e.add_argument("--batch-size", type=_positive_int, default=64)
     e.add_argument("--workers", type=int)
     add_inference_flags(e)
@@ -124,7 +128,7 @@ def add_predict(sub) -> None:
     pr.add_argument("--output", metavar="FILE.csv|FILE.json",
                     help="write the rows to this file (- for CSV on stdout) instead of a table")
     pr.add_argument("--cam", metavar="DIR", help="also write each photo with its Grad-CAM heatmap here")
-    pr.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    pr.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
     pr.add_argument("--batch-size", type=_positive_int, default=32)
     add_inference_flags(pr)
 

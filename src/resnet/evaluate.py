@@ -40,16 +40,18 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequenc
     return result
 
 
-def evaluate(model: str | Path, data: str | Path, tta: bool = False, batch_size: int = 64,
+def evaluate(model: str | Path, data: str | Path, tta: bool | None = None, batch_size: int = 64,
              workers: int | None = None, device: str = "auto", label_pattern: str | None = None,
              amp: str = "auto", compile: bool = False, engine: str = "auto"
              ) -> tuple[dict[str, Any], list[D.Sample], torch.Tensor]:
     """Score a stored model (checkpoint, safetensors or ONNX) on a labelled source, on the
     `Classifier`'s own inference path: what `predict` would say about each image. Returns (the JSON
-    result, the samples that were scored, in order, and their probabilities)."""
+    result, the samples that were scored, in order, and their probabilities). `tta` None: as the
+    model was scored when it trained."""
     files, skipped = D.labelled_files(data, label_pattern)
     total = len(files) + len(skipped)  # every image of DATA, readable or not
     clf = Classifier.load(model, device, amp, compile, engine, images=len(files))
+    tta = clf.tta if tta is None else tta
     samples = D.samples_for(files, clf.classes)
     loader = D.make_loader(D.ImageDataset(samples, clf.transform), batch_size, False,
                            D.default_workers(clf.net.device.type) if workers is None else workers)

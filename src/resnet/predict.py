@@ -64,6 +64,7 @@ class Classifier:
         self.card = {k: card[k] for k in CARD_KEYS if k in card}
         self.classes: list[str] = [str(c) for c in card["classes"]]
         self.mean, self.std = tuple(card["mean"]), tuple(card["std"])
+        self.tta = bool(card.get("tta", False))  # how the model was scored when it trained
         self.transform = eval_transform(card)
         self.source = source
 
@@ -122,16 +123,17 @@ class Classifier:
                 "arch": self.card.get("arch"), "source": self.source, "device": self.net.device.type,
                 "precision": getattr(self.net, "precision", "fp32"), "precision_reason": self.precision_reason,
                 "engine": self.engine.name, "engine_reason": self.engine.reason,
-                "explain": self.model is not None}
+                "tta": self.tta, "explain": self.model is not None}
 
     # -- inference -------------------------------------------------------------------------
 
-    def logits(self, images: Sequence[Image.Image | np.ndarray], tta: bool = False) -> torch.Tensor:
-        """float32 logits of already-decoded RGB images (what `read_images` returns), one batch."""
+    def logits(self, images: Sequence[Image.Image | np.ndarray], tta: bool | None = None) -> torch.Tensor:
+        """float32 logits of already-decoded RGB images (what `read_images` returns), one batch.
+        `tta` None: as the model was scored when it trained (its card's `tta`)."""
         batch = D.collate([D.Item(self.transform(img), 0, i) for i, img in enumerate(images)])
-        return runtime.logits(self.net, batch.images, self.mean, self.std, tta)
+        return runtime.logits(self.net, batch.images, self.mean, self.std, self.tta if tta is None else tta)
 
-    def predict(self, images: Sequence[D.ImageInput], top_k: int = 1, tta: bool = False,
+    def predict(self, images: Sequence[D.ImageInput], top_k: int = 1, tta: bool | None = None,
                 batch_size: int = 32, progress: Callable[[Iterable], Iterable] = iter
                 ) -> list[dict[str, Any]]:
         """One dict per input, in order: `path`, `label`, `probability`, `top_k`

@@ -87,6 +87,7 @@ class TrainConfig:
     augment: str = "random-resized-crop"  # options.AUGMENTS; "pad-crop": the paper's CIFAR augmentation
     hflip: bool = True
     crop_pct: float = CROP_PCT            # evaluation: resize to eval_size / crop_pct, centre-crop
+    tta: bool = False                     # validate, and have the saved model scored, with the mirror image too
     train_like_eval: bool = False         # the tutorial trains on its eval preprocessing
     zero_init_residual: bool = False      # measured: on short schedules it stalls learning
     pretrained: str | None = None
@@ -310,7 +311,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 class Progress:
     """Where the run stands; saved in every checkpoint and restored on resume."""
 
-    epochs: int                       # the plan: epochs in the whole run
+    epochs: int                       # the plan: epochs in the whole run (the last maybe cut short)
     epoch: int = 0                    # epochs finished
     step: int = 0                     # optimiser steps taken
     best_acc: float = -1.0
@@ -318,6 +319,7 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     partial: dict[str, float] = field(default_factory=dict)  # sums of an epoch interrupted mid-way
+    steps: int | None = None          # a time budget's plan in steps, which may end mid-epoch
 
     @classmethod
     def restore(cls, epochs: int, state: dict[str, Any]) -> "Progress":
@@ -326,7 +328,16 @@ class Progress:
             saved = {"epoch": state["epoch"], "step": state["scheduler"]["step"],
                      "best_acc": state.get("best_acc", -1.0), "history": state.get("history", [])}
         saved["skipped"] = dict(saved.get("skipped") or state.get("skipped", []))
+        if saved.get("epochs") != epochs:  # --epochs given anew: whole epochs, as many as it says
+            saved["steps"] = None
         return cls(**{**saved, "epochs": epochs})
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.epochs * steps_per_epoch if self.steps is None else self.steps
+
+    def replan(self, steps: int, steps_per_epoch: int) -> None:
+        """A time budget's plan: `steps` in all, the last epoch cut short where they end in it."""
+        self.steps, self.epochs = steps, math.ceil(steps / steps_per_epoch)
 
 
 @dataclass
@@ -362,11 +373,12 @@ class Run:
     def crop_at(self, epoch: int, epochs: int) -> int:
         return crop_size_at(epoch, epochs, self.cfg.img_size, self.cfg.min_img_size)
 
-    def lr(self, step: int, epochs: int) -> float:
+    def lr(self, progress: Progress) -> float:
         # Linear scaling rule (Goyal et al.) on the global batch, whatever the number of processes.
         peak = self.cfg.lr * self.cfg.batch_size / 256
-        warmup = int(min(self.cfg.warmup_epochs, WARMUP_MAX_FRACTION * epochs) * self.steps_per_epoch)
-        return lr_at(step, epochs * self.steps_per_epoch, warmup, peak, self.cfg.schedule)
+        total = progress.total_steps(self.steps_per_epoch)
+        warmup = int(min(self.cfg.warmup_epochs * self.steps_per_epoch, WARMUP_MAX_FRACTION * total))
+        return lr_at(progress.step, total, warmup, peak, self.cfg.schedule)
 
 
 def set_up_device(cfg: TrainConfig) -> torch.device:
@@ -428,6 +440,11 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
     return train_loader, val_loader, workers
 
 
+def val_forwards(cfg: TrainConfig, split: D.DataSplit, world: int) -> int:
+    """Images one rank's validation pass puts through the network: what it costs the budget."""
+    return math.ceil(len(split.val) / world) * (2 if cfg.tta else 1)
+
+
 def size_for_budget(cfg: TrainConfig, recipe: Recipe, split: D.DataSplit, device: torch.device, batch: int,
                     world: int, dtype: torch.dtype | None) -> tuple[TrainConfig, str]:
     """(the configuration at the largest (width, crop size) of the recipe's ladder that still gets
@@ -436,7 +453,7 @@ def size_for_budget(cfg: TrainConfig, recipe: Recipe, split: D.DataSplit, device
     forward + backward is timed on random batches at its first and last crop sizes and turned into
     epochs by the budget's own fit; the loader and the decoded cache are left out (the run's timed
     steps fix the real count), in the run's precision `dtype`. Every rank takes rank 0's choice."""
-    steps, val_images = max(1, len(split.train) // cfg.batch_size), math.ceil(len(split.val) / world)
+    steps, val_images = max(1, len(split.train) // cfg.batch_size), val_forwards(cfg, split, world)
     ladder, enough = recipe.ladder, recipe.enough_epochs
     fixed = cfg.min_img_size is not None and cfg.min_img_size >= cfg.img_size  # no progressive resizing
 
@@ -451,7 +468,7 @@ def size_for_budget(cfg: TrainConfig, recipe: Recipe, split: D.DataSplit, device
         compute, p = compute_time_by_size(model_at(width), (first, size), device, dtype, cfg.channels_last, batch)
         eval_size = size if fixed else eval_size_for(size)
         budget = Budget(cfg.max_minutes * 60, RunShape(steps, val_images, batch, eval_size, crop_at))
-        return budget.plan(0, compute, compute, first, p)
+        return budget.plan(0, compute, compute, first, p) // steps  # whole epochs
 
     index, counts = largest_that_fits(ladder, epochs_at, enough)
     # Ranks time differently and may stop at different sizes: all take rank 0's choice and figures
@@ -482,8 +499,12 @@ def apply_plan(cfg: TrainConfig, split: D.DataSplit) -> tuple[TrainConfig, Recip
                 planned[key] = cfg.img_size if recipe.values[key] == recipe.values["img_size"] else None
     if cfg.cache is False and "in_memory" in planned:  # the in-memory loader reads the decoded cache
         planned["in_memory"] = False
+    unplanned = set(cfg.given)
+    if not cfg.hflip and planned.get("tta"):  # trained without mirror images (digits): not scored on them
+        planned["tta"] = False
+        unplanned.add("tta")
     kept = sorted(k for k in recipe.values if k in cfg.given and recipe.values[k] != getattr(cfg, k))
-    lines = [f"data: {stats.line()}", *(why for keys, why in recipe.reasons if set(keys) - set(cfg.given))]
+    lines = [f"data: {stats.line()}", *(why for keys, why in recipe.reasons if set(keys) - unplanned)]
     if kept:
         lines.append("as given: " + ", ".join(f"{_flag(k)} {getattr(cfg, k)}" for k in kept))
     return replace(cfg, **planned), recipe, lines
@@ -582,10 +603,10 @@ def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metric
     cfg = run.cfg
     save_checkpoint(path, {
         "model": run.model.state_dict(), "arch": cfg.arch, "model_options": run.options,
-        "classes": run.split.classes, "eval_size": run.eval_size, "crop_pct": cfg.crop_pct, "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD), "epoch": progress.epoch, "metrics": metrics, "config": asdict(cfg),
-        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-        "scheduler": {"step": progress.step, "total_steps": progress.epochs * run.steps_per_epoch},
+        "classes": run.split.classes, "eval_size": run.eval_size, "crop_pct": cfg.crop_pct, "tta": cfg.tta,
+        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "epoch": progress.epoch, "metrics": metrics,
+        "config": asdict(cfg), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "scheduler": {"step": progress.step, "total_steps": progress.total_steps(run.steps_per_epoch)},
         "rng": {"torch": torch.get_rng_state()}, "progress": asdict(progress), "precision": run.precision.record(),
         "plan": run.plan, "size_reason": run.size_reason, "budget": budget.state() if budget else None})
 
@@ -666,15 +687,20 @@ class EpochSums:
 
 
 def plan_budget(run: Run, progress: Progress, budget: Budget, step_s: float, crop: int) -> int:
-    """The first plan of a time budget, from the first steps' time and the compute measured at the
-    sizes training will see."""
+    """The first plan of a time budget, in steps, from the first steps' time and the compute
+    measured at the sizes training will see."""
     largest = run.cfg.img_size if run.cfg.img_size != crop else run.eval_size
     compute, p = compute_time_by_size(run.model, (crop, largest), run.device, run.dtype, run.cfg.channels_last,
                                       run.batch)
-    epochs = ddp.from_rank0([budget.plan(progress.epoch, step_s, compute, crop, p)], run.device)[0]
-    tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs} epochs ({epochs * run.steps_per_epoch} steps) fit"
+    steps = ddp.from_rank0([budget.plan(progress.epoch, step_s, compute, crop, p)], run.device)[0]
+    tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs_fit(steps, run.steps_per_epoch)} fit"
                f" (forward + backward measured to grow as crop size ** {budget.model.p:.2f})")
-    return epochs
+    return steps
+
+
+def epochs_fit(steps: int, steps_per_epoch: int) -> str:
+    whole, tail = divmod(steps, steps_per_epoch)
+    return f"{whole} epochs" + (f" and {tail} of {steps_per_epoch} steps of one more" if tail else "")
 
 
 def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSums:
@@ -700,7 +726,7 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
         x = normalize(batch.images, device=run.device, channels_last=cfg.channels_last)
         y = batch.labels.to(run.device, non_blocking=True)
         for g in run.optimizer.param_groups:
-            g["lr"] = run.lr(progress.step, progress.epochs)
+            g["lr"] = run.lr(progress)
         with autocast(run.device, run.dtype):
             logits = run.net(x)
             loss = run.criterion(logits.float(), y)
@@ -723,8 +749,10 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
             t_timed = time.monotonic()
         if budget and budget.model is None and done_here == min(FIRST_FIT_STEPS, steps):
             step_s = (time.monotonic() - t_timed) / max(1, done_here - UNTIMED_STEPS)
-            progress.epochs = plan_budget(run, progress, budget, step_s, crop)
+            progress.replan(plan_budget(run, progress, budget, step_s, crop), steps)
             bar.set_description(f"epoch {progress.epoch + 1}/{progress.epochs}")
+        if progress.step >= progress.total_steps(steps):  # a budget's last epoch, cut short
+            break
         if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step % steps:
             progress.partial = asdict(sums.over_ranks())
             save(run, run.out / "last.pt", progress, budget, {})
@@ -753,7 +781,7 @@ def validate(run: Run, progress: Progress) -> tuple[float, float]:
     # The saved model as `evaluate` runs it: a copy with its BatchNorms folded, in the run's
     # precision (in bf16 the folded weights round otherwise than the unfolded ones).
     net = TorchNet.prepare(copy.deepcopy(run.model), run.device, run.dtype, run.cfg.channels_last)
-    logits, labels, _, failures = run_eval(net, run.val_loader, IMAGENET_MEAN, IMAGENET_STD)
+    logits, labels, _, failures = run_eval(net, run.val_loader, IMAGENET_MEAN, IMAGENET_STD, run.cfg.tta)
     mine = ValSums(F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
                    (logits.argmax(1) == labels).sum().item(), len(labels), failures)
     parts: list[ValSums] = ddp.gather(mine)
@@ -781,24 +809,30 @@ def end_epoch(run: Run, progress: Progress, sums: EpochSums, val_loss: float, va
     return row, improved
 
 
-def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s: float) -> tuple[bool, int]:
-    """(stop now, epochs in the plan), decided on rank 0 and shared: ranks that disagreed would wait
-    on each other forever. Stops on --patience, or when the budget cannot take another epoch; a
-    budget refits the plan every epoch (larger crops are only measured once the ramp reaches them,
-    and a shorter plan still ends with the schedule annealed, where stopping early would not)."""
-    stop, planned = False, progress.epochs
+def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s: float) -> bool:
+    """Whether to stop now, decided on rank 0 and shared (ranks that disagreed would wait on each
+    other forever), with a budget's plan refitted into `progress`. Stops on --patience, or when the
+    budget cannot take another epoch; a budget refits the plan every epoch (larger crops are only
+    measured once the ramp reaches them, and a shorter plan still ends with the schedule annealed,
+    where stopping early would not)."""
+    spe = run.steps_per_epoch
+    stop, planned = False, progress.steps
     if run.cfg.patience and progress.bad_epochs >= run.cfg.patience:
         tqdm.write(f"no improvement for {run.cfg.patience} epochs: stopping early")
         stop = True
     if budget and budget.model is not None and progress.epoch < progress.epochs:
-        planned = budget.refit(progress.history, progress.epoch, progress.epochs)
-        if budget.cannot_fit(last_epoch_s):
+        planned = budget.refit(progress.history, progress.epoch, progress.total_steps(spe))
+        next_part = min(spe, planned - progress.epoch * spe) / spe  # the last epoch may be part of one
+        if budget.cannot_fit(last_epoch_s * next_part):
             tqdm.write("time budget spent: stopping")
             stop = True
-    stop, planned = ddp.from_rank0([int(stop), planned], run.device)
-    if planned != progress.epochs and not stop:
-        tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {planned} epochs fit (measured over epoch {progress.epoch})")
-    return bool(stop), planned
+    stop, planned = ddp.from_rank0([int(stop), -1 if planned is None else planned], run.device)
+    if planned >= 0:
+        if planned != progress.steps and not stop:
+            tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs_fit(planned, spe)} fit "
+                       f"(measured over epoch {progress.epoch})")
+        progress.replan(planned, spe)
+    return bool(stop)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -817,7 +851,7 @@ def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progr
                           progress.step)
     budget = None
     if run.cfg.max_minutes:
-        shape = RunShape(run.steps_per_epoch, math.ceil(len(run.split.val) / run.world), run.batch, run.eval_size,
+        shape = RunShape(run.steps_per_epoch, val_forwards(run.cfg, run.split, run.world), run.batch, run.eval_size,
                          run.crop_at)
         budget = Budget.restore(run.cfg.max_minutes * 60, shape, (state or {}).get("budget"), started=started)
     if run.main:
@@ -882,8 +916,7 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
                                       sums.seconds + time.monotonic() - t_val)
             if run.main:
                 record_epoch(run, progress, budget, board, row, improved)
-            stop, progress.epochs = next_plan(run, progress, budget, row["seconds"])
-            if stop:
+            if next_plan(run, progress, budget, row["seconds"]):
                 break
         if run.main and progress.skipped:
             D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
