@@ -3,9 +3,10 @@
 The `Budget` measures (a step-time model from the first steps, each epoch's real time), plans (how
 many steps fit: whole epochs, with progressive resizing making later epochs dearer, then part of
 one more) and refits the plan every epoch. It returns plans; the training loop decides what to do
-with them, and the run's configuration is never rewritten. Its state (time already spent, the step model) travels in the
-checkpoint, so a resumed run keeps the budget it was given. Before a run whose size is left
-open, `largest_that_fits` picks the largest network the budget still trains for enough epochs.
+with them, and the run's configuration is never rewritten. Its state (time already spent, the step
+model) travels in the checkpoint, so a resumed run keeps the budget it was given. Before a run
+whose size is left open, `largest_that_fits` picks the largest network the budget still trains for
+enough epochs.
 """
 
 from __future__ import annotations
@@ -97,15 +98,24 @@ def recent(epochs: Sequence[T], done: int) -> Sequence[T]:
     return epochs[max(min(1, done - 1), done - REFIT_WINDOW):done]
 
 
+def steady(planned: int, fit_with: Callable[[float], int], grow_s: float, shrink_s: float) -> int:
+    """A plan refitted with hysteresis, so noise in the timings does not shake the schedule (whose
+    decay points are fractions of the plan): it grows only to what still fits with `grow_s` more
+    seconds spent, and shrinks only to what fits with `shrink_s` fewer. `fit_with(extra_s)` is the
+    plan were `extra_s` more seconds spent."""
+    cautious = fit_with(grow_s)
+    if cautious > planned:
+        return cautious
+    generous = fit_with(-shrink_s)
+    return generous if generous < planned else planned
+
+
 def steady_fit(budget_s: float, spent_s: float, epochs_done: int, planned: int,
                epoch_s: Callable[[int, int], float]) -> int:
-    """`fit` again for a run that has a plan of `planned` epochs: the count moves only when it
-    would with half an epoch to spare either way, so noise in the timings does not shake the
-    schedule (whose decay points are fractions of the plan)."""
+    """`fit` again for a run that has a plan of `planned` whole epochs: the count moves only when
+    it would with half an epoch to spare either way."""
     half = epoch_s(epochs_done, planned) / 2
-    cautious = fit(budget_s, spent_s + half, epochs_done, epoch_s)
-    generous = fit(budget_s, spent_s - half, epochs_done, epoch_s)
-    return cautious if cautious > planned else generous if generous < planned else planned
+    return steady(planned, lambda extra_s: fit(budget_s, spent_s + extra_s, epochs_done, epoch_s), half, half)
 
 
 def largest_that_fits(sizes: Sequence[T], epochs_of: Callable[[T], int], enough: int) -> tuple[int, list[int]]:
@@ -173,8 +183,7 @@ class Budget:
         k = ratios[len(ratios) // 2]
         epochs = math.ceil(planned / self.shape.steps_per_epoch)
         margin = GROW_MARGIN * k * self.epoch_at(self.shape.crop_at(epochs_done, epochs))
-        cautious, exact = self.steps_fit(epochs_done, k, margin), self.steps_fit(epochs_done, k)
-        return cautious if cautious > planned else exact if exact < planned else planned
+        return steady(planned, lambda extra_s: self.steps_fit(epochs_done, k, extra_s), margin, 0.0)
 
     def cannot_fit(self, next_epoch_s: float) -> bool:
         """The last resort: another epoch like the last one would overrun the budget."""

@@ -51,7 +51,7 @@ def evaluate(model: str | Path, data: str | Path, tta: bool | None = None, batch
     files, skipped = D.labelled_files(data, label_pattern)
     total = len(files) + len(skipped)  # every image of DATA, readable or not
     clf = Classifier.load(model, device, amp, compile, engine, images=len(files))
-    tta = clf.tta if tta is None else tta
+    tta = clf.with_tta(tta)
     samples = D.samples_for(files, clf.classes)
     loader = D.make_loader(D.ImageDataset(samples, clf.transform), batch_size, False,
                            D.default_workers(clf.net.device.type) if workers is None else workers)

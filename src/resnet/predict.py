@@ -131,7 +131,12 @@ class Classifier:
         """float32 logits of already-decoded RGB images (what `read_images` returns), one batch.
         `tta` None: as the model was scored when it trained (its card's `tta`)."""
         batch = D.collate([D.Item(self.transform(img), 0, i) for i, img in enumerate(images)])
-        return runtime.logits(self.net, batch.images, self.mean, self.std, self.tta if tta is None else tta)
+        return runtime.logits(self.net, batch.images, self.mean, self.std, self.with_tta(tta))
+
+    def with_tta(self, tta: bool | None) -> bool:
+        """Whether to average with the mirror image: as asked, or (None) as the model was scored
+        when it trained."""
+        return self.tta if tta is None else tta
 
     def predict(self, images: Sequence[D.ImageInput], top_k: int = 1, tta: bool | None = None,
                 batch_size: int = 32, progress: Callable[[Iterable], Iterable] = iter
