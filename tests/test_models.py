@@ -121,6 +121,31 @@ def test_resnet18_seed_is_the_tutorials_network():
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 2)
 
 
+def test_whitened_stem_decorrelates_its_patches_in_opposite_pairs():
+    """Each of the first 2k filters' responses to the images' patches has unit variance and no
+    correlation with the others', strongest direction first; the rest keep their random values."""
+    from resnet.models import whiten_conv
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.avg_pool2d(torch.randn(200, 3, 12, 12, generator=g), 3, 1, 1) * 3
+    images = images + torch.tensor([0.5, -0.2, 0.1]).view(1, 3, 1, 1) * torch.randn(200, 1, 12, 12, generator=g)
+    conv = torch.nn.Conv2d(3, 64, 3, padding=1, bias=False)
+    rest = conv.weight[54:].detach().clone()
+    whiten_conv(conv, images, eps=1e-9)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, conv.weight[:27])  # the patches the statistics saw
+        responses = out.transpose(0, 1).reshape(27, -1)
+        covariance = responses @ responses.T / responses.shape[1]
+    assert torch.allclose(covariance, torch.eye(27), atol=1e-3)
+    assert torch.equal(conv.weight[27:54], -conv.weight[:27]) and torch.equal(conv.weight[54:], rest)
+    # Strongest first: before whitening, the first filter's direction carries the most variance.
+    directions = conv.weight[:27].reshape(27, -1)
+    directions = directions / directions.norm(dim=1, keepdim=True)
+    patches = torch.nn.functional.unfold(images, 3).transpose(1, 2).reshape(-1, 27)
+    variance = (patches @ directions.T).pow(2).mean(0)
+    assert torch.all(variance[:-1] >= variance[1:] - 1e-4)
+
+
 def test_resnet9_is_pages_network():
     """Page's ResNet-9: 64-128-256-512 channels, resolution halved by a max-pool after each stage's
     first convolution (32 -> 16 -> 8 -> 4), residual blocks after the first and the last stage, a

@@ -29,6 +29,7 @@ def test_small_images_never_get_a_crop_above_their_size_nor_an_imagenet_stem(sho
     assert {s for _, s in recipe.ladder} == {size}  # the budget may only widen, never up-sample
     assert v["in_memory"] and recipe.kind == "small images"
     assert v["tta"]  # scored with the mirror image too, as the CIFAR-10 records are
+    assert v["whiten"]  # the stem starts whitened, as airbench's does
 
 
 def test_small_images_too_many_for_memory_go_through_the_cache():
@@ -39,7 +40,7 @@ def test_small_images_too_many_for_memory_go_through_the_cache():
 
 def test_photos_of_180_px_keep_the_dogs_vs_cats_plan():
     recipe = plan_recipe(stats(180, images=8000, classes=2))
-    assert recipe.kind == "photos" and recipe.values == {"in_memory": False}  # arch, width, sizes: the preset's
+    assert recipe.kind == "photos" and recipe.values == {"in_memory": False}  # arch, width, sizes, no whitening: the preset's
     assert recipe.ladder == tuple(r for r in SIZE_LADDER if eval_size_for(r[1]) <= 180)
     assert recipe.ladder[0] == SIZE_LADDER[0] and recipe.ladder[-1] == (1.0, 128)
     assert recipe.enough_epochs == EPOCHS_TO_GROW
@@ -176,6 +177,10 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
     a = T.read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     b = T.read_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The stem started as the patches' whitening (filters in opposite pairs) and stayed frozen
+    # through both epochs: training would have broken the pairs.
+    stem = a["conv1.weight"]
+    assert config["whiten"] and torch.equal(stem[16:32], -stem[:16])
 
     # The trained ResNet-9 goes through every inference path: ONNX gives PyTorch's logits, and
     # predict gives each image the label evaluate scored it with.

@@ -77,6 +77,9 @@ def add_train(sub) -> None:
     t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="validate with each image averaged with its mirror, and save the model to be scored so "
                         "(default: planned, on for small images)")
+    t.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+                   help="start the first convolution as the training patches' whitening, frozen "
+                        "(default: planned, on for small images)")
     t.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="small-image fast path: all pixels in one tensor, augmented as tensor ops, no workers "
                         "(default: planned, on for small images that fit in 2 GiB)")

@@ -21,7 +21,7 @@ from typing import Any
 from .data.stats import DataStats
 from .options import MIN_IMG_SIZE
 from .tuning import (EPOCHS_TO_GROW, EVAL_SCALE, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
-                     SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS)
+                     SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS, WHITEN_IMAGES)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ def _small_images(stats: DataStats) -> Recipe:
                                f"the 9-layer ResNet-9 at {size} px, native resolution, no progressive resizing"),
         (("augment",), f"pad-and-crop + flip augmentation (what a {size} px image allows: a random-resized crop "
                        "would up-sample it)"),
+        (("whiten",), f"the first layer starts as the whitening of {WHITEN_IMAGES} training images' patches, "
+                      "frozen (airbench's start)"),
         (("tta",), "scored with flip TTA, each image averaged with its mirror (+0.6 to +0.9 points on CIFAR-10 for "
                    "one more forward pass of a small image); the saved model keeps it (--no-tta)"),
         (("label_smoothing", "weight_decay", "batch_size", "lr"),

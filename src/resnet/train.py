@@ -47,7 +47,7 @@ from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size, largest_that_fits, step_seconds
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
-from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights
+from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights, whiten_conv
 from .device import pick_device
 from .options import AMP_CHOICES, AUGMENTS, DEVICES, MIN_IMG_SIZE, PRESETS, SCHEDULES
 from .outputs import check_output_dir
@@ -57,7 +57,7 @@ from .runtime import TorchNet, autocast, memory_format, run_eval
 from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
                          normalize)
 from .tuning import (AUTO_CACHE_BYTES, FIRST_FIT_STEPS, LOG_EVERY_S, RAMP, SIZE_STEP, START_SIZE_FRACTION,
-                     UNTIMED_STEPS, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION)
+                     UNTIMED_STEPS, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_IMAGES)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class TrainConfig:
     tta: bool = False                     # validate, and have the saved model scored, with the mirror image too
     train_like_eval: bool = False         # the tutorial trains on its eval preprocessing
     zero_init_residual: bool = False      # measured: on short schedules it stalls learning
+    whiten: bool = False                  # the stem starts as the patches' whitening, frozen (models.whiten_conv)
     pretrained: str | None = None
     workers: int | None = None
     cache: bool | None = None             # None: on when the decoded copy is small (see below)
@@ -160,6 +161,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.in_memory and (cfg.augment != "pad-crop" or cfg.train_like_eval):
         raise ConfigError("--in-memory augments as --augment pad-crop does (it is the small-image fast path): "
                           f"not with {'the seed preset' if cfg.train_like_eval else '--augment ' + cfg.augment}")
+    if cfg.whiten and cfg.pretrained:
+        raise ConfigError("--whiten starts the first layer from the training images: not with --pretrained, "
+                          "whose first layer is already trained")
     check_output_dir("--out", cfg.out, [p for p in (cfg.data, cfg.val) if p])
 
 
@@ -561,7 +565,8 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     options = {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
-    model, net = build_model(cfg, options, len(split.classes), weights, device, world)
+    sample = whitening_sample(train_loader) if cfg.whiten and not resuming else None
+    model, net = build_model(cfg, options, len(split.classes), weights, device, world, sample)
     return Run(cfg=cfg, out=out, device=device, precision=precision, plan=plan, size_reason=size_reason, split=split,
                eval_size=eval_size, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
                net=net, options=options,
@@ -571,12 +576,31 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
                main=rank == 0, steps_per_epoch=len(train_loader))
 
 
+def whitening_sample(loader: D.TensorLoader | torch.utils.data.DataLoader) -> torch.Tensor:
+    """`WHITEN_IMAGES` training images spread evenly over the data set (whose order is by class),
+    normalised: the same on every rank and for any number of ranks, so a DDP run starts from the
+    stem a single process would."""
+    n = len(loader.images) if isinstance(loader, D.TensorLoader) else len(loader.dataset)
+    picks = torch.linspace(0, n - 1, min(n, WHITEN_IMAGES)).long()
+    if isinstance(loader, D.TensorLoader):
+        images = loader.images[picks]
+    else:  # through the dataset's training transform, each image with its own seed
+        images = D.collate([loader.dataset[i] for i in picks.tolist()]).images
+    return normalize(images)
+
+
 def build_model(cfg: TrainConfig, options: dict[str, Any], num_classes: int, weights: dict | None,
-                device: torch.device, world: int) -> tuple[nn.Module, nn.Module]:
-    """(the model checkpoints save, the module that trains it: DDP-wrapped and compiled as asked)."""
+                device: torch.device, world: int, whitening: torch.Tensor | None = None
+                ) -> tuple[nn.Module, nn.Module]:
+    """(the model checkpoints save, the module that trains it: DDP-wrapped and compiled as asked).
+    `whitening`: the images a new run's whitened stem is computed from."""
     model = create_model(cfg.arch, num_classes=num_classes, **options)
     if weights is not None:
         load_pretrained(model, weights, cfg.arch, source=cfg.pretrained)
+    if whitening is not None:
+        whiten_conv(model.conv1, whitening, WHITEN_EPS)
+    if cfg.whiten:  # frozen, in a resumed run too (requires_grad is not in a state_dict)
+        model.conv1.weight.requires_grad_(False)
     if cfg.sync_bn and world > 1:
         model = ddp.sync_batchnorm(model, device)
     model = model.to(device, memory_format=memory_format(cfg.channels_last))
