@@ -39,10 +39,12 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
-def whiten_conv(conv: nn.Conv2d, images: Tensor, eps: float) -> None:
+def whiten_conv(conv: nn.Conv2d, images: Tensor, eps: float, floor: float) -> None:
     """Sets a first convolution's filters to the principal directions of its input patches, each
     scaled to unit variance, in pairs of opposite sign (so the ReLU after it passes both halves of
-    each direction); filters beyond twice the patch dimension keep their random values. From
+    each direction); directions with less than `floor` times the strongest one's variance are left
+    out (grey images have none in colour: scaled to unit variance, bf16's rounding would be all
+    they carry), and the filters not used keep their random values. From
     tysam-code's hlb-CIFAR10 and Keller Jordan's airbench (2024), where this patch-whitening start,
     kept frozen, is one of the largest gains of a short CIFAR-10 run: the first layer begins
     decorrelated instead of having to learn it. `images`: normalised NCHW training images."""
@@ -56,7 +58,7 @@ def whiten_conv(conv: nn.Conv2d, images: Tensor, eps: float) -> None:
             covariance += patches.T.double() @ patches.double()
             count += len(patches)
         values, vectors = torch.linalg.eigh(covariance / max(count, 1))      # ascending
-        k = min(conv.out_channels // 2, dim)
+        k = min(conv.out_channels // 2, int((values >= floor * values[-1]).sum()))
         top = (vectors[:, -k:] / (values[-k:].clamp(min=0) + eps).sqrt()).T.flip(0)  # largest first
         filters = top.reshape(k, conv.in_channels, k_h, k_w).to(conv.weight.dtype)
         conv.weight[: 2 * k] = torch.cat([filters, -filters]).to(conv.weight.device)

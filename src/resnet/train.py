@@ -57,7 +57,8 @@ from .runtime import TorchNet, autocast, memory_format, run_eval
 from .transforms import (CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, PadCropTransform, TrainTransform,
                          normalize)
 from .tuning import (AUTO_CACHE_BYTES, FIRST_FIT_STEPS, LOG_EVERY_S, RAMP, SIZE_STEP, START_SIZE_FRACTION,
-                     UNTIMED_STEPS, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_IMAGES)
+                     UNTIMED_STEPS, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_FLOOR,
+                     WHITEN_IMAGES)
 
 log = logging.getLogger(__name__)
 
@@ -598,7 +599,7 @@ def build_model(cfg: TrainConfig, options: dict[str, Any], num_classes: int, wei
     if weights is not None:
         load_pretrained(model, weights, cfg.arch, source=cfg.pretrained)
     if whitening is not None:
-        whiten_conv(model.conv1, whitening, WHITEN_EPS)
+        whiten_conv(model.conv1, whitening, WHITEN_EPS, WHITEN_FLOOR)
     if cfg.whiten:  # frozen, in a resumed run too (requires_grad is not in a state_dict)
         model.conv1.weight.requires_grad_(False)
     if cfg.sync_bn and world > 1:
