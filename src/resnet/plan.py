@@ -59,8 +59,8 @@ def _small_images(stats: DataStats) -> Recipe:
                                f"the 9-layer ResNet-9 at {size} px, native resolution, no progressive resizing"),
         (("augment",), f"pad-and-crop + flip augmentation (what a {size} px image allows: a random-resized crop "
                        "would up-sample it)"),
-        (("whiten",), f"the first layer starts as the whitening of {WHITEN_IMAGES} training images' patches, "
-                      "frozen (airbench's start)"),
+        (("whiten",), f"the first layer starts as the whitening of {min(stats.images, WHITEN_IMAGES)} training "
+                      "images' patches, frozen (airbench's start)"),
         (("tta",), "scored with flip TTA, each image averaged with its mirror (+0.6 to +0.9 points on CIFAR-10 for "
                    "one more forward pass of a small image); the saved model keeps it (--no-tta)"),
         (("label_smoothing", "weight_decay", "batch_size", "lr"),
