@@ -44,10 +44,10 @@ def whiten_conv(conv: nn.Conv2d, images: Tensor, eps: float, floor: float) -> No
     scaled to unit variance, in pairs of opposite sign (so the ReLU after it passes both halves of
     each direction); directions with less than `floor` times the strongest one's variance are left
     out (grey images have none in colour: scaled to unit variance, bf16's rounding would be all
-    they carry), and the filters not used keep their random values. From
-    tysam-code's hlb-CIFAR10 and Keller Jordan's airbench (2024), where this patch-whitening start,
-    kept frozen, is one of the largest gains of a short CIFAR-10 run: the first layer begins
-    decorrelated instead of having to learn it. `images`: normalised NCHW training images."""
+    they carry), and the filters not used keep their random values. From tysam-code's hlb-CIFAR10
+    and Keller Jordan's airbench (2024), where this patch-whitening start, kept frozen, is one of
+    the largest gains of a short CIFAR-10 run: the first layer begins decorrelated instead of
+    having to learn it. `images`: normalised NCHW training images."""
     k_h, k_w = conv.kernel_size
     dim = conv.in_channels * k_h * k_w
     covariance = torch.zeros(dim, dim, dtype=torch.float64)
