@@ -40,7 +40,8 @@ def test_small_images_too_many_for_memory_go_through_the_cache():
 
 def test_photos_of_180_px_keep_the_dogs_vs_cats_plan():
     recipe = plan_recipe(stats(180, images=8000, classes=2))
-    assert recipe.kind == "photos" and recipe.values == {"in_memory": False}  # arch, width, sizes, no whitening: the preset's
+    # arch, width, sizes, no whitening: the preset's
+    assert recipe.kind == "photos" and recipe.values == {"in_memory": False}
     assert recipe.ladder == tuple(r for r in SIZE_LADDER if eval_size_for(r[1]) <= 180)
     assert recipe.ladder[0] == SIZE_LADDER[0] and recipe.ladder[-1] == (1.0, 128)
     assert recipe.enough_epochs == EPOCHS_TO_GROW
