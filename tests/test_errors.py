@@ -207,11 +207,12 @@ def test_out_that_is_a_file(tiny_folder, tmp_path, capsys):
     ("--warmup-epochs", "-1", "--warmup-epochs must be 0 or more"),
     ("--lr", "-1", "--lr must be positive"),
     ("--workers", "-2", "--workers must be 0 or more"),
+    ("--padding", "-1", "--padding must be 0 or more"),
 ])
 def test_out_of_range_options_are_refused_before_anything_is_written(tiny_folder, tmp_path, capsys, flag,
                                                                       value, needle):
     fails(capsys, small_run(tiny_folder, tmp_path / "run", flag, value), needle, repr(float(value))
-          if flag not in ("--label-pattern", "--img-size", "--save-every", "--workers") else value)
+          if flag not in ("--label-pattern", "--img-size", "--save-every", "--workers", "--padding") else value)
     assert not (tmp_path / "run").exists() and not (tmp_path / "xdg-cache").exists()
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from resnet import data as D
 from resnet import train as T
 from resnet.data.stats import DataStats
 from resnet.plan import eval_size_for, plan_recipe
+from resnet.transforms import PadCropTransform
 from resnet.tuning import EPOCHS_TO_GROW, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX
 
 from conftest import killed_before_epoch_2, photo
@@ -30,6 +32,7 @@ def test_small_images_never_get_a_crop_above_their_size_nor_an_imagenet_stem(sho
     assert v["in_memory"] and recipe.kind == "small images"
     assert v["tta"]  # scored with the mirror image too, as the CIFAR-10 records are
     assert v["whiten"]  # the stem starts whitened, as airbench's does
+    assert (v["padding"], v["padding_mode"]) == (2, "reflect")  # airbench's crops, not the paper's 4 zeros
 
 
 def test_small_images_too_many_for_memory_go_through_the_cache():
@@ -118,12 +121,34 @@ def test_in_memory_crops_are_pad_crops_drawn_from_each_images_own_seed():
     assert torch.equal(D.pad_crop_flip(images, 0, False, seeds), images)
 
 
+def test_mirrored_padding_crops_alike_in_memory_and_image_by_image():
+    """`--padding-mode reflect`: every crop, in memory or from one image, lies inside the image
+    mirrored about its edges, never on a zero border."""
+    images = torch.randint(1, 256, (200, 3, 6, 6), dtype=torch.uint8)  # no zero pixel anywhere
+    mirrored = np.pad(images.permute(0, 2, 3, 1).numpy(), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    mirrored = torch.from_numpy(mirrored).permute(0, 3, 1, 2)
+
+    def crops(i: int) -> list[torch.Tensor]:
+        return [mirrored[i, :, t:t + 6, l:l + 6] for t in range(5) for l in range(5)]
+
+    out = D.pad_crop_flip(images, 2, False, torch.arange(200), "reflect")
+    assert all(any(torch.equal(out[i], c) for c in crops(i)) for i in range(200))
+    assert (out > 0).all() and not torch.equal(out, images)  # shifted, and no zero border
+    one = PadCropTransform(6, 2, "reflect", hflip=False)
+    g = torch.Generator().manual_seed(0)
+    from_image = [one(images[i].permute(1, 2, 0).numpy(), g) for i in range(20)]
+    assert all(any(torch.equal(x, c) for c in crops(i)) for i, x in enumerate(from_image))
+    assert not all(torch.equal(x, images[i]) for i, x in enumerate(from_image))  # it does shift
+    with pytest.raises(ValueError, match="cannot be mirrored 6 px"):
+        PadCropTransform(6, 6, "reflect")(images[0].permute(1, 2, 0).numpy())
+
+
 def test_in_memory_loader_shards_resumes_and_reports_failures():
     images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 4, 4).contiguous()
     labels, positions = torch.arange(20) % 2, torch.arange(20) + 100
 
     def loader(rank=0, world=1, batch=4):
-        return D.TensorLoader(images, labels, positions, batch, 0, False, 7, rank, world, True, [(5, "truncated")])
+        return D.TensorLoader(images, labels, positions, batch, PadCropTransform(4, 0, hflip=False), 7, rank, world, True, [(5, "truncated")])
 
     whole = loader()
     whole.sampler.set_epoch(3)
@@ -146,13 +171,16 @@ def _epoch(loader, epoch):
     return list(loader)
 
 
-def test_in_memory_is_refused_where_it_cannot_do_what_is_asked(tmp_path):
+def test_pad_crop_and_in_memory_are_refused_where_they_cannot_do_what_is_asked(tmp_path):
     from resnet.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--in-memory augments as --augment pad-crop does"):
         T.make_config("default", out=str(tmp_path / "a"), in_memory=True, augment="random-resized-crop")
     with pytest.raises(ConfigError, match="not with --no-cache"):
         T.make_config("default", out=str(tmp_path / "b"), in_memory=True, augment="pad-crop", cache=False)
+    with pytest.raises(ConfigError, match="--padding must be less than the image's 32 px, not 32"):
+        T.make_config("default", out=str(tmp_path / "c"), augment="pad-crop", img_size=32, padding=32,
+                      padding_mode="reflect")
 
 
 def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_path, monkeypatch):

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, DataError, MachineError, TrainingError, UsageError
-from .options import AMP_CHOICES, AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, MIN_IMG_SIZE, PRESETS, QUANTIZE
+from .options import (AMP_CHOICES, AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, MIN_IMG_SIZE,
+                      PADDING_MODES, PRESETS, QUANTIZE)
 from .outputs import check_output_dir, check_output_file
 
 
@@ -74,6 +75,10 @@ def add_train(sub) -> None:
     t.add_argument("--scale-min", type=float, help="RandomResizedCrop's smallest area fraction")
     t.add_argument("--augment", choices=AUGMENTS,
                    help="random-resized-crop (photos) or pad-crop (the paper's for small images); default: planned")
+    t.add_argument("--padding", type=int, help="pad-crop: pixels added on each side before the random crop "
+                                                "(default: planned, 2 for small images; the paper's 4)")
+    t.add_argument("--padding-mode", choices=PADDING_MODES,
+                   help="pad-crop: constant (zeros, the paper's) or reflect (default: planned, reflect for small images)")
     t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="validate with each image averaged with its mirror, and save the model to be scored so "
                         "(default: planned, on for small images)")

@@ -13,6 +13,7 @@ PRECISIONS = ("fp32", "bfloat16", "float16")
 ENGINES = ("auto", "torch", "onnxruntime")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 AUGMENTS = ("random-resized-crop", "pad-crop")
+PADDING_MODES = ("constant", "reflect")  # pad-crop's, named as torchvision's RandomCrop names them
 EXPORT_FORMATS = ("onnx", "safetensors")
 QUANTIZE = ("int8",)
 BENCHMARKS = ("train", "infer", "data")

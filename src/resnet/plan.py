@@ -7,8 +7,8 @@ user left out are planned, and only for the `default` preset (`train.apply_plan`
 Two kinds, after the recipes that hold the records for each:
 - small images (a median shorter side up to `SMALL_IMAGE_MAX`, CIFAR-like): the wide and shallow
   ResNet-9 at native resolution (no up-sampling: a 32 px image holds 32 px of detail), the paper's
-  pad-and-crop augmentation, batches of 512, label smoothing 0.2 and weight decay 5e-4 as in
-  Page's and Jordan's CIFAR-10 recipes, and the in-memory loader where the pixels fit;
+  pad-and-crop augmentation (2 px mirrored), batches of 128, label smoothing 0.2 and weight decay
+  5e-4 as in Page's and Jordan's CIFAR-10 recipes, and the in-memory loader where the pixels fit;
 - photos: the ImageNet-stem ResNet-18 at half width with random-resized crops growing 64 -> 96 px
   (docs/training.md), never trained or evaluated above the resolution the photos hold.
 """
@@ -57,8 +57,10 @@ def _small_images(stats: DataStats) -> Recipe:
     reasons = [
         (("arch", "img_size"), f"small images (median shorter side {stats.short_side} px <= {SMALL_IMAGE_MAX}): "
                                f"the 9-layer ResNet-9 at {size} px, native resolution, no progressive resizing"),
-        (("augment",), f"pad-and-crop + flip augmentation (what a {size} px image allows: a random-resized crop "
-                       "would up-sample it)"),
+        (("augment", "padding", "padding_mode"),
+         f"pad-and-crop + flip augmentation (what a {size} px image allows: a random-resized crop would up-sample "
+         f"it), {SMALL_RECIPE['padding']} px mirrored padding (airbench's: milder than the paper's 4 zeros, for a "
+         "run of minutes)"),
         (("whiten",), f"the first layer starts as the whitening of {min(stats.images, WHITEN_IMAGES)} training "
                       "images' patches, frozen (airbench's start)"),
         (("tta",), "scored with flip TTA, each image averaged with its mirror (+0.6 to +0.9 points on CIFAR-10 for "

@@ -49,7 +49,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights, whiten_conv
 from .device import pick_device
-from .options import AMP_CHOICES, AUGMENTS, DEVICES, MIN_IMG_SIZE, PRESETS, SCHEDULES
+from .options import AMP_CHOICES, AUGMENTS, DEVICES, MIN_IMG_SIZE, PADDING_MODES, PRESETS, SCHEDULES
 from .outputs import check_output_dir
 from .plan import Recipe, eval_size_for, plan_recipe
 from .policy import Precision, choose_precision, kept_precision
@@ -86,6 +86,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     scale_min: float = 0.25               # RandomResizedCrop's lower area bound
     augment: str = "random-resized-crop"  # options.AUGMENTS; "pad-crop": the paper's CIFAR augmentation
+    padding: int = 4                      # pad-crop: pixels added on each side (the paper's 4)
+    padding_mode: str = "constant"        # options.PADDING_MODES: zeros (the paper's) or the mirrored edge
     hflip: bool = True
     crop_pct: float = CROP_PCT            # evaluation: resize to eval_size / crop_pct, centre-crop
     tta: bool = False                     # validate, and have the saved model scored, with the mirror image too
@@ -133,6 +135,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "save_every": (lambda v: v >= 0, "0 (off) or more steps"),
     "schedule": (lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
     "augment": (lambda v: v in AUGMENTS, ", ".join(AUGMENTS)),
+    "padding": (lambda v: v >= 0, "0 or more"),
+    "padding_mode": (lambda v: v in PADDING_MODES, ", ".join(PADDING_MODES)),
     "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "amp": (lambda v: v in AMP_CHOICES, ", ".join(AMP_CHOICES)),
     "device": (lambda v: v in DEVICES, ", ".join(DEVICES)),
@@ -162,6 +166,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.in_memory and (cfg.augment != "pad-crop" or cfg.train_like_eval):
         raise ConfigError("--in-memory augments as --augment pad-crop does (it is the small-image fast path): "
                           f"not with {'the seed preset' if cfg.train_like_eval else '--augment ' + cfg.augment}")
+    if cfg.augment == "pad-crop" and cfg.padding_mode == "reflect" and cfg.padding >= cfg.img_size:
+        raise ConfigError(f"--padding-mode reflect mirrors the image inside its edges: --padding must be less than "
+                          f"the image's {cfg.img_size} px, not {cfg.padding}")
     if cfg.whiten and cfg.pretrained:
         raise ConfigError("--whiten starts the first layer from the training images: not with --pretrained, "
                           "whose first layer is already trained")
@@ -407,7 +414,7 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
     if cfg.train_like_eval:
         train_tf = EvalTransform.for_size(cfg.img_size, cfg.crop_pct)
     elif cfg.augment == "pad-crop":
-        train_tf = PadCropTransform(cfg.img_size, hflip=cfg.hflip)
+        train_tf = PadCropTransform(cfg.img_size, cfg.padding, cfg.padding_mode, cfg.hflip)
     else:
         train_tf = TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip)
     # In memory, every image is stored at the training size (a centre crop of the shorter side),
@@ -434,7 +441,7 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
     drop_last = len(split.train) > batch_size * world
     if cfg.in_memory:
         images, labels, positions, failures = D.in_memory(train_cache, [s.label for s in split.train])
-        train_loader = D.TensorLoader(images, labels, positions, batch_size, train_tf.pad, train_tf.hflip, cfg.seed,
+        train_loader = D.TensorLoader(images, labels, positions, batch_size, train_tf, cfg.seed,
                                       rank, world, drop_last, failures)
     else:
         train_loader = D.make_loader(D.ImageDataset(split.train, train_tf, train_cache), batch_size, True, workers,

@@ -266,11 +266,14 @@ class TrainTransform:
 @dataclass(frozen=True)
 class PadCropTransform:
     """The ResNet paper's CIFAR augmentation (He et al. 2015, section 4.2, after Lee et al.): pad
-    `pad` zero pixels on each side, take a random `img_size` crop, flip half the images. On uint8
-    pixels: no resampling at all, so a 32 px image stays 32 px, exactly."""
+    `pad` pixels on each side, take a random `img_size` crop, flip half the images. On uint8
+    pixels: no resampling at all, so a 32 px image stays 32 px, exactly. `mode` as torchvision's
+    `RandomCrop(padding_mode=)`: "constant" pads zeros (the paper's), "reflect" mirrors the image
+    about its edge pixels (airbench's), so a shifted crop shows no black border."""
 
     img_size: int
     pad: int = 4
+    mode: str = "constant"
     hflip: bool = True
 
     def __call__(self, img: Image.Image | np.ndarray, generator: torch.Generator | None = None
@@ -278,8 +281,9 @@ class PadCropTransform:
         g = generator if generator is not None else torch.default_generator
         a = pixels(img)
         p = self.pad
-        padded = np.zeros((a.shape[0] + 2 * p, a.shape[1] + 2 * p, 3), np.uint8)
-        padded[p:p + a.shape[0], p:p + a.shape[1]] = a
+        if self.mode == "reflect" and p >= min(a.shape[:2]):
+            raise ValueError(f"a {a.shape[1]}x{a.shape[0]} image cannot be mirrored {p} px beyond its edges")
+        padded = np.pad(a, ((p, p), (p, p), (0, 0)), mode=self.mode)
         s = self.img_size
         if padded.shape[0] < s or padded.shape[1] < s:
             raise ValueError(f"a {a.shape[1]}x{a.shape[0]} image padded by {p} is smaller than the crop {s}")

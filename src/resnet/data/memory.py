@@ -2,7 +2,7 @@
 once into one uint8 tensor, and every batch is cut from it, padded, cropped and flipped as a few
 tensor operations in the training process: no per-image Python and no worker processes, whose
 start-up, pickling and shared-memory copies cost more than 32 px images do (the approach of Keller
-Jordan's airbench). The augmentation is `PadCropTransform`'s — zero padding, a random crop of the
+Jordan's airbench). The augmentation is `PadCropTransform`'s — padding, a random crop of the
 original size, a horizontal flip for half the images — drawn from each image's own seed (as the
 DataLoader's is), by an integer hash computed for the whole batch at once; the order and the
 sharding over ranks are `EpochSampler`'s. So a run does not depend on how its batches are split:
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..transforms import PadCropTransform
 from .cache import DecodedCache
 from .loader import Batch, EpochSampler
 
@@ -32,13 +33,14 @@ def hashed(seeds: torch.Tensor, salt: int) -> torch.Tensor:
     return x
 
 
-def pad_crop_flip(images: torch.Tensor, pad: int, hflip: bool, seeds: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW images, each padded by `pad` zeros, cropped back to its size at an offset drawn
-    from its seed and (with `hflip`) mirrored with probability 1/2: one gather for the whole batch.
-    Returned as NCHW with channels_last strides (the gather writes NHWC), the layout the model
-    runs in."""
+def pad_crop_flip(images: torch.Tensor, pad: int, hflip: bool, seeds: torch.Tensor,
+                  mode: str = "constant") -> torch.Tensor:
+    """uint8 NCHW images, each padded by `pad` pixels (`mode`: `F.pad`'s, the same padding as
+    `np.pad`'s mode of that name), cropped back to its size at an offset drawn from its seed and
+    (with `hflip`) mirrored with probability 1/2: one gather for the whole batch. Returned as NCHW
+    with channels_last strides (the gather writes NHWC), the layout the model runs in."""
     n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
+    padded = F.pad(images, (pad, pad, pad, pad), mode=mode)
     top = (hashed(seeds, 0) % (2 * pad + 1))[:, None]
     left = (hashed(seeds, 1) % (2 * pad + 1))[:, None]
     rows, cols = top + torch.arange(h), left + torch.arange(w)
@@ -55,10 +57,10 @@ class TensorLoader:
     The images that could not be decoded are reported with the first batch of each epoch."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, batch_size: int,
-                 pad: int, hflip: bool, seed: int, rank: int, world: int, drop_last: bool,
+                 augment: PadCropTransform, seed: int, rank: int, world: int, drop_last: bool,
                  failures: Sequence[tuple[int, str]] = ()):
         self.images, self.labels, self.positions = images, labels, positions
-        self.batch_size, self.pad, self.hflip, self.drop_last = batch_size, pad, hflip, drop_last
+        self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
         self.failures = list(failures)
         self.sampler = EpochSampler(len(images), True, seed, rank, world)
 
@@ -73,7 +75,8 @@ class TensorLoader:
         for b in range(len(self)):
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
             chunk = rows[part]
-            images = pad_crop_flip(self.images[chunk], self.pad, self.hflip, seeds[part])
+            aug = self.augment
+            images = pad_crop_flip(self.images[chunk], aug.pad, aug.hflip, seeds[part], aug.mode)
             failures = self.failures if b == 0 and self.sampler.start == 0 else []
             yield Batch(images, self.labels[chunk], self.positions[chunk], failures)
 
