@@ -72,10 +72,10 @@ class TensorLoader:
         draws = list(self.sampler)
         rows = torch.tensor([d.index for d in draws], dtype=torch.long)
         seeds = torch.tensor([d.seed for d in draws], dtype=torch.long)
+        aug = self.augment
         for b in range(len(self)):
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
             chunk = rows[part]
-            aug = self.augment
             images = pad_crop_flip(self.images[chunk], aug.pad, aug.hflip, seeds[part], aug.mode)
             failures = self.failures if b == 0 and self.sampler.start == 0 else []
             yield Batch(images, self.labels[chunk], self.positions[chunk], failures)
