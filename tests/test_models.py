@@ -169,6 +169,35 @@ def test_resnet9_is_pages_network():
     assert half.conv1.out_channels == 32 and half.fc.in_features == 256
 
 
+def test_resnet9_pools_first_and_older_checkpoints_load_pooling_last(tmp_path):
+    """ResNet-9 now pools before BN and ReLU. A checkpoint written before records no `pool_first`:
+    it must load pooling last, as it was trained, or its BatchNorms (statistics of the unpooled
+    map, some scales negative) would run after the pool and give other answers for the same
+    weights; a new checkpoint records the option, so it keeps loading as trained."""
+    from resnet.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    old = create_model("resnet9", num_classes=3, width=0.25, pool_first=False).eval()
+    for m in old.modules():  # statistics a trained model would have, scales of either sign
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(-1.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    new = create_model("resnet9", num_classes=3, width=0.25).eval()
+    new.load_state_dict(old.state_dict())
+    assert [n for n, _ in new.layer1[0].named_children()] == ["conv", "pool", "bn", "relu"]  # as they run
+    x = torch.randn(4, 3, 32, 32)
+    card = {"arch": "resnet9", "classes": ["a", "b", "c"], "eval_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    torch.save({**card, "model": old.state_dict(), "model_options": {"width": 0.25}}, tmp_path / "old.pt")
+    save_checkpoint(tmp_path / "new.pt", {**card, "model": new.state_dict(), "model_options": {"width": 0.25}})
+    assert torch.load(tmp_path / "new.pt", weights_only=True)["model_options"] == {"width": 0.25, "pool_first": True}
+    with torch.no_grad():
+        assert (old(x) - new(x)).abs().max() > 1e-2  # the two orders are different networks
+        for path, model in (("old.pt", old), ("new.pt", new)):
+            loaded, meta = load_checkpoint(tmp_path / path)
+            assert meta["model_options"]["pool_first"] is model.layer1[0].pool_first
+            assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
 def test_registry_lists_every_family():
     names = set(list_models())
     for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",

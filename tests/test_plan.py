@@ -210,6 +210,15 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
     # through both epochs: training would have broken the pairs.
     stem = a["conv1.weight"]
     assert config["whiten"] and torch.equal(stem[16:32], -stem[:16])
+    # A run saved before ResNet-9 pooled first records no `pool_first`: resumed, it goes on
+    # pooling last, as it was trained, and says so in the checkpoint it writes.
+    old = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    assert old["model_options"]["pool_first"] is True
+    del old["model_options"]["pool_first"]
+    (tmp_path / "older").mkdir()
+    torch.save(old, tmp_path / "older" / "last.pt")
+    T.train(*T.resume_config(tmp_path / "older" / "last.pt", {"epochs": 3}))
+    assert T.read_checkpoint(tmp_path / "older" / "last.pt")["model_options"]["pool_first"] is False
 
     # The trained ResNet-9 goes through every inference path: ONNX gives PyTorch's logits, and
     # predict gives each image the label evaluate scored it with.

@@ -5,6 +5,7 @@ the model card in their metadata) load the same way."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, ConfigError, first_line
-from .models import MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec
+from .models import (MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec, options_of_file,
+                     recorded_options)
 from .options import MIN_IMG_SIZE, PRECISIONS
 from .transforms import CROP_PCT, EvalTransform
 
@@ -25,9 +27,12 @@ CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically. A write that fails (a full disk, a folder gone
+    """Write `state` to `path` atomically, its model options with every option whose default has
+    changed (`models.recorded_options`). A write that fails (a full disk, a folder gone
     read-only) leaves the previous file as it was and raises `CheckpointError` saying why."""
     path = Path(path)
+    if "arch" in state:
+        state = {**state, "model_options": recorded_options(state["arch"], state.get("model_options", {}))}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +80,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a resnet checkpoint (missing: {', '.join(missing)})")
+    if isinstance(state["arch"], str) and isinstance(state.get("model_options", {}), dict):
+        state["model_options"] = options_of_file(state["arch"], state.get("model_options", {}))
     return state
 
 
@@ -88,7 +95,8 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     return state
 
 
-MODEL_OPTIONS = {"width": (int, float), "zero_init_residual": bool}  # what a checkpoint may set
+# What a checkpoint may set, where its architecture takes it.
+MODEL_OPTIONS = {"width": (int, float), "zero_init_residual": bool, "pool_first": bool}
 MAX_CLASSES = 100_000
 MAX_EVAL_SIZE = 4096
 
@@ -126,9 +134,12 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
     if precision is not None and not (isinstance(precision, dict) and precision.get("dtype") in PRECISIONS):
         raise bad(f"precision must record a dtype of {', '.join(PRECISIONS)}, not {precision!r}")
     try:
-        model_spec(state["arch"])
+        spec = model_spec(state["arch"])
     except ConfigError as e:
         raise bad(str(e)) from None
+    foreign = set(options) - {"width"} - set(inspect.signature(spec.build).parameters)
+    if foreign:
+        raise bad(f"{state['arch']} has no option {', '.join(sorted(foreign))}")
 
 
 def load_checkpoint(path: str | Path) -> tuple[ResNet, dict[str, Any]]:

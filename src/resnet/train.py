@@ -572,7 +572,8 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world, local_rank)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    options = {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
+    # A resumed run rebuilds the network its checkpoint describes, options older files lack included.
+    options = state["model_options"] if resuming else {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
     sample = whitening_sample(train_loader) if cfg.whiten and not resuming else None
     model, net = build_model(cfg, options, len(split.classes), weights, device, world, sample)
     return Run(cfg=cfg, out=out, device=device, precision=precision, plan=plan, size_reason=size_reason, split=split,
