@@ -208,12 +208,20 @@ def test_out_that_is_a_file(tiny_folder, tmp_path, capsys):
     ("--lr", "-1", "--lr must be positive"),
     ("--workers", "-2", "--workers must be 0 or more"),
     ("--padding", "-1", "--padding must be 0 or more"),
+    ("--cutout", "-1", "--cutout must be 0 (off) or more pixels"),
 ])
 def test_out_of_range_options_are_refused_before_anything_is_written(tiny_folder, tmp_path, capsys, flag,
                                                                       value, needle):
     fails(capsys, small_run(tiny_folder, tmp_path / "run", flag, value), needle, repr(float(value))
-          if flag not in ("--label-pattern", "--img-size", "--save-every", "--workers", "--padding") else value)
+          if flag not in ("--label-pattern", "--img-size", "--save-every", "--workers", "--padding", "--cutout")
+          else value)
     assert not (tmp_path / "run").exists() and not (tmp_path / "xdg-cache").exists()
+
+
+def test_cutout_is_refused_with_the_seed_preset_which_trains_on_centre_crops(tiny_folder, tmp_path, capsys):
+    fails(capsys, small_run(tiny_folder, tmp_path / "run", "--preset", "seed", "--cutout", "4"),
+          "--cutout", "not with the seed preset")
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_pretrained_file_is_refused_before_the_cache_is_built(tiny_folder, tmp_path, capsys):

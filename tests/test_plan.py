@@ -1,6 +1,7 @@
 """The plan from the data: what each kind of data gets, why, and that the user's options win."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from resnet import data as D
 from resnet import train as T
 from resnet.data.stats import DataStats
 from resnet.plan import eval_size_for, plan_recipe
-from resnet.transforms import PadCropTransform
+from resnet.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
 from resnet.tuning import EPOCHS_TO_GROW, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX
 
 from conftest import killed_before_epoch_2, photo
@@ -141,6 +142,47 @@ def test_mirrored_padding_crops_alike_in_memory_and_image_by_image():
     assert not all(torch.equal(x, images[i]) for i, x in enumerate(from_image))  # it does shift
     with pytest.raises(ValueError, match="cannot be mirrored 6 px"):
         PadCropTransform(6, 6, "reflect")(images[0].permute(1, 2, 0).numpy())
+
+
+def _cut_square(out: torch.Tensor, kept: torch.Tensor, size: int, length: int) -> tuple[int, int]:
+    """(rows, columns) of the one rectangle of mean pixels `cutout` put into the CHW crop `out`,
+    which equals `kept` (the crop without cutout) everywhere else; a side is `size` unless the
+    square reaches past the crop's edge."""
+    changed = (out != kept).any(0)
+    rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+    assert len(rows) and len(cols)
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    assert (out[:, box[0], box[1]] == torch.tensor(MEAN_PIXEL, dtype=out.dtype).view(3, 1, 1)).all()
+    assert torch.equal(out[:, ~changed], kept[:, ~changed])
+    for side in (len(rows), len(cols)):
+        assert size // 2 <= side <= size
+    assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
+    return len(rows), len(cols)
+
+
+def test_cutout_fills_one_square_of_each_crop_with_the_mean_pixel_in_memory_and_image_by_image():
+    """`--cutout 4` on 16 px crops: one square of mean pixels per crop, the rest of the crop as
+    without cutout; whole where it lies inside, clipped at an edge (its centre is drawn anywhere);
+    placed differently for each image, and (in memory) by the image's seed, whatever its batch."""
+    images = torch.randint(0, 100, (300, 3, 16, 16), dtype=torch.uint8)  # no pixel is the mean pixel
+    seeds = torch.arange(300) + 10**12
+    kept = D.pad_crop_flip(images, 2, True, seeds, "reflect")
+    out = D.pad_crop_flip(images, 2, True, seeds, "reflect", cutout=4)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    sides = [_cut_square(out[i], kept[i], 4, 16) for i in range(300)]
+    assert (4, 4) in sides and {2, 3} & {r for r, _ in sides}  # whole inside, clipped at an edge
+    assert len({tuple((out[i] != kept[i]).any(0).nonzero()[0].tolist()) for i in range(300)}) > 50
+    halves = torch.cat([D.pad_crop_flip(images[:100], 2, True, seeds[:100], "reflect", 4),
+                        D.pad_crop_flip(images[100:], 2, True, seeds[100:], "reflect", 4)])
+    assert torch.equal(out, halves)
+    g, again = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for transform in (PadCropTransform(16, 2, "reflect"), TrainTransform(16, scale=(0.5, 1.0))):
+        cut = replace(transform, cutout=4)
+        for i in range(40):
+            a = images[i].permute(1, 2, 0).numpy()
+            _cut_square(cut(a, g), transform(a, again), 4, 16)
+            for _ in range(2):  # the draws that placed the square
+                torch.randint(0, 16, (1,), generator=again)
 
 
 def test_in_memory_loader_shards_resumes_and_reports_failures():

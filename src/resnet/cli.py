@@ -79,6 +79,8 @@ def add_train(sub) -> None:
                                                 "(default: planned, 2 for small images; the paper's 4)")
     t.add_argument("--padding-mode", choices=PADDING_MODES,
                    help="pad-crop: constant (zeros, the paper's) or reflect (default: planned, reflect for small images)")
+    t.add_argument("--cutout", type=int, help="fill a square of this side, anywhere in each training crop, with the mean "
+                                               "pixel (cutout, DeVries & Taylor; default 0: off)")
     t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="validate with each image averaged with its mirror, and save the model to be scored so "
                         "(default: planned, on for small images)")

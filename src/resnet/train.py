@@ -88,6 +88,7 @@ class TrainConfig:
     augment: str = "random-resized-crop"  # options.AUGMENTS; "pad-crop": the paper's CIFAR augmentation
     padding: int = 4                      # pad-crop: pixels added on each side (the paper's 4)
     padding_mode: str = "constant"        # options.PADDING_MODES: zeros (the paper's) or the mirrored edge
+    cutout: int = 0                       # a square of this side of each training crop filled with the mean pixel
     hflip: bool = True
     crop_pct: float = CROP_PCT            # evaluation: resize to eval_size / crop_pct, centre-crop
     tta: bool = False                     # validate, and have the saved model scored, with the mirror image too
@@ -137,6 +138,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "augment": (lambda v: v in AUGMENTS, ", ".join(AUGMENTS)),
     "padding": (lambda v: v >= 0, "0 or more"),
     "padding_mode": (lambda v: v in PADDING_MODES, ", ".join(PADDING_MODES)),
+    "cutout": (lambda v: v >= 0, "0 (off) or more pixels"),
     "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "amp": (lambda v: v in AMP_CHOICES, ", ".join(AMP_CHOICES)),
     "device": (lambda v: v in DEVICES, ", ".join(DEVICES)),
@@ -169,6 +171,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.augment == "pad-crop" and cfg.padding_mode == "reflect" and cfg.padding >= cfg.img_size:
         raise ConfigError(f"--padding-mode reflect mirrors the image inside its edges: --padding must be less than "
                           f"the image's {cfg.img_size} px, not {cfg.padding}")
+    if cfg.cutout and cfg.train_like_eval:
+        raise ConfigError("--cutout hides part of each augmented training crop: not with the seed preset, which "
+                          "trains on the evaluation's centre crops")
     if cfg.whiten and cfg.pretrained:
         raise ConfigError("--whiten starts the first layer from the training images: not with --pretrained, "
                           "whose first layer is already trained")
@@ -414,9 +419,9 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
     if cfg.train_like_eval:
         train_tf = EvalTransform.for_size(cfg.img_size, cfg.crop_pct)
     elif cfg.augment == "pad-crop":
-        train_tf = PadCropTransform(cfg.img_size, cfg.padding, cfg.padding_mode, cfg.hflip)
+        train_tf = PadCropTransform(cfg.img_size, cfg.padding, cfg.padding_mode, cfg.hflip, cfg.cutout)
     else:
-        train_tf = TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip)
+        train_tf = TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip, cutout=cfg.cutout)
     # In memory, every image is stored at the training size (a centre crop of the shorter side),
     # padded crops need the images at the training size, the others a little larger.
     square = EvalTransform.for_size(cfg.img_size, 1.0) if cfg.in_memory else None

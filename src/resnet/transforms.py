@@ -27,6 +27,19 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PCT = 0.875  # 224/256: the tutorial's Resize(256) -> CenterCrop(224), for any size
+# Cutout's fill: the mean pixel, which normalises to zero (DeVries & Taylor zero the normalised image).
+MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)
+
+
+def cut_out(a: np.ndarray, size: int, g: torch.Generator) -> np.ndarray:
+    """Cutout (DeVries & Taylor 2017): a `size` square of the HWC image `a` filled, in place, with
+    the mean pixel. Its centre falls anywhere in the image, so part of the square may lie outside:
+    a regulariser for runs long enough to over-fit, which hides a different part of each view."""
+    if size:
+        cy, cx = (int(torch.randint(0, n, (1,), generator=g).item()) for n in a.shape[:2])
+        top, left = cy - size // 2, cx - size // 2
+        a[max(0, top):max(0, top + size), max(0, left):max(0, left + size)] = MEAN_PIXEL
+    return a
 
 
 def resize_size_for(img_size: int, crop_pct: float = CROP_PCT) -> int:
@@ -224,12 +237,14 @@ class TrainTransform:
     torchvision's pixels (crop, then resize the crop).
 
     Randomness comes from the generator handed in, seeded per (run seed, epoch, sample) by the
-    sampler, so augmentations do not depend on worker count and a resumed run repeats them exactly."""
+    sampler, so augmentations do not depend on worker count and a resumed run repeats them exactly.
+    `cutout`: then `cut_out` a square of that side."""
 
     img_size: int
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
+    cutout: int = 0
 
     def crop_box(self, w: int, h: int, g: torch.Generator) -> tuple[int, int, int, int]:
         area = w * h
@@ -260,7 +275,7 @@ class TrainTransform:
         out = resized_crop(a, box, (self.img_size, self.img_size))
         if self.hflip and torch.rand(1, generator=g).item() < 0.5:
             out = np.ascontiguousarray(out[:, ::-1])  # flipped in HWC, so the batch stays NHWC
-        return to_tensor_uint8(out)
+        return to_tensor_uint8(cut_out(out, self.cutout, g))
 
 
 @dataclass(frozen=True)
@@ -269,12 +284,14 @@ class PadCropTransform:
     `pad` pixels on each side, take a random `img_size` crop, flip half the images. On uint8
     pixels: no resampling at all, so a 32 px image stays 32 px, exactly. `mode` as torchvision's
     `RandomCrop(padding_mode=)`: "constant" pads zeros (the paper's), "reflect" mirrors the image
-    about its edge pixels (airbench's), so a shifted crop shows no black border."""
+    about its edge pixels (airbench's), so a shifted crop shows no black border. `cutout`: then
+    `cut_out` a square of that side."""
 
     img_size: int
     pad: int = 4
     mode: str = "constant"
     hflip: bool = True
+    cutout: int = 0
 
     def __call__(self, img: Image.Image | np.ndarray, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
@@ -292,7 +309,7 @@ class PadCropTransform:
         out = padded[top:top + s, left:left + s]
         if self.hflip and torch.rand(1, generator=g).item() < 0.5:
             out = out[:, ::-1]
-        return to_tensor_uint8(np.ascontiguousarray(out))
+        return to_tensor_uint8(cut_out(np.ascontiguousarray(out), self.cutout, g))
 
 
 def normalize(batch: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..transforms import PadCropTransform
+from ..transforms import MEAN_PIXEL, PadCropTransform
 from .cache import DecodedCache
 from .loader import Batch, EpochSampler
 
@@ -34,11 +34,12 @@ def hashed(seeds: torch.Tensor, salt: int) -> torch.Tensor:
 
 
 def pad_crop_flip(images: torch.Tensor, pad: int, hflip: bool, seeds: torch.Tensor,
-                  mode: str = "constant") -> torch.Tensor:
+                  mode: str = "constant", cutout: int = 0) -> torch.Tensor:
     """uint8 NCHW images, each padded by `pad` pixels (`mode`: `F.pad`'s, the same padding as
-    `np.pad`'s mode of that name), cropped back to its size at an offset drawn from its seed and
-    (with `hflip`) mirrored with probability 1/2: one gather for the whole batch. Returned as NCHW
-    with channels_last strides (the gather writes NHWC), the layout the model runs in."""
+    `np.pad`'s mode of that name), cropped back to its size at an offset drawn from its seed,
+    (with `hflip`) mirrored with probability 1/2 and (with `cutout`) a square of that side filled
+    with the mean pixel, as `PadCropTransform` does: one gather for the whole batch. Returned as
+    NCHW with channels_last strides (the gather writes NHWC), the layout the model runs in."""
     n, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad), mode=mode)
     top = (hashed(seeds, 0) % (2 * pad + 1))[:, None]
@@ -48,7 +49,19 @@ def pad_crop_flip(images: torch.Tensor, pad: int, hflip: bool, seeds: torch.Tens
         mirrored = (hashed(seeds, 2) & 1).bool()[:, None]
         cols = torch.where(mirrored, cols.flip(1), cols)
     # Advanced indices on dims 0, 2, 3 around a slice: the result is (n, h, w, channels).
-    return padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    if cutout:
+        inside = [_within(hashed(seeds, salt) % side, cutout, side) for salt, side in ((3, h), (4, w))]
+        out[inside[0][:, :, None] & inside[1][:, None, :]] = torch.tensor(MEAN_PIXEL, dtype=out.dtype)
+    return out.permute(0, 3, 1, 2)
+
+
+def _within(centres: torch.Tensor, size: int, length: int) -> torch.Tensor:
+    """(n, length) bool: the positions along a side of each image that its cutout square covers,
+    centred as `cut_out` centres it."""
+    start = centres[:, None] - size // 2
+    positions = torch.arange(length)
+    return (positions >= start) & (positions < start + size)
 
 
 class TensorLoader:
@@ -76,7 +89,7 @@ class TensorLoader:
         for b in range(len(self)):
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
             chunk = rows[part]
-            images = pad_crop_flip(self.images[chunk], aug.pad, aug.hflip, seeds[part], aug.mode)
+            images = pad_crop_flip(self.images[chunk], aug.pad, aug.hflip, seeds[part], aug.mode, aug.cutout)
             failures = self.failures if b == 0 and self.sampler.start == 0 else []
             yield Batch(images, self.labels[chunk], self.positions[chunk], failures)
 
