@@ -38,7 +38,7 @@ def cut_out(a: np.ndarray, size: int, g: torch.Generator) -> np.ndarray:
     if size:
         cy, cx = (int(torch.randint(0, n, (1,), generator=g).item()) for n in a.shape[:2])
         top, left = cy - size // 2, cx - size // 2
-        a[max(0, top):max(0, top + size), max(0, left):max(0, left + size)] = MEAN_PIXEL
+        a[max(0, top):top + size, max(0, left):left + size] = MEAN_PIXEL  # a stop past the edge clips
     return a
 
 
