@@ -377,7 +377,7 @@ def package_imports() -> dict[str, set[str]]:
 def test_the_package_has_no_import_circle():
     """export and predict once imported each other; any cycle would be found here, with its path."""
     graph = package_imports()
-    assert graph["export"] and "predict" not in graph["export"]  # the graph is really read
+    assert graph["exports"] and "predict" not in graph["exports"]  # the graph is really read
 
     def visit(node: str, path: list[str]) -> None:
         assert node not in path, " -> ".join(path[path.index(node):] + [node])

@@ -265,7 +265,7 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
     # The trained ResNet-9 goes through every inference path: ONNX gives PyTorch's logits, and
     # predict gives each image the label evaluate scored it with.
     from resnet.evaluate import evaluate
-    from resnet.export import export_onnx
+    from resnet.exports import export_onnx
     from resnet.predict import Classifier, compare
 
     best = tmp_path / "straight" / "best.pt"

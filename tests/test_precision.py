@@ -3,7 +3,6 @@ and measures faster, the choice recorded; BatchNorm folded without changing a lo
 memory kept for the next step."""
 
 import json
-import math
 import os
 import platform
 import subprocess
@@ -18,7 +17,7 @@ from resnet import data as D
 from resnet import policy, runtime
 from resnet import train as T
 from resnet.checkpoint import read_checkpoint, save_checkpoint
-from resnet.errors import CheckpointError, ConfigError
+from resnet.errors import ConfigError
 from resnet.evaluate import evaluate
 
 from conftest import logits_tolerance
@@ -141,8 +140,8 @@ def test_a_bf16_model_on_a_cpu_without_bf16_kernels_says_so_and_runs_fp32(traine
     monkeypatch.setattr(policy, "cpu_has_bf16", lambda: False)
     with caplog.at_level("WARNING"):
         clf = Classifier.from_checkpoint(tmp_path / "bf16.pt")
-    assert clf.describe()["precision"] == "fp32" and "no bf16 kernels: fp32" in clf.precision_reason
-    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'bf16.pt'}: {clf.precision_reason}"]
+    assert clf.describe()["precision"] == "fp32" and "no bf16 kernels: fp32" in clf.precision.reason
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'bf16.pt'}: {clf.precision.reason}"]
     monkeypatch.setattr(policy, "cpu_has_bf16", lambda: True)  # where it can: its own precision, silently
     caplog.clear()
     assert Classifier.from_checkpoint(tmp_path / "bf16.pt").describe()["precision"] == "bfloat16"
@@ -257,107 +256,8 @@ def test_compiled_inference_gives_the_eager_logits(trained):
     assert compiled.explain(images[0]).heatmap.max() > 0
 
 
-def test_engine_choice_without_timing():
-    """What `--engine` decides before anything is timed: onnxruntime only on the CPU and without
-    --compile; `auto` makes an export only when the work pays for it, and leaves both engines to
-    the timing (None) where an export is there or the work is long."""
-    from resnet.tuning import ONNX_MIN_IMAGES
-
-    cuda = torch.device("cuda")
-    fp32, bf16 = policy.Precision(None, ""), policy.Precision(torch.bfloat16, "")
-    assert policy.choose_engine("torch", CPU, False, math.inf, True, fp32).name == "torch"
-    assert policy.choose_engine("onnxruntime", CPU, False, 1, False, bf16).name == "onnxruntime"  # asked for
-    for device, compile in ((cuda, False), (CPU, True)):
-        with pytest.raises(ConfigError):
-            policy.choose_engine("onnxruntime", device, compile, math.inf, True, fp32)
-        assert policy.choose_engine("auto", device, compile, math.inf, True, fp32).name == "torch"
-    few = policy.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, False, fp32)
-    assert few.name == "torch" and str(ONNX_MIN_IMAGES) in few.reason
-    assert policy.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, True, fp32) is None  # exported: time both
-    assert policy.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES, False, fp32) is None
-    assert policy.choose_engine("auto", CPU, False, math.inf, False, fp32) is None
-    # A bf16 model stays on PyTorch: onnxruntime's fp32 export would give other probabilities.
-    kept = policy.choose_engine("auto", CPU, False, math.inf, True, bf16)
-    assert kept.name == "torch" and "runs in bfloat16" in kept.reason
-    assert policy.export_too_dear(10_000, 0.0016).name == "torch"  # a small model: ~16 s of inference
-    assert policy.export_too_dear(2000, 0.023).name == "torch"  # ResNet-18 at 224 px: ~46 s
-    assert policy.export_too_dear(5000, 0.023) is None  # ~115 s: the export pays
-    fast = policy.faster_engine({"torch": 0.2, "onnxruntime": 0.1}, 16)
-    assert fast.name == "onnxruntime" and "torch 200 ms, onnxruntime 100 ms per 16 images" in fast.reason
-
-
-def test_onnxruntime_engine_labels_as_pytorch_does_and_keeps_its_export(trained, tmp_path, monkeypatch):
-    """The checkpoint run by onnxruntime on its cached export gives fp32 PyTorch's probabilities;
-    the export is made once and found again by the weights (a second load exports nothing, other
-    weights get their own); for an fp32 model `auto` takes whichever engine times faster, for a
-    bf16 one PyTorch, whatever the timing; an export that computes something else is never used.
-    The model is run as fp32 (`amp="off"`) where the engines are compared: the export is fp32."""
-    from resnet import Classifier
-    from resnet import export as X
-
-    data, run = trained
-    images = [D.load_image(p) for p in sorted(data.rglob("*.png"))[:8]]
-    cache = D.default_cache_dir("onnx")
-    eager = Classifier.from_checkpoint(run / "best.pt", engine="torch", amp="off")
-    ort = Classifier.from_checkpoint(run / "best.pt", engine="onnxruntime")
-    assert isinstance(ort.net, X.OnnxNet) and ort.describe()["engine"] == "onnxruntime"
-    assert (eager.logits(images).softmax(1) - ort.logits(images).softmax(1)).abs().max() < 1e-5
-    assert ort.explain(images[0]).heatmap.max() > 0  # Grad-CAM on the PyTorch model behind it
-    assert len(list(Path(cache).glob("*.onnx"))) == 1
-    state = read_checkpoint(run / "best.pt")  # the same model card, other weights (the next run's best.pt)
-    state["model"] = {k: v + 0.05 if k.startswith("fc.") else v for k, v in state["model"].items()}
-    save_checkpoint(tmp_path / "other.pt", state)
-    other = Classifier.from_checkpoint(tmp_path / "other.pt", engine="onnxruntime")
-    reference = Classifier.from_checkpoint(tmp_path / "other.pt", engine="torch", amp="off").logits(images)
-    assert (other.logits(images) - reference).abs().max() < 1e-4 and len(list(Path(cache).glob("*.onnx"))) == 2
-
-    monkeypatch.setattr(X, "export_onnx", lambda *a: pytest.fail("exported twice"))
-    for faster in ("onnxruntime", "torch"):
-        monkeypatch.setattr(policy, "net_seconds",
-                            lambda net, *a, fast=faster: 0.1 if isinstance(net, X.OnnxNet) == (fast != "torch") else 0.2)
-        clf = Classifier.from_checkpoint(run / "best.pt", amp="off")  # images=0, but the export is there: timed
-        assert clf.engine.name == faster and "measured here" in clf.engine.reason
-        assert isinstance(clf.net, X.OnnxNet) == (faster == "onnxruntime")
-        clf = Classifier.from_checkpoint(run / "best.pt", amp="bf16")
-        assert clf.engine.name == "torch" and "runs in bfloat16" in clf.engine.reason
-
-    from resnet import predict
-
-    cached_onnx = predict.cached_onnx
-    monkeypatch.setattr(predict, "cached_onnx", lambda *a: (_ for _ in ()).throw(OSError("read-only cache")))
-    clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf, amp="off")  # auto: PyTorch, saying why
-    assert clf.engine.name == "torch" and "export failed: read-only cache" in clf.engine.reason
-    with pytest.raises(CheckpointError, match="read-only cache"):  # asked for: an error
-        Classifier.from_checkpoint(run / "best.pt", engine="onnxruntime")
-    monkeypatch.setattr(predict, "cached_onnx", cached_onnx)
-
-    real_call = X.OnnxNet.__call__
-    monkeypatch.setattr(X.OnnxNet, "__call__", lambda self, x: real_call(self, x) + 0.5)
-    clf = Classifier.from_checkpoint(run / "best.pt", images=math.inf, amp="off")
-    assert clf.engine.name == "torch" and "differ" in clf.engine.reason
-
-
-def test_few_images_make_no_export(trained, tmp_path):
-    """`evaluate` of a few images with `--engine auto` runs PyTorch and writes nothing to the
-    cache, nor does a long job of a model so small that its export would cost more than it saves;
-    with `--engine onnxruntime` the result is the same, saying which engine ran. As fp32, where
-    the engines compute the same numbers (a bf16 model never leaves PyTorch: see above)."""
-    from resnet import Classifier
-    from resnet.tuning import ONNX_MIN_IMAGES
-
-    data, run = trained
-    torch_run, _, p_torch = evaluate(run / "best.pt", data, workers=0, amp="off")
-    assert torch_run["engine"] == "torch" and "pays from" in torch_run["engine_reason"]
-    small = Classifier.from_checkpoint(run / "best.pt", images=ONNX_MIN_IMAGES, amp="off")  # ResNet-20 at 24 px: ~0.1 s
-    assert small.engine.name == "torch" and "less than making one costs" in small.engine.reason
-    assert not Path(D.default_cache_dir("onnx")).exists()
-    ort_run, _, p_ort = evaluate(run / "best.pt", data, workers=0, engine="onnxruntime")
-    assert ort_run["engine"] == "onnxruntime" and ort_run["accuracy"] == torch_run["accuracy"]
-    assert (p_torch - p_ort).abs().max() < 1e-5
-
-
 def test_export_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
-    from resnet import export as X
+    from resnet import exports as X
     from resnet.tuning import ONNX_CACHE_KEEP
 
     monkeypatch.setattr(X, "export_onnx", lambda checkpoint, path: Path(path).write_bytes(b"onnx"))

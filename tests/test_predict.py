@@ -202,7 +202,7 @@ def test_predict_writes_cam_overlays_named_after_inputs(trained, tmp_path):
 
 
 def test_onnx_export_matches_pytorch_and_labels_alike(trained, tmp_path, capsys):
-    from resnet.export import OnnxNet
+    from resnet.engines import OnnxNet, read_card
 
     root, run = trained
     onnx_path = tmp_path / "m.onnx"
@@ -210,14 +210,15 @@ def test_onnx_export_matches_pytorch_and_labels_alike(trained, tmp_path, capsys)
     out = capsys.readouterr().out
     diff = float(out.split("max abs difference: ")[1].split()[0])
     assert diff < 1e-4
+    card, _ = read_card(onnx_path)
+    assert card["classes"] == ["a", "b"] and card["arch"] == "resnet20"
+    assert card["eval_size"] == 24 and len(card["mean"]) == 3
     net = OnnxNet(onnx_path)
-    assert net.metadata["classes"] == ["a", "b"] and net.metadata["arch"] == "resnet20"
-    assert net.metadata["eval_size"] == 24 and len(net.metadata["mean"]) == 3
     shape = net.session.get_inputs()[0].shape
     assert isinstance(shape[0], str) and shape[1:] == [3, 24, 24]  # dynamic batch axis
     files = [str(p) for p in sorted(root.rglob("*.png"))]
-    # the export is fp32: compared with the checkpoint run as fp32, whatever precision it trained in
-    ckpt, onnx = Classifier.load(run / "best.pt", device="cpu", amp="off"), Classifier.load(onnx_path)
+    # the export's weights are fp32: both run as fp32 (each runs in the precision it trained in otherwise)
+    ckpt, onnx = Classifier.load(run / "best.pt", device="cpu", amp="off"), Classifier.load(onnx_path, amp="off")
     a, b = ckpt.predict(files, batch_size=7), onnx.predict(files, batch_size=5)
     assert [r["label"] for r in a] == [r["label"] for r in b]
     assert max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b)) < 1e-5
@@ -284,7 +285,7 @@ def test_a_model_trained_to_be_scored_with_tta_is_so_everywhere(trained, tmp_pat
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--quantize", "int8"], "needs --calib"),
+    (["--quantize", "int8", "--calib", "/nonexistent"], "not a folder: /nonexistent"),
     (["--format", "safetensors", "--quantize", "int8", "--calib", "."], "goes with --format onnx"),
 ])
 def test_export_usage_errors(trained, args, needle):

@@ -8,10 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Classifier", "create_model", "list_models", "load_checkpoint"]
+__all__ = ["Classifier", "create_model", "export", "list_models", "load_checkpoint"]
 __version__ = "0.1.0"
 
-_WHERE = {"Classifier": "predict", "create_model": "models", "list_models": "models",
+_WHERE = {"Classifier": "predict", "create_model": "models", "export": "api", "list_models": "models",
           "load_checkpoint": "checkpoint"}
 
 

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, DataError, MachineError, TrainingError, UsageError
@@ -36,8 +35,8 @@ AMP_HELP = ("autocast precision (auto: the model's own, the one it was trained i
 TRAIN_AMP_HELP = ("autocast precision, chosen once per run and kept on resume (auto: bf16 where a timed step says "
                   "it is faster, untimed with --deterministic; else fp32)")
 COMPILE_HELP = "torch.compile with freezing: ~1.03x faster inference on a 2-core AVX2 CPU after ~15 s of compiling"
-ENGINE_HELP = ("what runs the model (auto: for an fp32 model, onnxruntime on a cached ONNX export where it times "
-               "faster on this CPU and the work pays for the export; else PyTorch)")
+ENGINE_HELP = ("what runs the model (auto: the fastest here, timed, of PyTorch, OpenVINO and onnxruntime that "
+               "compute it in its own precision, where the work pays for an ONNX export; few images: PyTorch)")
 MODEL_HELP = "a checkpoint (.pt), exported .safetensors or .onnx file"
 TTA_HELP = "average with the mirrored image (default: as the model was scored when it trained)"
 
@@ -150,8 +149,10 @@ def add_export(sub) -> None:
     x.add_argument("--output", metavar="FILE", help="default: beside the checkpoint")
     x.add_argument("--verify", nargs="?", const="", metavar="DIR",
                    help="compare the export's logits with PyTorch's, on images of DIR (or random ones)")
-    x.add_argument("--quantize", choices=QUANTIZE, help="ONNX only: static int8 with onnxruntime")
-    x.add_argument("--calib", metavar="DIR", help="images to calibrate int8 activation ranges on")
+    x.add_argument("--quantize", choices=QUANTIZE,
+                   help="ONNX only: static int8, checked on the run's validation images (runs on OpenVINO or onnxruntime)")
+    x.add_argument("--calib", metavar="DIR",
+                   help="images to calibrate int8 activation ranges on (default: the run's own training images)")
     x.add_argument("--opset", type=_positive_int, default=None, help="ONNX opset: 18, the only one written")
 
 
@@ -402,40 +403,27 @@ def format_table(rows: list[dict], top_k: int) -> str:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from . import export as X
-    from .checkpoint import check_checkpoint_file
-    from .predict import Classifier, compare, verify_images
+    from .api import export
 
-    check_checkpoint_file(a.checkpoint)
-
-    if a.opset not in (None, X.OPSET):  # torch's exporter writes its own; onnx's converter fails on ResNets
-        raise ConfigError(f"--opset {a.opset}: exports are opset {X.OPSET} (onnxruntime 1.14 and later run it); "
-                          "no other is written")
-    if a.format == "safetensors" and a.quantize:
-        raise ConfigError("--quantize goes with --format onnx")
-    if a.quantize and not a.calib:
-        raise ConfigError("--quantize int8 needs --calib DIR: images to measure activation ranges on")
-    images = verify_images(a.verify or None)  # `--verify` alone (""): random images
-    ckpt = Path(a.checkpoint)
-    suffix = {"safetensors": ".safetensors", "onnx": ".int8.onnx" if a.quantize else ".onnx"}[a.format]
-    output = Path(a.output or ckpt.with_suffix(suffix))
-    if not output.name.lower().endswith(suffix if a.format == "safetensors" else ".onnx"):
-        raise ConfigError(f"--output {output}: a {a.format} file is named *{suffix}")
-    check_output_file("--output", output, [ckpt, *([a.calib] if a.calib else [])])
-    if a.format == "safetensors":
-        X.export_safetensors(ckpt, output)
-    elif a.quantize:
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = X.export_onnx(ckpt, Path(tmp) / "fp32.onnx")
-            X.quantize_onnx(fp32, output, a.calib)
-    else:
-        X.export_onnx(ckpt, output)
-    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
-    if a.verify is not None:
-        r = compare(Classifier.from_checkpoint(ckpt, device="cpu", amp="off"), Classifier.load(output), images)
-        print(f"max abs difference: {r['max_abs_difference']:.3g} (logits against PyTorch fp32, "
-              f"{r['images']} {'images' if images else 'random images'}; top-1 labels agree on "
-              f"{r['labels_agree']} of {r['images']})")
+    r = export(a.checkpoint, a.format, a.output, a.quantize, a.calib, a.verify, a.opset)
+    print(f"wrote {r['output']} ({r['bytes'] / 2**20:.1f} MiB)")
+    check = r.get("int8_check")
+    if check:
+        print(f"int8: calibrated on {check['calibration_images']} images ({check['calibration']})")
+    if check and "accuracy" in check:
+        print(f"int8: accuracy {check['accuracy']:.4f} against {check['reference_accuracy']:.4f} "
+              f"({check['reference']}) on {check['images']} validation images; "
+              f"{check['images_per_second']:.0f} img/s on {check['engine']} against "
+              f"{check['reference_images_per_second']:.0f}")
+        if check["images_per_second"] < check["reference_images_per_second"]:
+            print("int8: slower than the checkpoint on this CPU: keep using the checkpoint here")
+    elif check:
+        print("int8: not checked: no val.csv of the run beside the checkpoint")
+    if "verify" in r:
+        v = r["verify"]
+        print(f"max abs difference: {v['max_abs_difference']:.3g} (logits against PyTorch fp32, "
+              f"{v['images']} {'images' if a.verify else 'random images'}; top-1 labels agree on "
+              f"{v['labels_agree']} of {v['images']})")
     return 0
 
 

@@ -10,7 +10,8 @@ DEVICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 # The names a precision is recorded under (config.json, checkpoints, `evaluate`'s JSON, /info).
 PRECISIONS = ("fp32", "bfloat16", "float16")
-ENGINES = ("auto", "torch", "onnxruntime")
+ONNX_ENGINES = ("onnxruntime", "openvino")  # the engines that run an ONNX export
+ENGINES = ("auto", "torch", *ONNX_ENGINES)
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 AUGMENTS = ("random-resized-crop", "pad-crop")
 PADDING_MODES = ("constant", "reflect")  # pad-crop's, named as torchvision's RandomCrop names them

@@ -6,8 +6,9 @@ functions decide.
 Precision: one per run, one per model. A training run chooses once (`choose_precision`, timed
 where the CPU has bf16 kernels) and keeps its choice (`kept_precision`); a stored model runs in
 the precision it recorded wherever the device runs it natively (`model_precision`, never timed).
-Engine: PyTorch, or onnxruntime on an fp32 ONNX export where that is faster and pays
-(`choose_engine`, then `engine_for` times both on the work).
+Engine: PyTorch, or onnxruntime or OpenVINO on the model's ONNX export, where that computes the
+model in its own precision, is faster and pays (`choose_engine`, then `engine_for` times them on the
+work); an ONNX file on the faster of its two engines (`onnx_engine_for`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from .errors import CheckpointError, ConfigError, first_line
-from .options import ENGINES, PRECISIONS
+from .options import ENGINES, ONNX_ENGINES, PRECISIONS
 from .runtime import Net, TorchNet, memory_format, net_seconds, precision_name
-from .tuning import ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED, PROBE_BATCH
+from .tuning import ENGINE_CHECK_RTOL, ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED, PROBE_BATCH
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -83,10 +84,11 @@ class Precision:
 
     dtype: torch.dtype | None
     reason: str
+    int8: bool = False  # an int8 export: its quantized layers run in int8, the rest in `dtype`
 
     @property
     def name(self) -> str:
-        return precision_name(self.dtype)
+        return "int8" if self.int8 else precision_name(self.dtype)
 
     def record(self) -> dict[str, str]:
         return {"dtype": self.name, "reason": self.reason}
@@ -153,35 +155,48 @@ def model_precision(amp: str, device: torch.device, record: dict[str, str] | Non
 
 @dataclass(frozen=True)
 class Engine:
-    """What runs inference — PyTorch, or onnxruntime on an ONNX export — and why."""
+    """What runs inference — PyTorch, or onnxruntime or OpenVINO on an ONNX export — and why."""
 
     name: str
     reason: str
 
 
-def choose_engine(engine: str, device: torch.device, compile: bool, images: float, exported: bool,
-                  precision: Precision) -> Engine | None:
-    """`--engine` as given, or for `auto` what can be decided without timing anything; None when
-    both engines are candidates, to be timed on the actual work. onnxruntime runs fp32 exports on
-    the CPU only, so `auto` considers it only for a model whose `precision` is fp32 (a bf16 model
-    on onnxruntime would compute other numbers than on every other path), and only where the
-    model's export (made once and kept) is already there or the work may be long enough to pay
-    for making it: `images` to score (`math.inf` for a long-lived classifier, as `serve` holds)
-    against `ONNX_MIN_IMAGES`, then, for a job of known length, `export_too_dear` on timed PyTorch
-    batches."""
+def onnx_engines(precision: Precision, int8: bool = False) -> tuple[str, ...]:
+    """The ONNX engines that compute a model in its own `precision`: OpenVINO in fp32 or bf16 (told
+    which), onnxruntime in fp32 only (its CPU provider has no bf16 kernels). An int8 file is int8 on
+    both."""
+    return ONNX_ENGINES if int8 or precision.dtype is None else ("openvino",)
+
+
+def check_engine(engine: str, device: torch.device, compile: bool, onnx_file: bool = False) -> None:
+    """The one place that says where each engine runs: the ONNX engines on the CPU only and without
+    --compile (a PyTorch option); an ONNX file on an ONNX engine only."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    if engine == "onnxruntime" and (device.type != "cpu" or compile):
-        raise ConfigError("--engine onnxruntime runs on the CPU without --compile: "
-                          + ("add --device cpu" if device.type != "cpu" else "leave out --compile"))
+    onnx = onnx_file or engine in ONNX_ENGINES
+    what = "an ONNX file" if onnx_file else f"--engine {engine}"
+    if onnx and device.type != "cpu":
+        raise ConfigError(f"{what} runs on the CPU: add --device cpu (or leave out --device)")
+    if onnx and compile:
+        raise ConfigError(f"{what} runs without --compile, which applies to PyTorch checkpoints: leave it out")
+    if onnx_file and engine == "torch":
+        raise ConfigError(f"--engine torch runs checkpoints: an ONNX file runs on {' or '.join(ONNX_ENGINES)}")
+
+
+def choose_engine(engine: str, device: torch.device, compile: bool, images: float, exported: bool) -> Engine | None:
+    """`--engine` as given, or for `auto` what can be decided without timing anything; None when
+    engines are left to be timed on the actual work. The ONNX engines run on the CPU without
+    --compile (`check_engine`), and `auto` considers them only where the model's export (made once
+    and kept) is already there or the work may be long enough to pay for making it: `images` to
+    score (`math.inf` for a long-lived classifier, as `serve` holds) against `ONNX_MIN_IMAGES`,
+    then, for a job of known length, `export_too_dear` on timed PyTorch batches."""
+    check_engine(engine, device, compile)
     if engine != "auto":
         return Engine(engine, f"--engine {engine}")
     if device.type != "cpu":
         return Engine("torch", "PyTorch on the GPU")
     if compile:
         return Engine("torch", "--compile")
-    if precision.dtype is not None:
-        return Engine("torch", f"the model runs in {precision.name}; onnxruntime runs fp32 exports only")
     if not exported and images < ONNX_MIN_IMAGES:
         return Engine("torch", f"no ONNX export of this model yet, and making one pays from {ONNX_MIN_IMAGES} "
                                f"images, not {images:g}")
@@ -194,54 +209,81 @@ def export_too_dear(images: float, seconds_per_image: float) -> Engine | None:
     pytorch_s = images * seconds_per_image
     if pytorch_s * ONNX_TIME_SAVED >= ONNX_EXPORT_SECONDS:
         return None
-    return Engine("torch", f"no ONNX export of this model yet: onnxruntime would save ~{pytorch_s * ONNX_TIME_SAVED:.1f} s "
+    return Engine("torch", f"no ONNX export of this model yet: another engine would save ~{pytorch_s * ONNX_TIME_SAVED:.1f} s "
                            f"of {images:g} images' ~{pytorch_s:.0f} s in PyTorch, less than making one costs "
                            f"(~{ONNX_EXPORT_SECONDS:.0f} s)")
 
 
-def faster_engine(seconds: dict[str, float], images: int) -> Engine:
-    """The engine that ran `images` images fastest, with the timings as its reason."""
+def faster_engine(seconds: dict[str, float], images: int, left_out: Sequence[str] = ()) -> Engine:
+    """The engine that ran `images` images fastest, with the timings (and the engines left out,
+    with why) as its reason."""
     name = min(seconds, key=seconds.__getitem__)
     timings = ", ".join(f"{n} {s * 1e3:.0f} ms" for n, s in seconds.items())
-    return Engine(name, f"measured here: {timings} per {images} images")
+    return Engine(name, "; ".join([f"measured here: {timings} per {images} images", *left_out]))
 
 
 def engine_for(requested: str, net: TorchNet, size: int, compile: bool, images: float, exported: bool,
-               precision: Precision, make_onnx: Callable[[], Net], source: str) -> tuple[Engine, Net]:
+               precision: Precision, make_net: Callable[[str], Net], source: str) -> tuple[Engine, Net]:
     """(the engine, the `Net` that runs it) for a model already loaded as `net` (in `precision`):
     `choose_engine`'s answer where it needs no timing; else, for a job of known length, whether an
-    export pays (`export_too_dear` on a timed PyTorch batch), and then whichever of PyTorch and the
-    export (`make_onnx`, made once and cached) scores probe batches faster — provided the export
-    computes what the model does. An export that fails falls back to PyTorch, saying why, unless
-    onnxruntime was asked for by name."""
-    chosen = choose_engine(requested, net.device, compile, images, exported, precision)
+    export pays (`export_too_dear` on a timed PyTorch batch), and then whichever of PyTorch and
+    the ONNX engines that compute the model in its precision (`onnx_engines`; `make_net(name)`
+    runs the export, made once and cached) scores probe batches fastest — each provided it
+    computes what the model does. An engine that fails is left out, saying why, unless it was
+    asked for by name."""
+    chosen = choose_engine(requested, net.device, compile, images, exported)
     torch_s = None
     if chosen is None and not exported and images < math.inf:
         torch_s = net_seconds(net, size, PROBE_BATCH)
         chosen = export_too_dear(images, torch_s / PROBE_BATCH)
     if chosen is not None and chosen.name == "torch":
         return chosen, net
-    try:
-        onnx_net = make_onnx()
-    except Exception as e:  # noqa: BLE001 - the exporter and onnxruntime raise many unrelated types
-        if chosen is not None:  # --engine onnxruntime: asked for, so it is an error
-            raise CheckpointError(f"cannot run {source} on onnxruntime: {first_line(e)}") from e
-        return Engine("torch", f"the ONNX export failed: {first_line(e)}"), net
-    chosen = chosen or faster(net, onnx_net, size, torch_s)
-    return chosen, onnx_net if chosen.name == "onnxruntime" else net
+    if chosen is not None:  # asked for by name: it runs, in the model's precision, or it is an error
+        try:
+            return chosen, make_net(chosen.name)
+        except Exception as e:  # noqa: BLE001 - the exporter and the engines raise many unrelated types
+            raise CheckpointError(f"cannot run {source} on {chosen.name}: {first_line(e)}") from e
+    nets, left_out = matching_nets(net, size, precision, make_net)
+    seconds = {"torch": torch_s if torch_s is not None else net_seconds(net, size, PROBE_BATCH)}
+    seconds |= {name: net_seconds(other, size, PROBE_BATCH) for name, other in nets.items()}
+    chosen = faster_engine(seconds, PROBE_BATCH, left_out)
+    return chosen, nets.get(chosen.name, net)
 
 
-def faster(torch_net: TorchNet, onnx_net: Net, size: int, torch_s: float | None = None) -> Engine:
-    """PyTorch or onnxruntime, whichever scores probe batches at `size` faster (`torch_s`: PyTorch's
-    time, when already measured) — provided the export computes what PyTorch computes: its logits
-    on a random batch within 1e-3 of fp32 PyTorch's (relative to their scale), else PyTorch,
-    saying so."""
+def matching_nets(torch_net: TorchNet, size: int, precision: Precision, make_net: Callable[[str], Net]
+                  ) -> tuple[dict[str, Net], list[str]]:
+    """The ONNX engines that run the model in its `precision` and compute what PyTorch computes —
+    their logits on a random batch within `ENGINE_CHECK_RTOL` of fp32 PyTorch's (relative to their
+    scale; bf16 rounds more) — and a reason for each engine left out."""
     x = torch.randn(PROBE_BATCH, 3, size, size)
     reference = replace(torch_net, dtype=None)(
         x.to(torch_net.device, memory_format=memory_format(torch_net.channels_last))).float().cpu()
-    gap = float((onnx_net(x) - reference).abs().max())
-    if gap > 1e-3 * max(1.0, float(reference.abs().max())):
-        return Engine("torch", f"the ONNX export's logits differ from PyTorch's by {gap:.2g}")
-    seconds = {"torch": torch_s if torch_s is not None else net_seconds(torch_net, size, PROBE_BATCH),
-               "onnxruntime": net_seconds(onnx_net, size, PROBE_BATCH)}
-    return faster_engine(seconds, PROBE_BATCH)
+    tolerance = ENGINE_CHECK_RTOL[precision.name] * max(1.0, float(reference.abs().max()))
+    nets, left_out = {}, []
+    for name in onnx_engines(precision):
+        try:
+            candidate = make_net(name)
+        except Exception as e:  # noqa: BLE001 - the exporter and the engines raise many unrelated types
+            left_out.append(f"{name} left out: {first_line(e)}")
+            continue
+        gap = float((candidate(x) - reference).abs().max())
+        if gap > tolerance:
+            left_out.append(f"{name} left out: its logits differ from PyTorch's by {gap:.2g}")
+        else:
+            nets[name] = candidate
+    return nets, left_out
+
+
+def onnx_engine_for(requested: str, precision: Precision, int8: bool, size: int, make_net: Callable[[str], Net]
+                    ) -> tuple[Engine, Net]:
+    """(the engine, the `Net`) for an ONNX file: as asked, or for `auto` the faster on probe batches
+    of the engines that compute it in `precision` (`onnx_engines`). No PyTorch model to check it
+    against: the file is the model."""
+    if requested != "auto":
+        return Engine(requested, f"--engine {requested}"), make_net(requested)
+    names = onnx_engines(precision, int8)
+    if len(names) == 1:
+        return Engine(names[0], f"the only engine that runs it in {precision.name}"), make_net(names[0])
+    nets = {name: make_net(name) for name in names}
+    chosen = faster_engine({name: net_seconds(n, size, PROBE_BATCH) for name, n in nets.items()}, PROBE_BATCH)
+    return chosen, nets[chosen.name]

@@ -11,8 +11,9 @@ exception.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -26,7 +27,8 @@ from . import policy, runtime
 from .checkpoint import CARD_KEYS, eval_transform, load_checkpoint
 from .device import pick_device
 from .errors import CheckpointError, ConfigError
-from .export import OnnxNet, cached_onnx, onnx_cache_path, onnx_key, sample_images
+from .engines import open_onnx, read_card
+from .exports import cached_onnx, onnx_cache_path, onnx_key, sample_images
 from .transforms import normalize
 
 log = logging.getLogger(__name__)
@@ -55,10 +57,10 @@ class Explanation:
 
 class Classifier:
     def __init__(self, net: runtime.Net, card: dict[str, Any], source: str = "",
-                 model: torch.nn.Module | None = None, precision_reason: str = "",
+                 model: torch.nn.Module | None = None, precision: policy.Precision = policy.Precision(None, ""),
                  engine: policy.Engine = policy.Engine("torch", "")):
         self.net = net
-        self.precision_reason = precision_reason
+        self.precision = precision  # what `net` computes in, and why: the one record of it
         self.engine = engine
         self.model = model  # the PyTorch model behind `net`, when there is one (Grad-CAM needs it)
         self.card = {k: card[k] for k in CARD_KEYS if k in card}
@@ -80,6 +82,7 @@ class Classifier:
         Grad-CAM uses the eager PyTorch model whichever engine predicts."""
         model, meta = load_checkpoint(path)
         dev = pick_device(device)
+        policy.check_engine(engine, dev, compile)
         recorded = (meta.get("precision") or {}).get("dtype")
         precision = policy.model_precision(amp, dev, meta.get("precision"))
         if amp == "auto" and recorded and precision.name != recorded:
@@ -90,30 +93,42 @@ class Classifier:
         eager = net.model
         if compile:
             net.model = runtime.compile_for_inference(eager)
+
+        def make_net(name: str) -> runtime.Net:
+            return open_onnx(cached_onnx(path, key, cache_dir), name, precision.dtype == torch.bfloat16)
+
         chosen, runs = policy.engine_for(engine, net, int(meta["eval_size"]), compile, images, exported, precision,
-                                         lambda: OnnxNet(cached_onnx(path, key, cache_dir)), str(path))
-        reason = precision.reason if runs is net else "onnxruntime runs the fp32 export"
-        return cls(runs, meta, str(path), eager, reason, chosen)
+                                         make_net, str(path))
+        return cls(runs, meta, str(path), eager, _on_engine(precision, chosen.name), chosen)
 
     @classmethod
-    def from_onnx(cls, path: str | Path) -> "Classifier":
-        net = OnnxNet(path)
-        missing = [k for k in ("classes", "eval_size", "mean", "std") if k not in net.metadata]
+    def from_onnx(cls, path: str | Path, amp: str = "auto", engine: str = "auto") -> "Classifier":
+        """An exported ONNX file (fp32 or int8) on OpenVINO or onnxruntime (`engine`; auto: the
+        faster here of those that compute it in the model's own precision, the one it trained in,
+        as for a checkpoint)."""
+        card, meta = read_card(path)
+        missing = [k for k in ("classes", "eval_size", "mean", "std") if k not in card]
         if missing:
             raise CheckpointError(f"{path}: ONNX file without resnet metadata (missing: {', '.join(missing)})")
-        return cls(net, net.metadata, str(path), engine=policy.Engine("onnxruntime", "an ONNX file"))
+        # An export that records no training precision (an older file) is what it holds: fp32.
+        trained = json.loads(meta.get("trained_precision", "null")) or {"dtype": "fp32", "reason": "not recorded"}
+        precision = policy.model_precision(amp, torch.device("cpu"), trained)
+        int8 = meta.get("precision") == "int8"
+        precision = replace(precision, int8=int8)
+
+        def make_net(name: str) -> runtime.Net:
+            return open_onnx(path, name, precision.dtype == torch.bfloat16)
+
+        chosen, net = policy.onnx_engine_for(engine, precision, int8, int(card["eval_size"]), make_net)
+        return cls(net, card, str(path), precision=_on_engine(precision, chosen.name), engine=chosen)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", amp: str = "auto", compile: bool = False,
              engine: str = "auto", images: float = 0) -> "Classifier":
         """Whatever `path` holds: ONNX by its suffix, otherwise a checkpoint."""
         if str(path).lower().endswith(".onnx"):
-            if device == "cuda":
-                raise ConfigError("ONNX models run on the CPU here: leave out --device cuda")
-            if compile or engine == "torch":
-                raise ConfigError(f"{'--compile' if compile else '--engine torch'} applies to PyTorch checkpoints: "
-                                  "an ONNX file runs on onnxruntime")
-            return cls.from_onnx(path)
+            policy.check_engine(engine, torch.device("cpu" if device == "auto" else device), compile, onnx_file=True)
+            return cls.from_onnx(path, amp, engine)
         return cls.from_checkpoint(path, device, amp, compile=compile, engine=engine, images=images)
 
     def describe(self) -> dict[str, Any]:
@@ -121,7 +136,7 @@ class Classifier:
         return {"classes": self.classes, "input_size": self.transform.img_size,
                 "resize_size": self.transform.resize_size, "mean": list(self.mean), "std": list(self.std),
                 "arch": self.card.get("arch"), "source": self.source, "device": self.net.device.type,
-                "precision": getattr(self.net, "precision", "fp32"), "precision_reason": self.precision_reason,
+                "precision": self.precision.name, "precision_reason": self.precision.reason,
                 "engine": self.engine.name, "engine_reason": self.engine.reason,
                 "tta": self.tta, "explain": self.model is not None}
 
@@ -216,6 +231,15 @@ class Classifier:
         box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
         size = max(min_side, self.transform.img_size, min(448, int(side)))
         return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def _on_engine(precision: policy.Precision, engine: str) -> policy.Precision:
+    """The precision a model computes in on `engine`: its own, except on onnxruntime, which has no
+    bf16 kernels and runs the fp32 export (asked for by name only: `auto` never takes it there)."""
+    if engine == "onnxruntime" and precision.dtype is not None:
+        return policy.Precision(None, f"onnxruntime runs the fp32 export, not the model's {runtime.precision_name(precision.dtype)}",
+                                precision.int8)
+    return precision
 
 
 def _name(item: D.ImageInput) -> str:

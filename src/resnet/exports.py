@@ -1,5 +1,5 @@
-"""Export a checkpoint to ONNX (fp32, or static int8 with onnxruntime) or safetensors, check the
-export against PyTorch, and run ONNX files as a `runtime.Net` (`OnnxNet`).
+"""Export a checkpoint to ONNX (fp32, or static int8 with onnxruntime's quantizer) or safetensors,
+and keep the exports that the ONNX engines (`engines`) run in a cache.
 
 An exported file carries its model card — classes, input size, mean, std, architecture — in its
 metadata (`metadata_props` for ONNX), so `resnet predict model.onnx ...` and `Classifier.load`
@@ -18,45 +18,18 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from . import data as D
-from .checkpoint import card_from_strings, card_strings, eval_transform, load_checkpoint
-from .errors import CheckpointError
+from .checkpoint import card_strings, eval_transform, load_checkpoint
+from .engines import read_card
 from .transforms import CROP_PCT, normalize
-from .tuning import CALIBRATION_IMAGES, ONNX_CACHE_KEEP
+from .tuning import ONNX_CACHE_KEEP
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
-
-
-class OnnxNet:
-    """An ONNX file run by onnxruntime on the CPU, as a `runtime.Net`."""
-
-    device = torch.device("cpu")
-    channels_last = False  # onnxruntime takes NCHW and picks its own internal layout
-
-    def __init__(self, path: str | Path):
-        import onnxruntime as ort
-
-        if not Path(path).is_file():
-            raise CheckpointError(f"model not found: {path}")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own, unrelated types
-            raise CheckpointError(f"cannot read ONNX model {path}: {e}") from e
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata: dict[str, Any] = card_from_strings(meta)
-        self.precision = meta.get("precision", "fp32")
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to("cpu", memory_format=torch.contiguous_format)
-        return torch.from_numpy(self.session.run(None, {self.input_name: x.numpy()})[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,11 +52,12 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def _set_metadata(model, card: dict[str, Any], precision: str) -> None:
+def _set_metadata(model, card: dict[str, Any], precision: str, extra: dict[str, str] | None = None) -> None:
+    """The model card, the file's own precision (fp32, int8) and `extra` strings in `metadata_props`."""
     from . import __version__
 
     crop_pct = card.get("crop_pct", CROP_PCT)
-    entries = {**card_strings(card), "precision": precision, "producer": f"resnet {__version__}",
+    entries = {**card_strings(card), **(extra or {}), "precision": precision, "producer": f"resnet {__version__}",
                "input": "float32 NCHW, RGB, (pixel / 255 - mean) / std after resizing the shorter "
                         f"side to round(eval_size / {crop_pct}) and centre-cropping eval_size"}
     del model.metadata_props[:]
@@ -107,7 +81,9 @@ def export_onnx(checkpoint: str | Path, output: str | Path) -> Path:
                                     opset_version=OPSET, dynamo=True, dynamic_shapes=({0: batch},),
                                     verbose=False)
     proto = program.model_proto
-    _set_metadata(proto, meta, "fp32")
+    # The precision it trained in goes with it: the engines that can run it so (OpenVINO in bf16) do.
+    trained = {"trained_precision": json.dumps(meta["precision"])} if "precision" in meta else {}
+    _set_metadata(proto, meta, "fp32", trained)
     return _replace_atomically(Path(output), lambda tmp: onnx.save_model(proto, str(tmp)))
 
 
@@ -155,14 +131,13 @@ def _quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def calibration_batches(card: dict[str, Any], folder: str | Path, limit: int = CALIBRATION_IMAGES,
-                        batch_size: int = 16) -> list[np.ndarray]:
-    """Normalised input batches of up to `limit` images of `folder` (class folders or not), spread
-    over its classes, preprocessed exactly as at inference for the model `card` describes."""
-    images = [img for img in D.read_images(sample_images(folder, limit, "calibrate"))
-              if not isinstance(img, str)]
+def calibration_batches(card: dict[str, Any], paths: Sequence[str], batch_size: int = 16) -> list[np.ndarray]:
+    """Normalised input batches of the readable images among `paths`, preprocessed exactly as at
+    inference for the model `card` describes."""
+    images = [img for img in D.read_images(list(paths)) if not isinstance(img, str)]
     if not images:
-        raise D.DataError(f"no readable image to calibrate on in {folder}")
+        raise D.DataError(f"none of the {len(paths)} images to calibrate on could be read"
+                          + (f" (e.g. {paths[0]})" if paths else ""))
     transform = eval_transform(card)
     mean, std = tuple(card["mean"]), tuple(card["std"])
     batches = []
@@ -172,27 +147,48 @@ def calibration_batches(card: dict[str, Any], folder: str | Path, limit: int = C
     return batches
 
 
+def spread(paths: Sequence[str], limit: int) -> list[str]:
+    """Up to `limit` of `paths`, taken at even steps through the list: sorted by class (as folders
+    and a run's train.csv are), every class is represented."""
+    return list(paths[:: max(1, len(paths) // limit)][:limit])
+
+
 def sample_images(folder: str | Path, limit: int, purpose: str) -> list[str]:
-    """Up to `limit` images of `folder` (class folders or not), taken at even steps through its
-    sorted list, so that every class is represented."""
+    """Up to `limit` images of `folder` (class folders or not), spread over its sorted list."""
     folder = Path(folder)
     if not folder.is_dir():
         raise D.DataError(f"not a folder: {folder}")
     paths = [str(p) for p in D.find_images(folder)]
     if not paths:
         raise D.DataError(f"no images to {purpose} on in {folder}")
-    return paths[:: max(1, len(paths) // limit)][:limit]
+    return spread(paths, limit)
 
 
-def quantize_onnx(fp32: str | Path, output: str | Path, calib: str | Path) -> Path:
+def run_images(checkpoint: str | Path, meta: dict[str, Any], part: str) -> Path | None:
+    """The CSV of the run's own `part` ("train" or "val") images that training wrote beside the
+    checkpoint (or in the run's recorded --out), if it is there and its images still are: what int8
+    calibrates and is checked on by default. None: the run's data is gone."""
+    out = (meta.get("config") or {}).get("out")
+    for listing in [Path(checkpoint).parent / f"{part}.csv", *([Path(out) / f"{part}.csv"] if out else [])]:
+        if listing.is_file():
+            files, _ = D.labelled_files(listing)
+            if any(Path(p).is_file() for p, _ in files):
+                return listing
+    return None
+
+
+def quantize_onnx(fp32: str | Path, output: str | Path, calib: Sequence[str],
+                  extra: dict[str, str] | None = None) -> Path:
     """Static int8 (QDQ: int8 weights per output channel, in 7 bits, uint8 activations with ranges
-    measured on `calib` images), with onnxruntime's quantizer; the card is carried over."""
+    measured on the `calib` images), with onnxruntime's quantizer; the card and the training
+    precision are carried over, `extra` strings added to the metadata. Both engines run it:
+    OpenVINO reads QDQ and runs the quantized layers in int8."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    card = OnnxNet(fp32).metadata
+    card, meta = read_card(fp32)
     batches = calibration_batches(card, calib)
 
     class Reader(CalibrationDataReader):
@@ -216,10 +212,22 @@ def quantize_onnx(fp32: str | Path, output: str | Path, calib: str | Path) -> Pa
                             reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
         model = onnx.load(str(tmp))
-        _set_metadata(model, card, "int8")
+        carried = {k: meta[k] for k in ("trained_precision",) if k in meta}
+        _set_metadata(model, card, "int8", {**carried, **(extra or {})})
         onnx.save_model(model, str(tmp))
 
     return _replace_atomically(Path(output), write)
+
+
+def add_metadata(path: str | Path, extra: dict[str, str]) -> Path:
+    """`extra` strings added to an ONNX file's metadata, the file replaced atomically."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in extra.items():
+        prop = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add()
+        prop.key, prop.value = key, value
+    return _replace_atomically(Path(path), lambda tmp: onnx.save_model(model, str(tmp)))
 
 
 def export_safetensors(checkpoint: str | Path, output: str | Path) -> Path:

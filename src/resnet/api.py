@@ -1,0 +1,101 @@
+"""The Python API that the command line is a thin layer over: what `resnet export` does, from a
+notebook, with the same options and the same outcome (`resnet.export(...)`)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import data as D
+from . import exports as X
+from .checkpoint import check_checkpoint_file, load_checkpoint
+from .errors import ConfigError
+from .evaluate import evaluate
+from .outputs import check_output_file
+from .predict import Classifier, compare, verify_images
+from .runtime import net_seconds
+from .tuning import CALIBRATION_IMAGES, PROBE_BATCH
+
+SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "int8": ".int8.onnx"}
+
+
+def export(checkpoint: str | Path, format: str = "onnx", output: str | Path | None = None,
+           quantize: str | None = None, calib: str | Path | None = None, verify: str | Path | bool | None = None,
+           opset: int | None = None) -> dict[str, Any]:
+    """Write `checkpoint` as ONNX (fp32, or static int8 with `quantize="int8"`) or safetensors, at
+    `output` (default: beside the checkpoint, `.onnx`, `.int8.onnx` or `.safetensors`).
+
+    int8 calibrates its activation ranges on the run's own training images (the train.csv that
+    training wrote beside the checkpoint) unless `calib` names a folder, and is then scored on the
+    run's validation images (val.csv) against the checkpoint as it runs here: the accuracy change
+    and both speeds are returned and written into the file's model card (`int8_check`).
+    `verify`: compare the export's logits with fp32 PyTorch's, on images of that folder (True: on
+    random images). Returns `output`, `bytes`, and `verify` / `int8_check` where done."""
+    check_checkpoint_file(checkpoint)
+    if opset not in (None, X.OPSET):  # torch's exporter writes its own; onnx's converter fails on ResNets
+        raise ConfigError(f"--opset {opset}: exports are opset {X.OPSET} (onnxruntime 1.14 and later run it); "
+                          "no other is written")
+    if format == "safetensors" and quantize:
+        raise ConfigError("--quantize goes with --format onnx")
+    images = verify_images(verify if isinstance(verify, (str, Path)) and str(verify) else None)
+    ckpt = Path(checkpoint)
+    suffix = SUFFIXES["int8" if quantize else format]
+    output = Path(output or ckpt.with_suffix(suffix))
+    if not output.name.lower().endswith(suffix if format == "safetensors" else ".onnx"):
+        raise ConfigError(f"--output {output}: a {format} file is named *{suffix}")
+    check_output_file("--output", output, [ckpt, *([calib] if calib else [])])
+    result: dict[str, Any] = {"output": str(output)}
+    if format == "safetensors":
+        X.export_safetensors(ckpt, output)
+    elif quantize:
+        result["int8_check"] = export_int8(ckpt, output, calib)
+    else:
+        X.export_onnx(ckpt, output)
+    result["bytes"] = output.stat().st_size
+    if verify is not None and verify is not False:
+        # Both in fp32, the export's own arithmetic: the check is of the file, not of bf16's rounding.
+        result["verify"] = compare(Classifier.from_checkpoint(ckpt, device="cpu", amp="off"),
+                                   Classifier.load(output, amp="off"), images)
+    return result
+
+
+def calibration_images(ckpt: Path, meta: dict[str, Any], calib: str | Path | None) -> tuple[list[str], str]:
+    """(the images int8 calibrates on, where they came from): `calib`'s, or the run's own training
+    images; a checkpoint whose training images are gone asks for `calib`."""
+    if calib is not None:
+        return X.sample_images(calib, CALIBRATION_IMAGES, "calibrate"), str(calib)
+    listing = X.run_images(ckpt, meta, "train")
+    if listing is None:
+        raise ConfigError(f"--quantize int8 calibrates on the run's training images, but no train.csv with "
+                          f"readable images is beside {ckpt}: give --calib DIR (images like those it will label)")
+    files, _ = D.labelled_files(listing)
+    return X.spread([p for p, _ in files], CALIBRATION_IMAGES), str(listing)
+
+
+def export_int8(ckpt: Path, output: Path, calib: str | Path | None) -> dict[str, Any]:
+    """The int8 export of `ckpt` at `output`, calibrated (`calibration_images`) and, where the
+    run's validation images are there, checked against the checkpoint: accuracy of both on them
+    and images per second of both as they run here. The check goes into the model card."""
+    _, meta = load_checkpoint(ckpt)
+    paths, source = calibration_images(ckpt, meta, calib)
+    check: dict[str, Any] = {"calibration": source, "calibration_images": len(paths)}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = X.export_onnx(ckpt, Path(tmp) / "fp32.onnx")
+        X.quantize_onnx(fp32, output, paths, {"int8_check": json.dumps(check)})
+    val = X.run_images(ckpt, meta, "val")
+    if val is None:
+        return check
+    reference, _, _ = evaluate(ckpt, val, workers=0)
+    int8, _, _ = evaluate(output, val, workers=0)
+    size = int(meta["eval_size"])
+    own, quantized = Classifier.load(ckpt, images=reference["num_images"]), Classifier.load(output)
+    check |= {"validation": str(val), "images": int8["num_images"],
+              "accuracy": int8["accuracy"], "reference_accuracy": reference["accuracy"],
+              "reference": f"the checkpoint in {reference['precision']} on {reference['engine']}",
+              "engine": int8["engine"],
+              "images_per_second": PROBE_BATCH / net_seconds(quantized.net, size, PROBE_BATCH),
+              "reference_images_per_second": PROBE_BATCH / net_seconds(own.net, size, PROBE_BATCH)}
+    X.add_metadata(output, {"int8_check": json.dumps(check)})
+    return check

@@ -1,0 +1,101 @@
+"""The engines that run an exported ONNX file (fp32, or QDQ int8) as a `runtime.Net`: onnxruntime,
+and OpenVINO, the inference engine built for Intel's CPUs (on an AMX Xeon it ran the same
+ResNet-18 export 2x faster than PyTorch's bf16 path, and its int8 3.6x; docs/benchmarks.md).
+
+Both read the same file and its model card (`read_card`). Which one runs a model, and in which
+precision, is `policy`'s decision; this module only does what it is told — in particular OpenVINO
+is always given its precision explicitly (`INFERENCE_PRECISION_HINT`), since left to itself it
+runs an fp32 model in bf16 wherever the CPU has bf16 kernels, and the model would then answer
+otherwise than on every other path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import card_from_strings
+from .errors import CheckpointError
+
+
+def read_card(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the model card, the raw metadata strings) of an ONNX export, read without building a
+    session. The strings hold what the card does not: the file's `precision` (fp32 or int8), the
+    precision the model trained in (`trained_precision`), and int8's measured accuracy."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"model not found: {path}")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises its own, unrelated types
+        raise CheckpointError(f"cannot read ONNX model {path}: {e}") from e
+    meta = {p.key: p.value for p in model.metadata_props}
+    return card_from_strings(meta), meta
+
+
+class OnnxNet:
+    """An ONNX file run by onnxruntime on the CPU, in fp32 (or the file's int8), as a `runtime.Net`."""
+
+    device = torch.device("cpu")
+    channels_last = False  # onnxruntime takes NCHW and picks its own internal layout
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path):
+        import onnxruntime as ort
+
+        if not Path(path).is_file():
+            raise CheckpointError(f"model not found: {path}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own, unrelated types
+            raise CheckpointError(f"cannot read ONNX model {path}: {e}") from e
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to("cpu", memory_format=torch.contiguous_format)
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.numpy()})[0])
+
+
+class OpenVinoNet:
+    """An ONNX file compiled by OpenVINO for this CPU, as a `runtime.Net`, in bf16 or f32 as told
+    (`bf16`); int8 layers of a QDQ file run in int8 either way, the rest in that precision.
+    The LATENCY hint runs each batch on all the cores at once (one stream), as PyTorch does:
+    batches come one at a time from every caller here (`runtime.logits`)."""
+
+    device = torch.device("cpu")
+    channels_last = False  # the graph takes NCHW; OpenVINO picks its own layout inside
+    name = "openvino"
+
+    def __init__(self, path: str | Path, bf16: bool = False):
+        import openvino as ov
+
+        if not Path(path).is_file():
+            raise CheckpointError(f"model not found: {path}")
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError for everything
+            raise CheckpointError(f"OpenVINO cannot compile {path}: {' '.join(str(e).split())[:300]}") from e
+        self.request = self.compiled.create_infer_request()
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision OpenVINO actually computes in: "bf16" or "f32" (its own names)."""
+        return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to("cpu", memory_format=torch.contiguous_format)
+        out = self.request.infer({0: x.numpy()}, share_inputs=True)
+        return torch.from_numpy(out[0].copy())  # the request's buffer is reused by the next batch
+
+
+def open_onnx(path: str | Path, engine: str, bf16: bool = False) -> OnnxNet | OpenVinoNet:
+    """The ONNX file at `path` on `engine`: OpenVINO in bf16 where told, else f32; onnxruntime,
+    whose CPU provider has no bf16 kernels, always as the file is (fp32 or int8)."""
+    return OpenVinoNet(path, bf16) if engine == "openvino" else OnnxNet(path)
