@@ -344,10 +344,11 @@ def test_weights_of_another_width_are_not_called_a_new_head(tmp_path):
     assert "replacing" not in str(e.value)
 
 
-def test_cli_help_does_not_import_torch():
-    code = "import sys; from resnet.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+def test_import_and_cli_help_load_no_torch_and_no_inference_engine():
+    code = ("import sys, resnet; from resnet.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'openvino', 'onnxruntime') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.stdout.strip() == "False", r.stderr
+    assert r.stdout.strip() == "[]", r.stderr
 
 
 def package_imports() -> dict[str, set[str]]:

@@ -11,6 +11,7 @@ otherwise than on every other path.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ class OnnxNet:
             raise CheckpointError(f"model not found: {path}")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+        # As many threads as PyTorch uses: left to itself onnxruntime takes every core of the machine,
+        # pinning its threads there past the process's CPU affinity (taskset, a container's cpuset).
+        options.intra_op_num_threads = torch.get_num_threads()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own, unrelated types
@@ -65,21 +69,21 @@ class OpenVinoNet:
     """An ONNX file compiled by OpenVINO for this CPU, as a `runtime.Net`, in bf16 or f32 as told
     (`bf16`); int8 layers of a QDQ file run in int8 either way, the rest in that precision.
     The LATENCY hint runs each batch on all the cores at once (one stream), as PyTorch does:
-    batches come one at a time from every caller here (`runtime.logits`)."""
+    batches come one at a time from every caller here (`runtime.logits`). The batch axis stays
+    dynamic: compiled for one static shape, ResNet-18 ran no faster (165 against 167 img/s in
+    bf16 on an AMX Xeon, 61.7 against 59.7 in f32 on an AMD EPYC; docs/benchmarks.md)."""
 
     device = torch.device("cpu")
     channels_last = False  # the graph takes NCHW; OpenVINO picks its own layout inside
     name = "openvino"
 
     def __init__(self, path: str | Path, bf16: bool = False):
-        import openvino as ov
-
         if not Path(path).is_file():
             raise CheckpointError(f"model not found: {path}")
         config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+            self.compiled = openvino_core().compile_model(str(path), "CPU", config)
         except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError for everything
             raise CheckpointError(f"OpenVINO cannot compile {path}: {' '.join(str(e).split())[:300]}") from e
         self.request = self.compiled.create_infer_request()
@@ -91,8 +95,18 @@ class OpenVinoNet:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to("cpu", memory_format=torch.contiguous_format)
-        out = self.request.infer({0: x.numpy()}, share_inputs=True)
+        out = self.request.infer({0: x.numpy()})
         return torch.from_numpy(out[0].copy())  # the request's buffer is reused by the next batch
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """One OpenVINO `Core` for the process, never freed before its compiled models: with a `Core`
+    per model, the garbage collector freeing them in the wrong order crashed the process
+    (a segmentation fault in a later, unrelated test)."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def open_onnx(path: str | Path, engine: str, bf16: bool = False) -> OnnxNet | OpenVinoNet:
