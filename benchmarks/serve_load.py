@@ -65,6 +65,7 @@ def load(url: str, body: bytes, clients: int, requests: int, seconds: float) -> 
     """`clients` threads, each sending one photo at a time until `requests` were sent in all or
     `seconds` passed; every answer must be a 200 with a label."""
     latencies: list[float] = []
+    errors: list[str] = []
     left = [requests]
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
@@ -79,7 +80,9 @@ def load(url: str, body: bytes, clients: int, requests: int, seconds: float) -> 
                 t = time.perf_counter()
                 r = http.post(f"{url}/predict", files={"file": ("photo.jpg", body, "image/jpeg")})
                 elapsed = time.perf_counter() - t
-                assert r.status_code == 200 and r.json()[0]["label"], r.text[:200]
+                if r.status_code != 200 or not r.json()["predictions"][0].get("label"):
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+                    return
                 with lock:
                     latencies.append(elapsed)
 
@@ -90,6 +93,8 @@ def load(url: str, body: bytes, clients: int, requests: int, seconds: float) -> 
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    if errors or not latencies:
+        raise SystemExit(f"{len(errors)} requests failed: {errors[:1]}")
     latencies.sort()
     return {"requests": len(latencies), "rps": len(latencies) / wall, "p50": statistics.median(latencies) * 1e3,
             "p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] * 1e3}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import functools
 import json
 import logging
@@ -15,7 +13,7 @@ from pathlib import Path
 from .errors import ConfigError, DataError, MachineError, TrainingError, UsageError
 from .options import (AMP_CHOICES, AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, MIN_IMG_SIZE,
                       PADDING_MODES, PRESETS, QUANTIZE)
-from .outputs import check_output_dir, check_output_file
+from .outputs import check_output_dir, check_output_file, write_rows
 
 
 class Parser(argparse.ArgumentParser):
@@ -296,28 +294,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given, folders searched recursively for images, globs expanded (`**` too)."""
-    import glob
-
-    from .data import find_images
-
-    out: list[str] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            out += [str(f) for f in find_images(path)]
-        elif any(ch in p for ch in "*?[") and not path.exists():
-            out += sorted(f for f in glob.glob(p, recursive=True) if Path(f).is_file())
-        else:
-            out.append(p)  # a missing file becomes an `error` row
-    return out
-
-
 def cmd_predict(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .predict import Classifier
+    from .data import expand_paths
+    from .predict import Classifier, write_cams
 
     if a.output not in (None, "-") and Path(a.output).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--output {a.output}: name a .csv or .json file, or - for CSV on stdout")
@@ -345,63 +326,6 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
-def write_cams(clf, rows: list[dict], folder: Path) -> None:
-    """`<name>_cam.png` per labelled file (`_2`, `_3`... when names repeat)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()
-    for row in rows:
-        if "label" not in row:
-            continue
-        stem, n = Path(row["path"]).stem, 1
-        while (name := f"{stem}_cam.png" if n == 1 else f"{stem}_cam_{n}.png") in taken:
-            n += 1
-        taken.add(name)
-        clf.explain(row["path"]).overlay().save(folder / name)
-        row["cam"] = str(folder / name)
-
-
-def write_rows(rows: list[dict], output: str | None, top_k: int) -> None:
-    """A table for a person on stdout; CSV (`\n` line ends) or JSON in `output` (`-`: CSV on
-    stdout). Parent folders are created."""
-    if output and output.endswith(".json"):
-        from .predict import jsonable
-
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps([jsonable(r) for r in rows], indent=2) + "\n")
-        return
-    if output is None:
-        print(format_table(rows, top_k))
-        return
-    fields = ["path", "label", "probability"] + (["top_k"] if top_k > 1 else []) + ["error"]
-    if output != "-":
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with (open(output, "w", newline="") if output != "-" else contextlib.nullcontext(sys.stdout)) as stream:
-        w = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            r = dict(r)
-            if "top_k" in r:
-                r["top_k"] = " ".join(f"{label}:{p:.4f}" for label, p in r["top_k"])
-            if "probability" in r:
-                r["probability"] = f"{r['probability']:.4f}"
-            w.writerow(r)
-
-
-def format_table(rows: list[dict], top_k: int) -> str:
-    width = min(60, max(len("path"), *(len(r["path"]) for r in rows)))
-    lines = [f"{'path':{width}}  {'label':12} {'prob':>6}" + ("  top-k" if top_k > 1 else "")]
-    for r in rows:
-        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
-        if "error" in r:
-            lines.append(f"{path:{width}}  error: {r['error']}")
-            continue
-        line = f"{path:{width}}  {r['label']:12} {r['probability']:6.1%}"
-        if top_k > 1:
-            line += "  " + ", ".join(f"{c} {p:.1%}" for c, p in r["top_k"])
-        lines.append(line)
-    return "\n".join(lines)
-
-
 def cmd_export(a: argparse.Namespace) -> int:
     from .api import export
 
@@ -427,30 +351,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def check_listening(host: str, port: int, max_upload_mb: float) -> None:
-    """Before the model is loaded: a port in range, an upload limit that lets a photo in, a host
-    that resolves (exit 2), and a port free to listen on (exit 1: the machine's, not the flag's)."""
-    import socket
-
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port must be in 1..65535, not {port}")
-    if not max_upload_mb > 0:
-        raise ConfigError(f"--max-upload-mb must be positive, not {max_upload_mb}")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as e:
-        raise ConfigError(f"--host {host}: {e.strerror}") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as e:
-            raise MachineError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-
-
 def cmd_serve(a: argparse.Namespace) -> int:
     from .predict import Classifier
-    from .serve import serve
+    from .serve import check_listening, serve
 
     check_listening(a.host, a.port, a.max_upload_mb)
     clf = Classifier.load(a.model, a.device, a.amp, engine=a.engine, images=math.inf)  # long-lived

@@ -71,7 +71,7 @@ class OpenVinoNet:
     The LATENCY hint runs each batch on all the cores at once (one stream), as PyTorch does:
     batches come one at a time from every caller here (`runtime.logits`). The batch axis stays
     dynamic: compiled for one static shape, ResNet-18 ran no faster (165 against 167 img/s in
-    bf16 on an AMX Xeon, 61.7 against 59.7 in f32 on an AMD EPYC; docs/benchmarks.md)."""
+    bf16 on an AMX Xeon, 59.7 against 61.7 in f32 on an AMD EPYC; docs/benchmarks.md)."""
 
     device = torch.device("cpu")
     channels_last = False  # the graph takes NCHW; OpenVINO picks its own layout inside

@@ -1,13 +1,18 @@
-"""Output paths, checked before any work: a file or folder the command will write must be
-writable, of the right kind, and never one of its inputs. A mistake is one line naming the flag,
-the path and why, before anything is read, computed or written. No torch here."""
+"""What the commands write, and where. Output paths are checked before any work: a file or folder
+the command will write must be writable, of the right kind, and never one of its inputs; a mistake
+is one line naming the flag, the path and why, before anything is read, computed or written. Then
+`predict`'s rows as a table, CSV or JSON. No torch here."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from .errors import ConfigError
 
@@ -54,3 +59,50 @@ def check_output_dir(flag: str, path: str | Path, inputs: Iterable[str | Path] =
             raise ConfigError(f"{flag} {path} is an input of this command: name another folder")
     _writable_place(flag, path)
     return path
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A `predict` row for JSON: `top_k` as a list of {label, probability}."""
+    if "top_k" not in row:
+        return row
+    return {**row, "top_k": [{"label": c, "probability": p} for c, p in row["top_k"]]}
+
+
+def write_rows(rows: list[dict], output: str | None, top_k: int) -> None:
+    """A table for a person on stdout; CSV (`\n` line ends) or JSON in `output` (`-`: CSV on
+    stdout). Parent folders are created."""
+    if output and output.endswith(".json"):
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps([jsonable(r) for r in rows], indent=2) + "\n")
+        return
+    if output is None:
+        print(format_table(rows, top_k))
+        return
+    fields = ["path", "label", "probability"] + (["top_k"] if top_k > 1 else []) + ["error"]
+    if output != "-":
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+    with (open(output, "w", newline="") if output != "-" else contextlib.nullcontext(sys.stdout)) as stream:
+        w = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            r = dict(r)
+            if "top_k" in r:
+                r["top_k"] = " ".join(f"{label}:{p:.4f}" for label, p in r["top_k"])
+            if "probability" in r:
+                r["probability"] = f"{r['probability']:.4f}"
+            w.writerow(r)
+
+
+def format_table(rows: list[dict], top_k: int) -> str:
+    width = min(60, max(len("path"), *(len(r["path"]) for r in rows)))
+    lines = [f"{'path':{width}}  {'label':12} {'prob':>6}" + ("  top-k" if top_k > 1 else "")]
+    for r in rows:
+        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
+        if "error" in r:
+            lines.append(f"{path:{width}}  error: {r['error']}")
+            continue
+        line = f"{path:{width}}  {r['label']:12} {r['probability']:6.1%}"
+        if top_k > 1:
+            line += "  " + ", ".join(f"{c} {p:.1%}" for c, p in r["top_k"])
+        lines.append(line)
+    return "\n".join(lines)

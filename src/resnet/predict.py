@@ -248,13 +248,6 @@ def _name(item: D.ImageInput) -> str:
     return str(getattr(item, "filename", "") or getattr(item, "name", "") or "")
 
 
-def jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """A `predict` row for JSON: `top_k` as a list of {label, probability}."""
-    if "top_k" not in row:
-        return row
-    return {**row, "top_k": [{"label": c, "probability": p} for c, p in row["top_k"]]}
-
-
 def compare(reference: Classifier, exported: Classifier, images: Sequence[D.ImageInput] | None = None,
             count: int = 8, seed: int = 0) -> dict[str, Any]:
     """Logits of both on the same preprocessed images: real ones when given, else `count` random
@@ -275,3 +268,18 @@ def compare(reference: Classifier, exported: Classifier, images: Sequence[D.Imag
 def verify_images(folder: str | Path | None, limit: int = 64) -> list[str] | None:
     """Up to `limit` images of `folder`, spread over it (None: use random images)."""
     return None if folder is None else sample_images(folder, limit, "verify")
+
+
+def write_cams(clf: Classifier, rows: list[dict[str, Any]], folder: Path) -> None:
+    """`<name>_cam.png` per labelled file (`_2`, `_3`... when names repeat)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    for row in rows:
+        if "label" not in row:
+            continue
+        stem, n = Path(row["path"]).stem, 1
+        while (name := f"{stem}_cam.png" if n == 1 else f"{stem}_cam_{n}.png") in taken:
+            n += 1
+        taken.add(name)
+        clf.explain(row["path"]).overlay().save(folder / name)
+        row["cam"] = str(folder / name)

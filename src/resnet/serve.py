@@ -28,7 +28,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from . import data as D
-from .predict import Classifier, jsonable
+from .errors import ConfigError, MachineError
+from .outputs import jsonable
+from .predict import Classifier
 from .tuning import SERVE_BATCH
 
 MAX_FILES = 32     # per request: a page sends one photo per request, a script a few
@@ -198,3 +200,24 @@ def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, max_upload
     print(f"serving {clf.source} on http://{host}:{port}/ ({len(clf.classes)} classes, "
           f"{clf.transform.img_size} px, {clf.describe()['precision']} on {clf.engine.name}, {clf.net.device.type})")
     uvicorn.run(create_app(clf, max_upload_mb), host=host, port=port, log_level="warning")
+
+
+def check_listening(host: str, port: int, max_upload_mb: float) -> None:
+    """Before the model is loaded: a port in range, an upload limit that lets a photo in, a host
+    that resolves (exit 2), and a port free to listen on (exit 1: the machine's, not the flag's)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be in 1..65535, not {port}")
+    if not max_upload_mb > 0:
+        raise ConfigError(f"--max-upload-mb must be positive, not {max_upload_mb}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: {e.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise MachineError(f"cannot listen on {host}:{port}: {e.strerror}") from None

@@ -225,3 +225,19 @@ def write_samples(path: str | Path, samples: Sequence[Sample], classes: Sequence
 def write_skipped(path: str | Path, skipped: Sequence[tuple[str, str]]) -> None:
     with open(path, "w") as f:
         f.writelines(f"{p}\t{reason}\n" for p, reason in skipped)
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given, folders searched recursively for images, globs expanded (`**` too)."""
+    import glob
+
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out += [str(f) for f in find_images(path)]
+        elif any(ch in p for ch in "*?[") and not path.exists():
+            out += sorted(f for f in glob.glob(p, recursive=True) if Path(f).is_file())
+        else:
+            out.append(p)  # a missing file becomes an `error` row
+    return out
