@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from . import data as D
 from .predict import Classifier
-from .runtime import run_eval
 
 
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
@@ -53,9 +52,7 @@ def evaluate(model: str | Path, data: str | Path, tta: bool | None = None, batch
     clf = Classifier.load(model, device, amp, compile, engine, images=len(files))
     tta = clf.with_tta(tta)
     samples = D.samples_for(files, clf.classes)
-    loader = D.make_loader(D.ImageDataset(samples, clf.transform), batch_size, False,
-                           D.default_workers(clf.net.device.type) if workers is None else workers)
-    logits, labels, indices, failures = run_eval(clf.net, loader, clf.mean, clf.std, tta)
+    logits, labels, indices, failures = clf.score(samples, tta, batch_size, workers)
     skipped += [(samples[i].path, reason) for i, reason in failures]
     if not len(labels):  # every file was skipped, at scan time or when decoded
         first = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""

@@ -148,6 +148,15 @@ class Classifier:
         batch = D.collate([D.Item(self.transform(img), 0, i) for i, img in enumerate(images)])
         return runtime.logits(self.net, batch.images, self.mean, self.std, self.with_tta(tta))
 
+    def score(self, samples: Sequence[D.Sample], tta: bool | None = None, batch_size: int = 64,
+              workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+        """(logits, labels, indices into `samples`, failures) of labelled samples, decoded by a
+        loader (`workers` processes; None: as many as pay on this device) and scored through the
+        same `runtime.logits` as `logits`: what `evaluate` reports."""
+        loader = D.make_loader(D.ImageDataset(samples, self.transform), batch_size, False,
+                               D.default_workers(self.net.device.type) if workers is None else workers)
+        return runtime.run_eval(self.net, loader, self.mean, self.std, self.with_tta(tta))
+
     def with_tta(self, tta: bool | None) -> bool:
         """Whether to average with the mirror image: as asked, or (None) as the model was scored
         when it trained."""
