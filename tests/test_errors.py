@@ -1,6 +1,7 @@
 """Every user mistake is one line naming the bad value and what is allowed, exit code 2, and nothing
 written or lost; checked before any expensive work. Each case is one a new user hit."""
 
+import json
 import re
 import subprocess
 import sys
@@ -409,3 +410,37 @@ def test_no_traceback_from_a_subprocess(run_a, tmp_path):
     r = subprocess.run([sys.executable, "-m", "resnet", "predict", str(crafted(run_a, tmp_path, classes=3)), "x.jpg"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_empty_output_path_is_refused_on_every_command(trained, tmp_path, monkeypatch):
+    """`--out ""` once trained into the current folder: every flag that names an output, on every
+    command that has one, is refused in one line before any work, and nothing is written."""
+    data, run = trained
+    ckpt = str(run / "best.pt")
+    monkeypatch.chdir(tmp_path)
+    for argv, flag in ((["train", str(data), "--out", ""], "--out"),
+                       (["train", str(data), "--out", "x", "--cache-dir", " "], "--cache-dir"),
+                       (["evaluate", ckpt, str(data), "--json", ""], "--json"),
+                       (["evaluate", ckpt, str(data), "--report", ""], "--report"),
+                       (["predict", ckpt, str(data), "--output", ""], "--output"),
+                       (["predict", ckpt, str(data), "--cam", ""], "--cam"),
+                       (["export", ckpt, "--output", ""], "--output"),
+                       (["experiment", "degradation", str(data), "--epochs", "1", "--out", ""], "--out")):
+        r = subprocess.run([sys.executable, "-m", "resnet", *argv], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, (argv, r.stderr)
+        assert f"{flag} is empty" in r.stderr, (argv, r.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_url_is_said_to_be_not_fetched(trained, tmp_path, capsys):
+    from resnet.cli import main
+
+    data, run = trained
+    url = "https://example.com/cat.jpg"
+    assert main(["predict", str(run / "best.pt"), url]) == 2
+    err = capsys.readouterr().err
+    assert "URLs are not fetched" in err and url in err and err.count("\n") == 1
+    good = next(data.rglob("*.png"))
+    assert main(["predict", str(run / "best.pt"), url, str(good), "--output", str(tmp_path / "p.json")]) == 0
+    rows = {r["path"]: r for r in json.loads((tmp_path / "p.json").read_text())}
+    assert "URLs are not fetched" in rows[url]["error"] and "label" in rows[str(good)]

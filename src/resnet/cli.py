@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import ConfigError, DataError, MachineError, TrainingError, UsageError
 from .options import (AMP_CHOICES, AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, MIN_IMG_SIZE,
                       PADDING_MODES, PRESETS, QUANTIZE)
-from .outputs import check_output_dir, check_output_file, write_rows
+from .outputs import check_not_empty, check_output_dir, check_output_file, write_rows
 
 
 class Parser(argparse.ArgumentParser):
@@ -302,6 +302,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     if a.output not in (None, "-") and Path(a.output).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--output {a.output}: name a .csv or .json file, or - for CSV on stdout")
+    urls = [p for p in a.paths if "://" in p]
+    if urls and len(urls) == len(a.paths):  # nothing to label: a mistake, said before any work
+        raise ConfigError(f"{urls[0]} is a URL: only files on this machine are read, URLs are not fetched "
+                          "(download the images first)")
     files = expand_paths(a.paths)
     if a.output not in (None, "-"):
         check_output_file("--output", a.output, [a.model, *files])
@@ -321,7 +325,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
         write_cams(clf, rows, Path(a.cam))
     write_rows(rows, a.output, a.top_k)
     if not any("label" in r for r in rows):
-        print(f"resnet predict: none of the {len(rows)} files could be labelled", file=sys.stderr)
+        reasons = sorted({r["error"] for r in rows})
+        print(f"resnet predict: none of the {len(rows)} files could be labelled"
+              + (f": {reasons[0]}" if len(reasons) == 1 else ""), file=sys.stderr)
         return 1
     return 0
 
@@ -452,10 +458,16 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "demo": cmd_demo}
 
 
+# The flags that name something a command writes: none may be given empty.
+OUTPUT_FLAGS = ("out", "output", "json", "report", "cam", "cache_dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
+        for name in OUTPUT_FLAGS:
+            check_not_empty(f"--{name.replace('_', '-')}", getattr(args, name, None))
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(f"resnet {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line

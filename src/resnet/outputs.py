@@ -37,8 +37,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def check_not_empty(flag: str, path: str | Path | None) -> None:
+    """An output path given as "" (or blanks) would be the current folder: refused."""
+    if path is not None and not str(path).strip():
+        raise ConfigError(f"{flag} is empty: name a path (an empty one would write into the current folder)")
+
+
 def check_output_file(flag: str, path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """A file the command will write: not a folder, not one of `inputs`, in a place it can write."""
+    check_not_empty(flag, path)
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{flag} {path} is a folder: name a file")
@@ -51,6 +58,7 @@ def check_output_file(flag: str, path: str | Path, inputs: Iterable[str | Path] 
 
 def check_output_dir(flag: str, path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """A folder the command will write in: not a file, not one of `inputs`, creatable or writable."""
+    check_not_empty(flag, path)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a folder")

@@ -79,10 +79,17 @@ def load_image(item: ImageInput, draft_size: int | None = None) -> Image.Image |
             item = filename
         else:
             return _upright_rgb(item)
-    reason = "file not found" if isinstance(item, (str, Path)) and not os.path.isfile(item) else check_header(item)
+    reason = _missing(item) if isinstance(item, (str, Path)) and not os.path.isfile(item) else check_header(item)
     if reason:
         raise UnreadableImage(reason)
     return decode(item, draft_size)
+
+
+def _missing(path: str | Path) -> str:
+    """Why a path names no file: a URL is not fetched (nothing here reaches the network)."""
+    if "://" in str(path):
+        return "a URL: only files on this machine are read, URLs are not fetched (download it first)"
+    return "file not found"
 
 
 def read_error(e: BaseException) -> str:
