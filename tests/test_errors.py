@@ -3,6 +3,7 @@ written or lost; checked before any expensive work. Each case is one a new user 
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,28 @@ def test_a_copied_run_resumes_where_it_now_is(run_a, tmp_path):
     assert {p.name: p.read_bytes() for p in run_a.iterdir() if p.is_file()} == original
     rows = (copy / "metrics.csv").read_text().splitlines()
     assert len(rows) == len((run_a / "metrics.csv").read_text().splitlines()) + 1
+
+
+def test_resume_refuses_a_data_folder_that_changed(tiny_folder, tmp_path, capsys):
+    """A class folder added or gone, or training images added or gone since the run started: one
+    line naming what changed, before any work, instead of a size-mismatch traceback (a run resumes
+    exactly only on its own data); the data put back, it resumes."""
+    out = tmp_path / "run"
+    assert main(small_run(tiny_folder, out)) == 0
+    capsys.readouterr()
+    resume = ["train", "--resume", out / "last.pt", "--epochs", "3", "--workers", "0"]
+    (tiny_folder / "c").mkdir()
+    for i in range(4):
+        photo(40, 40, seed=90 + i).save(tiny_folder / "c" / f"{i}.png")
+    fails(capsys, resume, "new classes ['c']", "resumes only on the data it trained on", "another --out")
+    shutil.rmtree(tiny_folder / "c")
+    (tiny_folder / "b").rename(tiny_folder / "dogs")
+    fails(capsys, resume, "new classes ['dogs'], classes gone ['b']")
+    (tiny_folder / "dogs").rename(tiny_folder / "b")
+    photo(40, 40, seed=99).save(tiny_folder / "a" / "new.png")
+    fails(capsys, resume, "the training images changed")
+    (tiny_folder / "a" / "new.png").unlink()
+    assert main([str(a) for a in resume]) == 0  # its own data again: it goes on
 
 
 def test_train_without_data_or_resume(capsys):

@@ -565,6 +565,10 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
                                  else None, width=cfg.width)
         fit_weights(probe, weights, cfg.pretrained, cfg.arch)
     split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
+    changed = D.data_changed(split, state["classes"], D.read_listing(Path(cfg.out) / "train.csv")) if resuming else None
+    if changed:
+        raise ConfigError(f"{cfg.data} has {changed}: a run resumes only on the data it trained on; put it back "
+                          f"as it was, or train a new run (another --out)")
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
     cfg, recipe, plan = apply_plan(cfg, split) if not resuming else (cfg, None, (state or {}).get("plan") or [])

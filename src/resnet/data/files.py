@@ -241,3 +241,31 @@ def expand_paths(paths: list[str]) -> list[str]:
         else:
             out.append(p)  # a missing file becomes an `error` row
     return out
+
+
+def read_listing(path: str | Path) -> list[str] | None:
+    """The image paths of a `write_samples` CSV, as written (absolute); None where there is none."""
+    if not Path(path).is_file():
+        return None
+    with open(path, newline="") as f:
+        return [row[0] for row in list(csv.reader(f))[1:] if row]
+
+
+def data_changed(split: DataSplit, classes: Sequence[str], trained_on: Sequence[str] | None) -> str | None:
+    """How the data a resumed run finds differs from what it trained on (its `classes`, and the
+    training images its train.csv lists), in words; None when it is the same. A run resumes
+    exactly only on its own data: another class changes the network's last layer, another image
+    the batches it replays."""
+    added, gone = sorted(set(split.classes) - set(classes)), sorted(set(classes) - set(split.classes))
+    if added or gone:
+        return ", ".join(part for part in (f"new classes {added}" if added else "",
+                                           f"classes gone {gone}" if gone else "") if part)
+    if trained_on is None:
+        return None
+    now = {os.path.abspath(s.path) for s in split.train}
+    new, missing = sorted(now - set(trained_on)), sorted(set(trained_on) - now)
+    if not new and not missing:
+        return None
+    example = (new or missing)[0]
+    return (f"the training images changed ({len(new)} new, {len(missing)} gone since the run started, "
+            f"e.g. {example})")
