@@ -202,12 +202,27 @@ def test_a_port_in_use_is_one_line_and_exit_1(run_a, capsys):
 # 2. Tracebacks that were
 
 
-def test_full_disk_while_saving(tiny_folder, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("how", ["ENOSPC", "torch"])
+def test_full_disk_while_saving(tiny_folder, tmp_path, monkeypatch, capsys, how):
+    """The machine's fault, so exit 1, in one line that says the disk is full, which file and how
+    much it needs — whether the write failed with ENOSPC or with torch's own words for a short
+    write ("enforce fail at inline_container.cc ... unexpected pos"); no temporary file is left."""
+    import shutil
+    from collections import namedtuple
+
     def full(obj, f, *a, **kw):
-        raise OSError(28, "No space left on device")
+        f.write(b"PK\x03\x04 half a checkpoint")
+        if how == "ENOSPC":
+            raise OSError(28, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1228224 vs 1228112")
 
     monkeypatch.setattr(torch, "save", full)
-    fails(capsys, small_run(tiny_folder, tmp_path / "run"), "cannot write checkpoint", "No space left on device")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("usage", "total used free")(10**9, 10**9, 4096))
+    assert main(small_run(tiny_folder, tmp_path / "run")) == 1
+    err = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()][-1]
+    assert err.startswith("resnet train: cannot write checkpoint") and "last.pt" in err, err
+    assert "the disk is full" in err and "MiB are free" in err and "inline_container" not in err, err
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
 
 
 def test_out_that_is_a_file(tiny_folder, tmp_path, capsys):

@@ -5,15 +5,17 @@ the model card in their metadata) load the same way."""
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointError, ConfigError, first_line
+from .errors import CheckpointError, ConfigError, MachineError, first_line
 from .models import (MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec, options_of_file,
                      recorded_options)
 from .options import MIN_IMG_SIZE, PRECISIONS
@@ -42,11 +44,34 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new, never half
     except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+        tmp.unlink(missing_ok=True)  # first: the space it took is free again when measured below
+        needed, free = tensor_bytes(state), _free_bytes(path.parent)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or (free is not None and free < needed):
+            raise MachineError(f"cannot write checkpoint {path}: the disk is full (it needs ~{needed / 2**20:.0f} MiB, "
+                               f"{(free or 0) / 2**20:.0f} MiB are free); the previous one, if any, is untouched") from e
         reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         raise CheckpointError(f"cannot write checkpoint {path}: {reason} (the previous one, if any, "
                               "is untouched)") from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in a nested dict / list: about what a checkpoint takes on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.nelement() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def check_checkpoint_file(path: str | Path) -> Path:
