@@ -482,3 +482,23 @@ def test_a_url_is_said_to_be_not_fetched(trained, tmp_path, capsys):
     assert main(["predict", str(run / "best.pt"), url, str(good), "--output", str(tmp_path / "p.json")]) == 0
     rows = {r["path"]: r for r in json.loads((tmp_path / "p.json").read_text())}
     assert "URLs are not fetched" in rows[url]["error"] and "label" in rows[str(good)]
+
+
+def test_an_impossible_batch_is_capped_or_refused_before_the_first_step(tiny_folder, tmp_path, monkeypatch, capsys):
+    """`--batch-size 100000` on 32 images once had the kernel kill the process: the batch is capped
+    at the training images, saying so; a batch whose step cannot fit in the memory there is is
+    refused in one line (exit 2) before any step is taken — the precision's timed step included."""
+    run = tmp_path / "run"
+    assert main(small_run(tiny_folder, run, "--batch-size", "100000", "--epochs", "1", "--val-split", "0.25")) == 0
+    out = capsys.readouterr().out
+    assert "batch: 100000 is more than the 24 training images: 24" in out
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 24
+
+    monkeypatch.setattr(T, "available_bytes", lambda device: 512 * 2**20)  # 512 MiB free
+    monkeypatch.setattr(T, "step_seconds", lambda *a, **k: pytest.fail("a step was taken"))
+    err = fails(capsys, small_run(tiny_folder, tmp_path / "big", "--img-size", "224", "--batch-size", "16"),
+                "--batch-size 16", "GiB free on cpu", "images per process fit")
+    assert not (tmp_path / "big").exists()
+    need = float(err.split("needs ~")[1].split()[0]) * 2**30
+    fit = int(err.split("at most ~")[1].split()[0])
+    assert 1 <= fit < 16 and abs(fit - 16 * 512 * 2**20 / need) <= 1  # the batch that fits, about linearly

@@ -1,5 +1,5 @@
-"""The device a run uses, and the process's allocator set up for it: training, `benchmark` and
-every `Classifier` load pick their device here."""
+"""The device a run uses, the process's allocator set up for it (training, `benchmark` and every
+`Classifier` load pick their device here), and the memory a training step would take on it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import functools
 import platform
 
 import torch
+from torch import nn
 
 from .errors import ConfigError
 from .tuning import HEAP_KEEP_BYTES
@@ -46,3 +47,34 @@ def keep_freed_memory() -> bool:
         return False
     mallopt = ctypes.CDLL(None).mallopt
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """The memory a new allocation can take now: the GPU's free memory, or the kernel's
+    MemAvailable (None where neither tells)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def step_bytes(model: nn.Module, size: int, batch: int) -> int:
+    """About what one fp32 training step of `model` on `batch` images of `size` px holds at its peak:
+    every module's output kept for the backward pass and its gradient (2x the activations), plus
+    weights, their gradients and the optimiser's momentum (3x the parameters). From shapes alone:
+    the model is moved to the meta device (build it there), so nothing is computed or allocated."""
+    outputs = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: outputs.append(out.numel() * out.element_size()))
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.device("meta"):
+            model.to("meta")(torch.empty(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 2 * batch * sum(outputs) + 3 * params
