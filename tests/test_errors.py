@@ -492,7 +492,9 @@ def test_an_impossible_batch_is_capped_or_refused_before_the_first_step(tiny_fol
     assert "batch: 100000 is more than the 24 training images: 24" in out
     assert json.loads((run / "config.json").read_text())["batch_size"] == 24
 
-    monkeypatch.setattr(T, "available_bytes", lambda device: 512 * 2**20)  # 512 MiB free
+    from resnet import device as dev
+
+    monkeypatch.setattr(dev, "available_bytes", lambda device: 512 * 2**20)  # 512 MiB free
     monkeypatch.setattr(T, "step_seconds", lambda *a, **k: pytest.fail("a step was taken"))
     err = fails(capsys, small_run(tiny_folder, tmp_path / "big", "--img-size", "224", "--batch-size", "16"),
                 "--batch-size 16", "GiB free on cpu", "images per process fit")

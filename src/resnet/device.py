@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .models import create_model
 from .tuning import HEAP_KEEP_BYTES
 
 
@@ -78,3 +79,23 @@ def step_bytes(model: nn.Module, size: int, batch: int) -> int:
             h.remove()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return 2 * batch * sum(outputs) + 3 * params
+
+
+def check_step_memory(arch: str, width: float, size: int, num_classes: int, device: torch.device, batch: int,
+                      batch_size: int) -> None:
+    """A training step of `batch` images (`batch_size` as the run names it, over every process)
+    that cannot fit in the memory free here, refused in one line before it is taken
+    (`step_bytes`), naming the largest batch that fits."""
+    free = available_bytes(device)
+    if free is None:
+        return
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=num_classes, width=width)
+    need = step_bytes(model, size, batch)
+    if need <= free:
+        return
+    per_image = max(1, step_bytes(model, size, 2) - step_bytes(model, size, 1))
+    fits = max(0, int((free - step_bytes(model, size, 0)) // per_image))
+    raise ConfigError(f"--batch-size {batch_size}: a training step of {arch} at {size} px needs "
+                      f"~{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {device.type}"
+                      + (f": at most ~{fits} images per process fit" if fits else ""))

@@ -48,7 +48,7 @@ from .budget import Budget, RunShape, compute_time_by_size, largest_that_fits, s
 from .checkpoint import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, ConfigError, TrainingError
 from .models import MAX_WIDTH, create_model, fit_weights, load_pretrained, model_spec, read_weights, whiten_conv
-from .device import available_bytes, pick_device, step_bytes
+from .device import check_step_memory, pick_device
 from .options import AMP_CHOICES, AUGMENTS, DEVICES, MIN_IMG_SIZE, PADDING_MODES, PRESETS, SCHEDULES
 from .outputs import check_output_dir
 from .plan import Recipe, eval_size_for, plan_recipe
@@ -540,24 +540,6 @@ def capped_batch(cfg: TrainConfig, images: int, world: int) -> TrainConfig:
     return replace(cfg, batch_size=largest, lr=cfg.lr * cfg.batch_size / largest)
 
 
-def check_step_memory(cfg: TrainConfig, num_classes: int, device: torch.device, batch: int) -> None:
-    """A training step that cannot fit in the memory there is, refused in one line before it is
-    taken (`device.step_bytes`, from shapes alone), naming the largest batch that fits."""
-    free = available_bytes(device)
-    if free is None:
-        return
-    with torch.device("meta"):
-        model = create_model(cfg.arch, num_classes=num_classes, width=cfg.width)
-    need = step_bytes(model, cfg.img_size, batch)
-    if need <= free:
-        return
-    per_image = max(1, (step_bytes(model, cfg.img_size, 2) - step_bytes(model, cfg.img_size, 1)))
-    fits = max(0, int((free - step_bytes(model, cfg.img_size, 0)) // per_image))
-    raise ConfigError(f"--batch-size {cfg.batch_size}: a training step of {cfg.arch} at {cfg.img_size} px needs "
-                      f"~{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {device.type}"
-                      + (f": at most ~{fits} images per process fit" if fits else ""))
-
-
 def run_precision(cfg: TrainConfig, device: torch.device, batch: int, num_classes: int,
                   saved: dict[str, str] | None) -> Precision:
     """The one precision of the whole run: chosen at its start and recorded, then kept on every
@@ -605,7 +587,8 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     cfg, recipe, plan = apply_plan(cfg, split) if not resuming else (cfg, None, (state or {}).get("plan") or [])
     cfg = capped_batch(cfg, len(split.train), world) if not resuming else cfg
     batch = ddp.per_rank_batch(cfg.batch_size, world)
-    check_step_memory(cfg, len(split.classes), device, batch)  # before the first step: precision's timing is one
+    # Before the first step (the precision's timing is one): a step that cannot fit is one line, not an OOM kill.
+    check_step_memory(cfg.arch, cfg.width, cfg.img_size, len(split.classes), device, batch, cfg.batch_size)
     precision = run_precision(cfg, device, batch, len(split.classes), (state or {}).get("precision"))
     size_reason = None
     if cfg.fit_size and recipe is not None:
