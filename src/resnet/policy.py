@@ -161,11 +161,11 @@ class Engine:
     reason: str
 
 
-def onnx_engines(precision: Precision, int8: bool = False) -> tuple[str, ...]:
+def onnx_engines(precision: Precision) -> tuple[str, ...]:
     """The ONNX engines that compute a model in its own `precision`: OpenVINO in fp32 or bf16 (told
     which), onnxruntime in fp32 only (its CPU provider has no bf16 kernels). An int8 file is int8 on
     both."""
-    return ONNX_ENGINES if int8 or precision.dtype is None else ("openvino",)
+    return ONNX_ENGINES if precision.int8 or precision.dtype is None else ("openvino",)
 
 
 def check_engine(engine: str, device: torch.device, compile: bool, onnx_file: bool = False) -> None:
@@ -274,14 +274,14 @@ def matching_nets(torch_net: TorchNet, size: int, precision: Precision, make_net
     return nets, left_out
 
 
-def onnx_engine_for(requested: str, precision: Precision, int8: bool, size: int, make_net: Callable[[str], Net]
+def onnx_engine_for(requested: str, precision: Precision, size: int, make_net: Callable[[str], Net]
                     ) -> tuple[Engine, Net]:
     """(the engine, the `Net`) for an ONNX file: as asked, or for `auto` the faster on probe batches
     of the engines that compute it in `precision` (`onnx_engines`). No PyTorch model to check it
     against: the file is the model."""
     if requested != "auto":
         return Engine(requested, f"--engine {requested}"), make_net(requested)
-    names = onnx_engines(precision, int8)
+    names = onnx_engines(precision)
     if len(names) == 1:
         return Engine(names[0], f"the only engine that runs it in {precision.name}"), make_net(names[0])
     nets = {name: make_net(name) for name in names}

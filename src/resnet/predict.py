@@ -113,13 +113,12 @@ class Classifier:
         # An export that records no training precision (an older file) is what it holds: fp32.
         trained = json.loads(meta.get("trained_precision", "null")) or {"dtype": "fp32", "reason": "not recorded"}
         precision = policy.model_precision(amp, torch.device("cpu"), trained)
-        int8 = meta.get("precision") == "int8"
-        precision = replace(precision, int8=int8)
+        precision = replace(precision, int8=meta.get("precision") == "int8")
 
         def make_net(name: str) -> runtime.Net:
             return open_onnx(path, name, precision.dtype == torch.bfloat16)
 
-        chosen, net = policy.onnx_engine_for(engine, precision, int8, int(card["eval_size"]), make_net)
+        chosen, net = policy.onnx_engine_for(engine, precision, int(card["eval_size"]), make_net)
         return cls(net, card, str(path), precision=_on_engine(precision, chosen.name), engine=chosen)
 
     @classmethod
