@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import data as D
 from . import exports as X
 from .checkpoint import check_checkpoint_file, load_checkpoint
 from .errors import ConfigError
@@ -66,12 +65,12 @@ def calibration_images(ckpt: Path, meta: dict[str, Any], calib: str | Path | Non
     images; a checkpoint whose training images are gone asks for `calib`."""
     if calib is not None:
         return X.sample_images(calib, CALIBRATION_IMAGES, "calibrate"), str(calib)
-    listing = X.run_images(ckpt, meta, "train")
-    if listing is None:
+    train = X.run_images(ckpt, meta, "train")
+    if train is None:
         raise ConfigError(f"--quantize int8 calibrates on the run's training images, but no train.csv with "
                           f"readable images is beside {ckpt}: give --calib DIR (images like those it will label)")
-    files, _ = D.labelled_files(listing)
-    return X.spread([p for p, _ in files], CALIBRATION_IMAGES), str(listing)
+    listing, paths = train
+    return X.spread(paths, CALIBRATION_IMAGES), str(listing)
 
 
 def export_int8(ckpt: Path, output: Path, calib: str | Path | None) -> dict[str, Any]:
@@ -87,11 +86,13 @@ def export_int8(ckpt: Path, output: Path, calib: str | Path | None) -> dict[str,
     val = X.run_images(ckpt, meta, "val")
     if val is None:
         return check
-    reference, _, _ = evaluate(ckpt, val, workers=0)
-    int8, _, _ = evaluate(output, val, workers=0)
+    listing, paths = val
+    # Each loaded once: its engine is timed once, and the speed is measured on what was scored.
+    own, quantized = Classifier.load(ckpt, images=len(paths)), Classifier.load(output)
+    reference, _, _ = evaluate(own, listing, workers=0)
+    int8, _, _ = evaluate(quantized, listing, workers=0)
     size = int(meta["eval_size"])
-    own, quantized = Classifier.load(ckpt, images=reference["num_images"]), Classifier.load(output)
-    check |= {"validation": str(val), "images": int8["num_images"],
+    check |= {"validation": str(listing), "images": int8["num_images"],
               "accuracy": int8["accuracy"], "reference_accuracy": reference["accuracy"],
               "reference": f"the checkpoint in {reference['precision']} on {reference['engine']}",
               "engine": int8["engine"],

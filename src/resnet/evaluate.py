@@ -39,17 +39,19 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequenc
     return result
 
 
-def evaluate(model: str | Path, data: str | Path, tta: bool | None = None, batch_size: int = 64,
+def evaluate(model: str | Path | Classifier, data: str | Path, tta: bool | None = None, batch_size: int = 64,
              workers: int | None = None, device: str = "auto", label_pattern: str | None = None,
              amp: str = "auto", compile: bool = False, engine: str = "auto"
              ) -> tuple[dict[str, Any], list[D.Sample], torch.Tensor]:
     """Score a stored model (checkpoint, safetensors or ONNX) on a labelled source, on the
     `Classifier`'s own inference path: what `predict` would say about each image. Returns (the JSON
     result, the samples that were scored, in order, and their probabilities). `tta` None: as the
-    model was scored when it trained."""
+    model was scored when it trained. `model` may be a `Classifier` already loaded (then `device`,
+    `amp`, `compile` and `engine` are its own)."""
     files, skipped = D.labelled_files(data, label_pattern)
     total = len(files) + len(skipped)  # every image of DATA, readable or not
-    clf = Classifier.load(model, device, amp, compile, engine, images=len(files))
+    clf = model if isinstance(model, Classifier) else Classifier.load(model, device, amp, compile, engine,
+                                                                       images=len(files))
     tta = clf.with_tta(tta)
     samples = D.samples_for(files, clf.classes)
     logits, labels, indices, failures = clf.score(samples, tta, batch_size, workers)
@@ -59,7 +61,7 @@ def evaluate(model: str | Path, data: str | Path, tta: bool | None = None, batch
         raise D.DataError(f"none of the {total} images of {data} could be read{first}")
     result = compute_metrics(logits, labels, clf.classes)
     result["tta"] = tta
-    result["checkpoint"] = str(model)
+    result["checkpoint"] = clf.source
     result["precision"], result["precision_reason"] = clf.precision.name, clf.precision.reason
     result["engine"], result["engine_reason"] = clf.engine.name, clf.engine.reason
     result["skipped"] = [{"path": p, "reason": r} for p, r in skipped]

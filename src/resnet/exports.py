@@ -88,7 +88,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# The cache of exports that `--engine auto|onnxruntime` runs
+# The cache of exports that the ONNX engines run (`--engine auto|onnxruntime|openvino`)
 
 
 def onnx_key(model: torch.nn.Module, card: dict[str, Any]) -> str:
@@ -164,16 +164,16 @@ def sample_images(folder: str | Path, limit: int, purpose: str) -> list[str]:
     return spread(paths, limit)
 
 
-def run_images(checkpoint: str | Path, meta: dict[str, Any], part: str) -> Path | None:
-    """The CSV of the run's own `part` ("train" or "val") images that training wrote beside the
-    checkpoint (or in the run's recorded --out), if it is there and its images still are: what int8
-    calibrates and is checked on by default. None: the run's data is gone."""
+def run_images(checkpoint: str | Path, meta: dict[str, Any], part: str) -> tuple[Path, list[str]] | None:
+    """(the CSV, its readable images) of the run's own `part` ("train" or "val") that training
+    wrote beside the checkpoint (or in the run's recorded --out), if it is there and its images
+    still are: what int8 calibrates and is checked on by default. None: the run's data is gone."""
     out = (meta.get("config") or {}).get("out")
     for listing in [Path(checkpoint).parent / f"{part}.csv", *([Path(out) / f"{part}.csv"] if out else [])]:
         if listing.is_file():
             files, _ = D.labelled_files(listing)
-            if any(Path(p).is_file() for p, _ in files):
-                return listing
+            if files:
+                return listing, [p for p, _ in files]
     return None
 
 
