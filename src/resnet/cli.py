@@ -297,15 +297,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .data import expand_paths
+    from .data import NOT_FETCHED, expand_paths
     from .predict import Classifier, write_cams
 
     if a.output not in (None, "-") and Path(a.output).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--output {a.output}: name a .csv or .json file, or - for CSV on stdout")
     urls = [p for p in a.paths if "://" in p]
     if urls and len(urls) == len(a.paths):  # nothing to label: a mistake, said before any work
-        raise ConfigError(f"{urls[0]} is a URL: only files on this machine are read, URLs are not fetched "
-                          "(download the images first)")
+        raise ConfigError(f"{urls[0]} is a URL: {NOT_FETCHED}")
     files = expand_paths(a.paths)
     if a.output not in (None, "-"):
         check_output_file("--output", a.output, [a.model, *files])

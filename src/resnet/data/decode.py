@@ -85,11 +85,13 @@ def load_image(item: ImageInput, draft_size: int | None = None) -> Image.Image |
     return decode(item, draft_size)
 
 
+# What a URL given as an image gets: nothing here reaches the network.
+NOT_FETCHED = "only files on this machine are read, URLs are not fetched (download it first)"
+
+
 def _missing(path: str | Path) -> str:
-    """Why a path names no file: a URL is not fetched (nothing here reaches the network)."""
-    if "://" in str(path):
-        return "a URL: only files on this machine are read, URLs are not fetched (download it first)"
-    return "file not found"
+    """Why a path names no file."""
+    return f"a URL: {NOT_FETCHED}" if "://" in str(path) else "file not found"
 
 
 def read_error(e: BaseException) -> str:
