@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from resnet import data as D
-from resnet import train as T
+from resnet import budget as TB, loop as TL, plan as TP, run as TR
 from resnet.cli import main
 from resnet.plan import Recipe
 from resnet.transforms import EvalTransform
@@ -55,7 +55,7 @@ class RecordedTensorLoader(D.TensorLoader):
             yield batch
 
 
-def make_loaders(cfg, split, *args, _orig=T.make_loaders):
+def make_loaders(cfg, split, *args, _orig=TR.make_loaders):
     train_loader, val_loader, workers = _orig(cfg, split, *args)
     if isinstance(train_loader, D.TensorLoader):
         train_loader.__class__ = RecordedTensorLoader
@@ -68,12 +68,12 @@ def build(self, *args, _orig=D.DecodedCache.build, **kwargs):
     return _orig(self, *args, **kwargs)
 
 
-def train_epoch(run, progress, budget, _orig=T.train_epoch):
+def train_epoch(run, progress, budget, _orig=TL.train_epoch):
     epoch[0] = progress.epoch
     return _orig(run, progress, budget)
 
 
-def next_plan(run, progress, *args, _orig=T.next_plan):
+def next_plan(run, progress, *args, _orig=TL.next_plan):
     decided = _orig(run, progress, *args)  # rank 0 has saved the epoch when this returns
     if RANK == 1 and ATTEMPT == 0 and progress.epoch == KILL_AFTER:
         save_record()
@@ -82,7 +82,7 @@ def next_plan(run, progress, *args, _orig=T.next_plan):
     return decided
 
 
-def train(cfg, state=None, _orig=T.train):
+def train(cfg, state=None, _orig=TL.train):
     summary = _orig(cfg, state)
     save_record()
     torch.save(summary["model"].state_dict(), RECORD / f"rank{RANK}.pt")
@@ -95,10 +95,10 @@ def uneven_compute(model, sizes, *args):
 
 D.ImageDataset.__getitem__ = getitem
 D.DecodedCache.build = build
-T.train_epoch, T.next_plan, T.train, T.make_loaders = train_epoch, next_plan, train, make_loaders
+TL.train_epoch, TL.next_plan, TL.train, TR.make_loaders = train_epoch, next_plan, train, make_loaders
 if os.environ.get("RESNET_TEST_UNEVEN_TIMING"):
-    T.compute_time_by_size = uneven_compute
-    T.plan_recipe = lambda stats: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5)
+    TB.compute_time_by_size = uneven_compute
+    TP.plan_recipe = lambda stats: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from resnet.budget import Budget, RunShape, compute_time_by_size, fit, fit_steps, largest_that_fits
-from resnet.train import crop_size_at
+from resnet.schedule import crop_size_at
 from resnet.tuning import GROW_MARGIN
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnet import Classifier, create_model
-from resnet import train as T
+from resnet import config as TC, loop as TL
 from resnet.checkpoint import read_checkpoint
 from resnet.transforms import normalize
 
@@ -48,10 +48,10 @@ def test_compiled_model_matches_eager():
 def test_train_on_gpu_with_amp_then_resume(tiny_folder, tmp_path, amp):
     """A mixed-precision run on the GPU, resumed, and its checkpoint used on the CPU."""
     out = tmp_path / amp
-    cfg = T.make_config("default", data=str(tiny_folder), arch="resnet20", img_size=24, epochs=1,
+    cfg = TC.make_config("default", data=str(tiny_folder), arch="resnet20", img_size=24, epochs=1,
                         batch_size=8, workers=1, out=str(out), device="cuda", amp=amp, val_split=0.25)
-    T.train(cfg)
-    summary = T.train(*T.resume_config(out / "last.pt", {"epochs": 2}))
+    TL.train(cfg)
+    summary = TL.train(*TC.resume_config(out / "last.pt", {"epochs": 2}))
     assert summary["epochs"] == 2
     state = read_checkpoint(out / "last.pt")
     assert all(not v.is_cuda for v in state["model"].values())  # loads on a machine without a GPU

@@ -13,7 +13,7 @@ import torch
 
 from conftest import photo
 from resnet import data as D
-from resnet import train as T
+from resnet import config as TC, run as TR
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.cli import main
 from resnet.transforms import EvalTransform
@@ -136,11 +136,11 @@ def output_mistakes(run: Path, data: Path, tmp: Path) -> list[tuple[list, tuple[
 
 
 def test_output_mistakes_are_one_line_before_any_work(run_a, tmp_path, capsys, monkeypatch):
-    from resnet import predict, train
+    from resnet import loop, predict
 
     # Any work at all would load a model or start training: both fail the test if reached.
     monkeypatch.setattr(predict, "load_checkpoint", lambda *a: pytest.fail("a model was loaded"))
-    monkeypatch.setattr(train, "set_up", lambda *a: pytest.fail("training started"))
+    monkeypatch.setattr(loop, "set_up", lambda *a: pytest.fail("training started"))
     data = run_a.parent / "data"
     for args, needles in output_mistakes(run_a, data, tmp_path):
         fails(capsys, args, *needles)
@@ -367,9 +367,9 @@ def test_val_split_zero_says_there_is_no_validation(tiny_folder, tmp_path, capsy
 
 
 def test_finetune_evaluates_at_the_size_it_trains():
-    assert T.make_config("finetune", img_size=160).eval_size == 160
-    assert T.make_config("finetune", img_size=160, eval_size=192).eval_size == 192
-    assert T.make_config("finetune").eval_size == 224
+    assert TC.make_config("finetune", img_size=160).eval_size == 160
+    assert TC.make_config("finetune", img_size=160, eval_size=192).eval_size == 192
+    assert TC.make_config("finetune").eval_size == 224
 
 
 def test_weights_of_another_width_are_not_called_a_new_head(tmp_path):
@@ -495,7 +495,7 @@ def test_an_impossible_batch_is_capped_or_refused_before_the_first_step(tiny_fol
     from resnet import device as dev
 
     monkeypatch.setattr(dev, "available_bytes", lambda device: 512 * 2**20)  # 512 MiB free
-    monkeypatch.setattr(T, "step_seconds", lambda *a, **k: pytest.fail("a step was taken"))
+    monkeypatch.setattr(TR, "step_seconds", lambda *a, **k: pytest.fail("a step was taken"))
     err = fails(capsys, small_run(tiny_folder, tmp_path / "big", "--img-size", "224", "--batch-size", "16"),
                 "--batch-size 16", "GiB free on cpu", "images per process fit")
     assert not (tmp_path / "big").exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from resnet import data as D
-from resnet import train as T
+from resnet import checkpoint as TCk, config as TC, loop as TL, plan as TP
 from resnet.data.stats import DataStats
 from resnet.plan import eval_size_for, plan_recipe
 from resnet.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
@@ -66,9 +66,10 @@ def test_the_plan_keeps_every_option_given_and_the_sizes_follow_a_given_size(tmp
     split = D.DataSplit(["a", "b"], [D.Sample(str(tmp_path / f"{i}.png"), i % 2) for i in range(8)], [])
     for s in split.train:
         photo(32, 32, seed=1).save(s.path)
-    cfg = T.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), arch="resnet20",
+    cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), arch="resnet20",
                         img_size=24, label_smoothing=0.0)
-    planned, recipe, lines = T.apply_plan(cfg, split)
+    stats = D.describe(split.train, len(split.classes), 0)
+    planned, recipe, lines = TP.apply_plan(cfg, stats)
     assert recipe.kind == "small images" and planned.augment == "pad-crop" and planned.in_memory
     assert (planned.arch, planned.img_size, planned.label_smoothing) == ("resnet20", 24, 0.0)
     assert planned.min_img_size == planned.eval_size == 24
@@ -78,13 +79,13 @@ def test_the_plan_keeps_every_option_given_and_the_sizes_follow_a_given_size(tmp
     assert planned.tta and any("flip TTA" in line for line in lines)
     assert any("pad-and-crop" in line for line in lines)
     # Trained without mirror images (digits, text): not scored on them either.
-    planned, _, lines = T.apply_plan(T.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"),
-                                                   hflip=False), split)
+    planned, _, lines = TP.apply_plan(TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"),
+                                                     hflip=False), stats)
     assert not planned.tta and not any("TTA" in line for line in lines)
     # Other presets are recipes of their own, and pretrained weights bring their network.
-    for other in (T.make_config("cifar-paper", data=str(tmp_path), out=str(tmp_path / "r2")),
-                  T.make_config("default", data=str(tmp_path), out=str(tmp_path / "r3"), pretrained="x.pth")):
-        assert T.apply_plan(other, split) == (other, None, [])
+    for other in (TC.make_config("cifar-paper", data=str(tmp_path), out=str(tmp_path / "r2")),
+                  TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "r3"), pretrained="x.pth")):
+        assert not TP.plans(other)
 
 
 def test_describe_reads_sizes_grey_and_balance(tmp_path):
@@ -217,11 +218,11 @@ def test_pad_crop_and_in_memory_are_refused_where_they_cannot_do_what_is_asked(t
     from resnet.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--in-memory augments as --augment pad-crop does"):
-        T.make_config("default", out=str(tmp_path / "a"), in_memory=True, augment="random-resized-crop")
+        TC.make_config("default", out=str(tmp_path / "a"), in_memory=True, augment="random-resized-crop")
     with pytest.raises(ConfigError, match="not with --no-cache"):
-        T.make_config("default", out=str(tmp_path / "b"), in_memory=True, augment="pad-crop", cache=False)
+        TC.make_config("default", out=str(tmp_path / "b"), in_memory=True, augment="pad-crop", cache=False)
     with pytest.raises(ConfigError, match="--padding must be less than the image's 32 px, not 32"):
-        T.make_config("default", out=str(tmp_path / "c"), augment="pad-crop", img_size=32, padding=32,
+        TC.make_config("default", out=str(tmp_path / "c"), augment="pad-crop", img_size=32, padding=32,
                       padding_mode="reflect")
 
 
@@ -235,18 +236,18 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
         for i in range(20):
             photo(32, 32, seed=i + (50 if bright else 0), bright=bright).save(root / c / f"{i}.png")
     opts = dict(data=str(root), epochs=2, batch_size=16, deterministic=True, val_split=0.2)
-    straight = T.train(T.make_config("default", out=str(tmp_path / "straight"), **opts))
+    straight = TL.train(TC.make_config("default", out=str(tmp_path / "straight"), **opts))
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert (config["arch"], config["img_size"], config["eval_size"], config["augment"], config["in_memory"]) == \
         ("resnet9", 32, 32, "pad-crop", True)
     assert config["plan"][0].startswith("data: 32 images, 2 classes (balanced), shorter side 32 px")  # the training part
-    assert T.read_checkpoint(tmp_path / "straight" / "best.pt")["plan"] == config["plan"]
+    assert TCk.read_checkpoint(tmp_path / "straight" / "best.pt")["plan"] == config["plan"]
     assert straight["epochs"] == 2
 
-    killed_before_epoch_2(monkeypatch, lambda: T.train(T.make_config("default", out=str(tmp_path / "resumed"), **opts)))
-    T.train(*T.resume_config(tmp_path / "resumed" / "last.pt"))
-    a = T.read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
-    b = T.read_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    killed_before_epoch_2(monkeypatch, lambda: TL.train(TC.make_config("default", out=str(tmp_path / "resumed"), **opts)))
+    TL.train(*TC.resume_config(tmp_path / "resumed" / "last.pt"))
+    a = TCk.read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+    b = TCk.read_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # The stem started as the patches' whitening (filters in opposite pairs) and stayed frozen
     # through both epochs: training would have broken the pairs.
@@ -259,8 +260,8 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
     del old["model_options"]["pool_first"]
     (tmp_path / "older").mkdir()
     torch.save(old, tmp_path / "older" / "last.pt")
-    T.train(*T.resume_config(tmp_path / "older" / "last.pt", {"epochs": 3}))
-    assert T.read_checkpoint(tmp_path / "older" / "last.pt")["model_options"]["pool_first"] is False
+    TL.train(*TC.resume_config(tmp_path / "older" / "last.pt", {"epochs": 3}))
+    assert TCk.read_checkpoint(tmp_path / "older" / "last.pt")["model_options"]["pool_first"] is False
 
     # The trained ResNet-9 goes through every inference path: ONNX gives PyTorch's logits, and
     # predict gives each image the label evaluate scored it with.

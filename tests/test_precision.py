@@ -15,7 +15,7 @@ import torch
 from resnet import create_model
 from resnet import data as D
 from resnet import policy, runtime
-from resnet import train as T
+from resnet import config as TC, loop as TL, run as TR
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import ConfigError
 from resnet.evaluate import evaluate
@@ -54,8 +54,8 @@ def timings(fp32: float, bf16: float):
     return seconds_with, calls
 
 
-def one_epoch(data, out, **options) -> T.TrainConfig:
-    return T.make_config("default", data=str(data), arch="resnet20", img_size=24, epochs=1, batch_size=8, workers=0,
+def one_epoch(data, out, **options) -> TC.TrainConfig:
+    return TC.make_config("default", data=str(data), arch="resnet20", img_size=24, epochs=1, batch_size=8, workers=0,
                          out=str(out), val_split=0.25, **options)
 
 
@@ -63,8 +63,8 @@ def one_epoch(data, out, **options) -> T.TrainConfig:
 def autocasts(monkeypatch) -> list:
     """The autocast dtype of every training step, in order."""
     used = []
-    real_autocast = T.autocast
-    monkeypatch.setattr(T, "autocast", lambda device, dtype: used.append(dtype) or real_autocast(device, dtype))
+    real_autocast = TL.autocast
+    monkeypatch.setattr(TL, "autocast", lambda device, dtype: used.append(dtype) or real_autocast(device, dtype))
     return used
 
 
@@ -155,9 +155,9 @@ def test_training_says_and_records_the_precision_it_chose(tiny_folder, tmp_path,
     under bf16 autocast; without them in fp32. Either way the first lines, config.json and every
     checkpoint say which and why."""
     monkeypatch.setattr(policy, "cpu_has_bf16", lambda: capable)
-    monkeypatch.setattr(T, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
+    monkeypatch.setattr(TR, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
     out = tmp_path / "run"
-    T.train(one_epoch(tiny_folder, out))
+    TL.train(one_epoch(tiny_folder, out))
     name = "bfloat16" if capable else "fp32"
     assert set(autocasts) == {torch.bfloat16 if capable else None}
     assert f"precision: {name} (" in capsys.readouterr().out
@@ -173,11 +173,11 @@ def test_one_precision_for_the_whole_run_and_its_model(tiny_folder, tmp_path, mo
     the saved model, which runs in the precision it was trained in; `--amp` given anew overrides."""
     monkeypatch.setattr(policy, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(policy, "cpu_prefers_bf16", lambda: False)
-    monkeypatch.setattr(T, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
+    monkeypatch.setattr(TR, "step_seconds", lambda *args: 1.0 if args[-1] == torch.bfloat16 else 2.0)
     out = tmp_path / "run"
-    T.train(one_epoch(tiny_folder, out, seed=1))
-    monkeypatch.setattr(T, "step_seconds", lambda *args: 2.0 if args[-1] == torch.bfloat16 else 1.0)
-    T.train(*T.resume_config(out / "last.pt", {"epochs": 2}))
+    TL.train(one_epoch(tiny_folder, out, seed=1))
+    monkeypatch.setattr(TR, "step_seconds", lambda *args: 2.0 if args[-1] == torch.bfloat16 else 1.0)
+    TL.train(*TC.resume_config(out / "last.pt", {"epochs": 2}))
     assert set(autocasts) == {torch.bfloat16}
     last = read_checkpoint(out / "last.pt")
     assert last["precision"]["dtype"] == "bfloat16" and "kept from the run's start: measured" in last["precision"]["reason"]
@@ -186,7 +186,7 @@ def test_one_precision_for_the_whole_run_and_its_model(tiny_folder, tmp_path, mo
     assert (result["accuracy"], result["loss"]) == pytest.approx((last["metrics"]["val_acc"], last["metrics"]["val_loss"]),
                                                                  rel=1e-6)
     autocasts.clear()
-    T.train(*T.resume_config(out / "last.pt", {"epochs": 3, "amp": "off"}))
+    TL.train(*TC.resume_config(out / "last.pt", {"epochs": 3, "amp": "off"}))
     assert set(autocasts) == {None} and read_checkpoint(out / "last.pt")["precision"]["reason"] == "--amp off"
 
 
@@ -194,9 +194,9 @@ def test_one_precision_for_the_whole_run_and_its_model(tiny_folder, tmp_path, mo
 def test_deterministic_runs_take_the_precision_without_timing(tiny_folder, tmp_path, monkeypatch, detected, amx):
     monkeypatch.setattr(policy, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(policy.torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(T, "step_seconds", lambda *args: pytest.fail("--deterministic timed the precision"))
+    monkeypatch.setattr(TR, "step_seconds", lambda *args: pytest.fail("--deterministic timed the precision"))
     out = tmp_path / "run"
-    T.train(one_epoch(tiny_folder, out, deterministic=True))
+    TL.train(one_epoch(tiny_folder, out, deterministic=True))
     assert read_checkpoint(out / "last.pt")["precision"]["dtype"] == ("bfloat16" if amx else "fp32")
 
 

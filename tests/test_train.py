@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from resnet import data as D
-from resnet import train as T
+from resnet import budget as TB, config as TC, loop as TL, plan as TP, records as TRec, run as TR, schedule as TS
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError
 from resnet.plan import Recipe, eval_size_for
@@ -18,10 +18,10 @@ from conftest import killed_before_epoch_2
 from resnet.cli import main
 
 
-def quick(tiny_folder: Path, out: Path, **kw) -> T.TrainConfig:
+def quick(tiny_folder: Path, out: Path, **kw) -> TC.TrainConfig:
     opts = dict(data=str(tiny_folder), arch="resnet20", img_size=24, epochs=2, batch_size=8,
                 workers=0, out=str(out), deterministic=True, seed=3, val_split=0.25)
-    return T.make_config("default", **{**opts, **kw})
+    return TC.make_config("default", **{**opts, **kw})
 
 
 def weights(path: Path) -> dict:
@@ -29,11 +29,11 @@ def weights(path: Path) -> dict:
 
 
 def test_resume_after_a_kill_ends_with_the_same_weights(tiny_folder, tmp_path, monkeypatch):
-    T.train(quick(tiny_folder, tmp_path / "straight"))
+    TL.train(quick(tiny_folder, tmp_path / "straight"))
 
-    killed_before_epoch_2(monkeypatch, lambda: T.train(quick(tiny_folder, tmp_path / "resumed")))
+    killed_before_epoch_2(monkeypatch, lambda: TL.train(quick(tiny_folder, tmp_path / "resumed")))
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
-    T.train(*T.resume_config(tmp_path / "resumed" / "last.pt"))
+    TL.train(*TC.resume_config(tmp_path / "resumed" / "last.pt"))
 
     a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -45,7 +45,7 @@ def test_two_runs_of_one_deterministic_command_are_bit_identical(tiny_folder, tm
     """Whatever the CPU and precision: --deterministic chooses the precision without timing, so a
     close timing cannot make two runs differ."""
     for name in ("a", "b"):
-        T.train(quick(tiny_folder, tmp_path / name))
+        TL.train(quick(tiny_folder, tmp_path / name))
     a, b = weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "metrics.csv").read_text().split("\n")[1].split(",")[:7] == \
@@ -53,9 +53,9 @@ def test_two_runs_of_one_deterministic_command_are_bit_identical(tiny_folder, tm
 
 
 def test_resume_mid_epoch_from_a_step_checkpoint(tiny_folder, tmp_path, monkeypatch):
-    T.train(quick(tiny_folder, tmp_path / "straight", epochs=1))
+    TL.train(quick(tiny_folder, tmp_path / "straight", epochs=1))
     calls = {"n": 0}
-    real = T.normalize
+    real = TL.normalize
 
     def dies_at_step_3(*a, **kw):
         calls["n"] += "device" in kw  # a training step's batch (not the whitened stem's sample)
@@ -63,12 +63,12 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tiny_folder, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(T, "normalize", dies_at_step_3)
+    monkeypatch.setattr(TL, "normalize", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        T.train(quick(tiny_folder, tmp_path / "resumed", epochs=1, save_every=2))
-    monkeypatch.setattr(T, "normalize", real)
+        TL.train(quick(tiny_folder, tmp_path / "resumed", epochs=1, save_every=2))
+    monkeypatch.setattr(TL, "normalize", real)
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["scheduler"]["step"] == 2
-    T.train(*T.resume_config(tmp_path / "resumed" / "last.pt"))
+    TL.train(*TC.resume_config(tmp_path / "resumed" / "last.pt"))
     a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the resumed epoch's row counts the whole epoch, not only the step after the resume
@@ -119,7 +119,7 @@ while True:
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    T.train(quick(tiny_folder, out, epochs=1))
+    TL.train(quick(tiny_folder, out, epochs=1))
     good = weights(out / "last.pt")
     real = torch.nn.CrossEntropyLoss.forward
     calls = {"n": 0}
@@ -180,15 +180,15 @@ def test_a_log_off_a_terminal_has_plain_lines(tiny_folder, tmp_path, monkeypatch
     lines = [line for line in lines if not line.startswith("plan: ")]  # what the data is and what it gets
     assert len(lines) <= 3 + 8, lines  # the epochs and the run's own lines (start, cache, report, result)
 
-    monkeypatch.setattr(T, "LOG_EVERY_S", 0)  # a long epoch: a line at each quarter, none in between
-    bar = T.PlainBar(list(range(8)), "epoch 1/1")
+    monkeypatch.setattr(TRec, "LOG_EVERY_S", 0)  # a long epoch: a line at each quarter, none in between
+    bar = TRec.PlainBar(list(range(8)), "epoch 1/1")
     for step in bar:
         bar.set_postfix(loss=f"{step:.1f}")
     assert capsys.readouterr().out.splitlines() == [f"epoch 1/1: {n}/8 steps  loss {n - 1:.1f}" for n in (2, 4, 6)]
 
 
 def test_seed_preset_is_the_tutorial(tiny_folder, tmp_path):
-    cfg = T.make_config("seed", data=str(tiny_folder))
+    cfg = TC.make_config("seed", data=str(tiny_folder))
     assert (cfg.arch, cfg.img_size, cfg.batch_size, cfg.epochs) == ("resnet18_seed", 224, 8, 10)
     assert cfg.lr * cfg.batch_size / 256 == pytest.approx(0.01)  # SGD lr 0.01 as run
     assert cfg.momentum == 0 and cfg.weight_decay == 0 and cfg.label_smoothing == 0
@@ -210,18 +210,18 @@ def test_seed_preset_is_the_tutorial(tiny_folder, tmp_path):
 
 
 def test_explicit_flags_override_a_preset():
-    cfg = T.make_config("seed", batch_size=16, epochs=None)
+    cfg = TC.make_config("seed", batch_size=16, epochs=None)
     assert cfg.batch_size == 16 and cfg.epochs == 10
     with pytest.raises(ValueError, match="unknown preset"):
-        T.make_config("fastest")
+        TC.make_config("fastest")
 
 
 def test_only_a_budget_with_the_size_left_open_picks_the_size():
-    assert T.make_config("default", max_minutes=20).fit_size
+    assert TC.make_config("default", max_minutes=20).fit_size
     for given in (dict(width=0.5), dict(img_size=96), dict(eval_size=112), dict(pretrained="imagenet")):
-        assert not T.make_config("default", max_minutes=20, **given).fit_size, given
-    assert not T.make_config("default").fit_size  # no budget: the preset's size
-    assert not T.make_config("cifar-paper", max_minutes=20).fit_size
+        assert not TC.make_config("default", max_minutes=20, **given).fit_size, given
+    assert not TC.make_config("default").fit_size  # no budget: the preset's size
+    assert not TC.make_config("cifar-paper", max_minutes=20).fit_size
 
 
 def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path, monkeypatch, capsys):
@@ -230,11 +230,11 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
     def fake_compute(model, sizes, *args):
         return 1.5e-6 * sum(p.numel() for p in model.parameters()) * (min(sizes) / 24) ** 2, 2.0
 
-    monkeypatch.setattr(T, "compute_time_by_size", fake_compute)
-    monkeypatch.setattr(T, "plan_recipe", lambda stats: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5))
-    cfg = T.make_config("default", data=str(tiny_folder), arch="resnet20", batch_size=8, workers=0,
+    monkeypatch.setattr(TB, "compute_time_by_size", fake_compute)
+    monkeypatch.setattr(TP, "plan_recipe", lambda stats: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5))
+    cfg = TC.make_config("default", data=str(tiny_folder), arch="resnet20", batch_size=8, workers=0,
                         out=str(tmp_path / "run"), seed=3, val_split=0.25, max_minutes=0.1)
-    T.train(cfg)
+    TL.train(cfg)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["width"], config["img_size"]) == (0.5, 32)
     assert "the largest that still gets 5 epochs" in config["size_reason"]
@@ -244,9 +244,9 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
     best = read_checkpoint(tmp_path / "run" / "best.pt")
     assert best["model_options"]["width"] == 0.5 and best["eval_size"] == eval_size_for(32)
     # Resumed, the run keeps the size it chose, without choosing again, and names its planned epochs.
-    monkeypatch.setattr(T, "size_for_budget", lambda *a: pytest.fail("the size was chosen again on resume"))
+    monkeypatch.setattr(TR, "size_for_budget", lambda *a: pytest.fail("the size was chosen again on resume"))
     planned = read_checkpoint(tmp_path / "run" / "last.pt")["progress"]["epochs"]
-    T.train(*T.resume_config(tmp_path / "run" / "last.pt"))
+    TL.train(*TC.resume_config(tmp_path / "run" / "last.pt"))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["size_reason"] == config["size_reason"]
     assert f"{planned} epochs of" in capsys.readouterr().out
 
@@ -254,44 +254,44 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
 def test_a_budget_that_ends_mid_epoch_stops_there_annealed(tiny_folder, tmp_path, monkeypatch):
     """A plan of two epochs and one step: the third epoch is that one step, and the schedule is laid
     over the steps planned, not over three whole epochs."""
-    planned, real_plan = [], T.Budget.plan
+    planned, real_plan = [], TB.Budget.plan
 
     def plan(self, *args) -> int:
         real_plan(self, *args)  # the step model it measures
         planned.append(2 * self.shape.steps_per_epoch + 1)
         return planned[0]
 
-    monkeypatch.setattr(T.Budget, "plan", plan)
-    monkeypatch.setattr(T.Budget, "refit", lambda self, history, done, steps: steps)
-    T.train(quick(tiny_folder, tmp_path / "run", epochs=10, max_minutes=10, warmup_epochs=0.0))
+    monkeypatch.setattr(TB.Budget, "plan", plan)
+    monkeypatch.setattr(TB.Budget, "refit", lambda self, history, done, steps: steps)
+    TL.train(quick(tiny_folder, tmp_path / "run", epochs=10, max_minutes=10, warmup_epochs=0.0))
     last = read_checkpoint(tmp_path / "run" / "last.pt")
     total = planned[0]
     assert last["progress"]["step"] == last["scheduler"]["total_steps"] == total
     assert [row["epoch"] for row in last["progress"]["history"]] == [1, 2, 3]
     peak = last["config"]["lr"] * last["config"]["batch_size"] / 256
     lr = last["optimizer"]["param_groups"][0]["lr"]
-    assert lr == pytest.approx(T.lr_at(total - 1, total, 0, peak, "onecycle"))
-    assert lr != pytest.approx(T.lr_at(total - 1, total + 1, 0, peak, "onecycle"))
+    assert lr == pytest.approx(TS.lr_at(total - 1, total, 0, peak, "onecycle"))
+    assert lr != pytest.approx(TS.lr_at(total - 1, total + 1, 0, peak, "onecycle"))
 
 
 def test_schedule_warms_up_then_decays():
-    lrs = [T.lr_at(s, 100, 10, 1.0, "onecycle") for s in range(100)]
+    lrs = [TS.lr_at(s, 100, 10, 1.0, "onecycle") for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
 
 
 def test_progressive_crop_sizes():
-    sizes = [T.crop_size_at(e, 20, 96, None) for e in range(20)]
+    sizes = [TS.crop_size_at(e, 20, 96, None) for e in range(20)]
     assert sizes[0] == 64 and sizes[-1] == 96 and sizes[-3:] == [96] * 3  # two thirds, then full
     assert sizes == sorted(sizes) and all(s % 8 == 0 for s in sizes)
-    assert [T.crop_size_at(e, 5, 100, 100) for e in range(5)] == [100] * 5  # off
-    assert T.crop_size_at(9, 10, 100, 60) == 100  # the last epoch is exactly img_size
+    assert [TS.crop_size_at(e, 5, 100, 100) for e in range(5)] == [100] * 5  # off
+    assert TS.crop_size_at(9, 10, 100, 60) == 100  # the last epoch is exactly img_size
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():
     from resnet import create_model
 
-    decay, no_decay = T.param_groups(create_model("resnet20"), 1e-4)
+    decay, no_decay = TR.param_groups(create_model("resnet20"), 1e-4)
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0
 
@@ -304,7 +304,7 @@ def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path,
     from resnet.evaluate import evaluate
 
     out = tmp_path / "run"
-    T.train(quick(tiny_folder, out, epochs=1, cache=cache, cache_dir=str(tmp_path / "cache"), tta=tta))
+    TL.train(quick(tiny_folder, out, epochs=1, cache=cache, cache_dir=str(tmp_path / "cache"), tta=tta))
     assert (tmp_path / "cache").exists() == cache
     row = read_checkpoint(out / "last.pt")["metrics"]
     result, _, _ = evaluate(out / "last.pt", out / "val.csv", workers=0, device="cpu")
@@ -315,7 +315,7 @@ def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path,
 
 
 def test_patience_stops_a_run_that_does_not_improve(tiny_folder, tmp_path):
-    summary = T.train(quick(tiny_folder, tmp_path / "run", epochs=6, lr=1e-12, patience=2))
+    summary = TL.train(quick(tiny_folder, tmp_path / "run", epochs=6, lr=1e-12, patience=2))
     assert summary["epochs"] == 3  # the first epoch sets the best; two more without improving
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3
 
@@ -335,15 +335,15 @@ def test_resume_under_a_time_budget_keeps_the_time_spent(tiny_folder, tmp_path, 
 
     monkeypatch.setattr(D.EpochSampler, "set_epoch", killed_before(3))
     with pytest.raises(KeyboardInterrupt):
-        T.train(quick(tiny_folder, tmp_path / "run", max_minutes=10))
+        TL.train(quick(tiny_folder, tmp_path / "run", max_minutes=10))
     before = read_checkpoint(tmp_path / "run" / "last.pt")
     assert before["budget"]["spent_s"] > 0 and before["budget"]["model"] is not None
-    cfg, state = T.resume_config(tmp_path / "run" / "last.pt")
+    cfg, state = TC.resume_config(tmp_path / "run" / "last.pt")
     assert cfg.max_minutes == 10 and cfg.epochs == before["progress"]["epochs"]  # the plan goes on
     monkeypatch.setattr(D.EpochSampler, "set_epoch", killed_before(5))
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, state)
+        TL.train(cfg, state)
     wall = time.monotonic() - started
     after = read_checkpoint(tmp_path / "run" / "last.pt")
     spent_before, spent_after = before["budget"]["spent_s"], after["budget"]["spent_s"]
@@ -352,15 +352,15 @@ def test_resume_under_a_time_budget_keeps_the_time_spent(tiny_folder, tmp_path, 
 
 
 def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
-    lrs = [T.lr_at(s, 100, 0, 0.1, "step") for s in range(100)]
+    lrs = [TS.lr_at(s, 100, 0, 0.1, "step") for s in range(100)]
     assert lrs[49] == 0.1 and lrs[50] == pytest.approx(0.01) and lrs[74] == pytest.approx(0.01)
     assert lrs[75] == pytest.approx(0.001) and lrs[99] == pytest.approx(0.001)
-    warm = [T.lr_at(s, 100, 10, 0.1, "step") for s in range(100)]  # --warmup-epochs (ResNet-110's)
+    warm = [TS.lr_at(s, 100, 10, 0.1, "step") for s in range(100)]  # --warmup-epochs (ResNet-110's)
     assert warm[0] == pytest.approx(0.01) and warm[9:50] == pytest.approx([0.1] * 41) and warm[60] == lrs[60]
 
 
 def test_cifar_paper_preset_is_the_papers_recipe():
-    cfg = T.make_config("cifar-paper", data=".")
+    cfg = TC.make_config("cifar-paper", data=".")
     assert cfg.lr * cfg.batch_size / 256 == pytest.approx(0.1) and cfg.batch_size == 128
     assert (cfg.momentum, cfg.weight_decay, cfg.schedule, cfg.augment) == (0.9, 1e-4, "step", "pad-crop")
     assert cfg.img_size == cfg.eval_size == 32 and cfg.crop_pct == 1.0  # no resizing at 32 px

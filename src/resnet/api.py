@@ -1,5 +1,6 @@
-"""The Python API that the command line is a thin layer over: what `resnet export` does, from a
-notebook, with the same options and the same outcome (`resnet.export(...)`)."""
+"""The Python API that the command line is a thin layer over: what `resnet train` and `resnet
+export` do, from a notebook, with the same options and the same outcome (`resnet.train(...)`,
+`resnet.export(...)`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,54 @@ from pathlib import Path
 from typing import Any
 
 from . import exports as X
+from . import loop
 from .checkpoint import check_checkpoint_file, load_checkpoint
+from .config import TrainConfig, make_config, resume_config
 from .errors import ConfigError
-from .evaluate import evaluate
+from .evaluate import evaluate, write_json, write_report
 from .outputs import check_output_file
 from .predict import Classifier, compare, verify_images
 from .runtime import net_seconds
 from .tuning import CALIBRATION_IMAGES, PROBE_BATCH
 
 SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "int8": ".int8.onnx"}
+
+
+def train(data: str | Path | None = None, *, preset: str | None = None, resume: str | Path | None = None,
+          report: bool = True, **options: Any) -> dict[str, Any]:
+    """Train a classifier on `data` (class folders, train/ + val/, a flat Kaggle-style folder or a
+    CSV) into `out` (default runs/train), as `resnet train` does with the same options (the
+    command line's flags, with underscores: `img_size=128`, `max_minutes=10`; None: the preset's).
+
+    The preset is `default` (planned from the data), or `finetune` when `pretrained` weights are
+    given. `resume`: a run's last.pt to continue as it was (its data, folder and settings;
+    `epochs` extends it), or "auto": OUT/last.pt where it exists, else a new run. A new run never
+    writes into a folder that holds one. Afterwards, with a validation set, best.pt is scored on
+    it and the report written beside it (`report=False`: not).
+
+    Returns the run's summary: `best_acc`, `best_epoch`, `final_acc`, `epochs`, `out`, `classes`,
+    `model` (the final weights), and `evaluation` / `report` where scored."""
+    last = Path(options.get("out") or TrainConfig.out) / "last.pt"
+    if resume == "auto":
+        resume = last if last.is_file() else None
+    if resume:
+        cfg, state = resume_config(resume, {**options, "data": data, "preset": preset})
+    elif data is None:
+        raise ConfigError("train needs DATA (or --resume OUT/last.pt)")
+    elif last.is_file():
+        raise ConfigError(f"--out {last.parent} already holds a run: continue it with --resume {last}, or give "
+                          "another --out (delete the folder to start over)")
+    else:
+        cfg, state = make_config(preset or ("finetune" if options.get("pretrained") else "default"),
+                                 data=str(data), **options), None
+    summary = loop.train(cfg, state)
+    out = Path(summary["out"])
+    if report and summary["main_process"] and summary["validated"] and (out / "best.pt").is_file():
+        result, samples, probs = evaluate(out / "best.pt", out / "val.csv", workers=cfg.workers, device=cfg.device)
+        write_json(out / "evaluation.json", result)
+        summary["evaluation"] = result
+        summary["report"] = write_report(out / "report", result, samples, probs, out / "metrics.csv")
+    return summary
 
 
 def export(checkpoint: str | Path, format: str = "onnx", output: str | Path | None = None,

@@ -118,7 +118,7 @@ def _timed(step: Callable[[], Any], steps: int, dev: torch.device) -> float:
 def _train_step(net: runtime.TorchNet, model: torch.nn.Module, dev: torch.device, dtype: torch.dtype | None,
                 batch_size: int, img_size: int) -> Callable[[], None]:
     """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
-    from .train import make_optimizer  # the training run's optimiser, measured as it is
+    from .run import make_optimizer  # the training run's optimiser, measured as it is
 
     model.train()
     x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)

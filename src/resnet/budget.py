@@ -6,20 +6,27 @@ one more) and refits the plan every epoch. It returns plans; the training loop d
 with them, and the run's configuration is never rewritten. Its state (time already spent, the step
 model) travels in the checkpoint, so a resumed run keeps the budget it was given. Before a run
 whose size is left open, `largest_that_fits` picks the largest network the budget still trains for
-enough epochs.
+enough epochs, and `size_for_budget` turns that into the run's width and crop size.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
 
+from . import distributed as ddp
+from .config import TrainConfig
+from .data import DataSplit
+from .models import create_model
+from .plan import Recipe, eval_size_for
 from .runtime import autocast, memory_format
+from .schedule import crop_size_at
 from .tuning import BUDGET_RESERVE, GROW_MARGIN, MIN_TAIL, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
 
 T = TypeVar("T")
@@ -225,3 +232,47 @@ def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch
         return best[small], 2.0
     p = math.log(max(best[large], 1e-9) / max(best[small], 1e-9)) / math.log(large / small)
     return best[small], max(0.5, min(3.0, p))  # a busy machine can time a size absurdly: bounded
+
+
+def val_forwards(cfg: TrainConfig, split: DataSplit, world: int) -> int:
+    """Images one rank's validation pass puts through the network: what it costs the budget."""
+    return math.ceil(len(split.val) / world) * (2 if cfg.tta else 1)
+
+
+def size_for_budget(cfg: TrainConfig, recipe: Recipe, split: DataSplit, device: torch.device, batch: int,
+                    world: int, dtype: torch.dtype | None) -> tuple[TrainConfig, str]:
+    """(the configuration at the largest (width, crop size) of the recipe's ladder that still gets
+    its `enough_epochs` in `--max-minutes`, why). More epochs of a small network stop paying once
+    it has enough; a budget that buys more goes to resolution and width instead. Each candidate's
+    forward + backward is timed on random batches at its first and last crop sizes and turned into
+    epochs by the budget's own fit; the loader and the decoded cache are left out (the run's timed
+    steps fix the real count), in the run's precision `dtype`. Every rank takes rank 0's choice."""
+    steps, val_images = max(1, len(split.train) // cfg.batch_size), val_forwards(cfg, split, world)
+    ladder, enough = recipe.ladder, recipe.enough_epochs
+    fixed = cfg.min_img_size is not None and cfg.min_img_size >= cfg.img_size  # no progressive resizing
+
+    def model_at(width: float) -> nn.Module:
+        return create_model(cfg.arch, num_classes=len(split.classes), width=width).to(
+            device, memory_format=memory_format(cfg.channels_last))
+
+    def epochs_at(rung: tuple[float, int]) -> int:
+        width, size = rung
+        crop_at = functools.partial(crop_size_at, img_size=size, min_img_size=size if fixed else None)
+        first = crop_at(0, 2)
+        compute, p = compute_time_by_size(model_at(width), (first, size), device, dtype, cfg.channels_last, batch)
+        eval_size = size if fixed else eval_size_for(size)
+        budget = Budget(cfg.max_minutes * 60, RunShape(steps, val_images, batch, eval_size, crop_at))
+        return budget.plan(0, compute, compute, first, p) // steps  # whole epochs
+
+    index, counts = largest_that_fits(ladder, epochs_at, enough)
+    # Ranks time differently and may stop at different sizes: all take rank 0's choice and figures
+    # (padded with -1 to one length, as a broadcast needs).
+    shared = ddp.from_rank0([index, *counts, *[-1] * (len(ladder) - len(counts))], device)
+    index, counts = shared[0], [n for n in shared[1:] if n >= 0]
+    width, size = ladder[index]
+    estimates = ", ".join(f"{w:g} @ {s} px: {n}" for (w, s), n in zip(ladder, counts))
+    why = (f"the largest that still gets {enough} epochs" if counts[index] >= enough else
+           f"fewer than {enough} epochs fit: more epochs pay before a larger network")
+    sizes = dict(min_img_size=size, eval_size=size) if fixed else {}
+    return (replace(cfg, width=width, img_size=size, **sizes),
+            f"width {width:g}, {size} px, {why} (epochs estimated from timed forward + backward: {estimates})")

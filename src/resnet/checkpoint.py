@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, ConfigError, MachineError, first_line
-from .models import (MAX_WIDTH, ResNet, clean_state_dict, create_model, model_spec, options_of_file,
+from .models import (ResNet, clean_state_dict, create_model, model_spec, options_of_file,
                      recorded_options)
-from .options import MIN_IMG_SIZE, PRECISIONS
-from .transforms import CROP_PCT, EvalTransform
+from .options import CROP_PCT, MAX_WIDTH, MIN_IMG_SIZE, PRECISIONS
+from .transforms import EvalTransform
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
@@ -54,6 +54,26 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
                               "is untouched)") from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+              card: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """A training checkpoint's layout: the model card (`CARD_KEYS`, what every inference path
+    reads), the weights, and the run's state (what `--resume` reads back with `restore_run`):
+    optimiser, loss scaler, the random generator and `run`'s entries (configuration, progress,
+    precision, plan, budget)."""
+    return {"model": model.state_dict(), **card, "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}, **run}
+
+
+def restore_run(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler) -> None:
+    """What `run_state` saved, put back: the weights, the optimiser's and the scaler's state and
+    the random generator, so that the resumed run takes the steps the uninterrupted one would."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state.get("scaler") or {})
+    torch.set_rng_state(state["rng"]["torch"])
 
 
 def tensor_bytes(value: Any) -> int:

@@ -4,14 +4,16 @@ ResNet-20, evaluate on a held-out fifth, predict a few files, point at the repor
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .evaluate import evaluate, write_json, write_report
+from .api import train
+from .checkpoint import read_checkpoint
+from .data import read_listing
 from .predict import Classifier
-from .train import make_config, train
 
 
 def write_digits(root: str | Path, size: int = 32) -> Path:
@@ -30,25 +32,29 @@ def write_digits(root: str | Path, size: int = 32) -> Path:
     return root
 
 
+def previous_demo(run: Path, digits: Path) -> bool:
+    """Whether `run` holds a run this demo trained on `digits` before: the demo starts it over (a
+    folder holding anything else is refused, as `train` refuses any used --out)."""
+    last = run / "last.pt"
+    return last.is_file() and read_checkpoint(last).get("config", {}).get("data") == str(digits.resolve())
+
+
 def run_demo(out: str | Path = "runs/demo", epochs: int = 15) -> dict:
     out = Path(out)
     root = write_digits(out / "digits")
     print(f"dataset: scikit-learn's handwritten digits written to {root}")
+    run = out / "run"
+    if previous_demo(run, root):
+        shutil.rmtree(run)
     # Digits are not mirror-symmetric: no flips; crops keep most of the digit. 8x8 scans hold no
     # detail for progressive resizing to skip: one size throughout.
-    cfg = make_config("default", data=str(root), arch="resnet20", width=1.0, img_size=32, min_img_size=32,
-                      eval_size=32, epochs=epochs, batch_size=64, lr=0.2, hflip=False, scale_min=0.6,
-                      val_split=0.2, workers=0,
-                      out=str(out / "run"), seed=0)
-    train(cfg)
-    run = out / "run"
-    result, samples, probs = evaluate(run / "best.pt", run / "val.csv", workers=0)
-    write_json(run / "evaluation.json", result)
-    report = write_report(run / "report", result, samples, probs, run / "metrics.csv")
-    files = [s.path for s in samples[:: max(1, len(samples) // 5)][:5]]
-    for row in Classifier.from_checkpoint(run / "best.pt").predict(files, top_k=1):
+    summary = train(root, arch="resnet20", width=1.0, img_size=32, min_img_size=32, eval_size=32, epochs=epochs,
+                    batch_size=64, lr=0.2, hflip=False, scale_min=0.6, val_split=0.2, workers=0, out=str(run), seed=0)
+    result = summary["evaluation"]
+    held_out = read_listing(run / "val.csv")
+    for row in Classifier.from_checkpoint(run / "best.pt").predict(held_out[:: len(held_out) // 5][:5], top_k=1):
         print(f"predict {row['path']}: {row['label']} ({row['probability']:.1%})")
-    print(f"report: {report}")
+    print(f"report: {summary['report']}")
     print(f"held-out accuracy: {result['accuracy']:.4f} on {result['num_images']} images "
           f"({run / 'evaluation.json'})")
     return result

@@ -23,9 +23,12 @@ from tqdm import tqdm
 
 from . import data as D
 from .budget import fit, recent, steady_fit
+from .config import make_config
 from .errors import ConfigError
+from .loop import begin, end_epoch, train_epoch, validate
 from .models import CIFAR_DEPTHS
-from .train import Progress, Run, begin, end_epoch, make_config, record_epoch, set_up, train_epoch, validate
+from .records import record_epoch
+from .run import Progress, Run, set_up
 from .tuning import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
                      EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, VAL_BATCH_COST, VAL_BATCH_FACTOR)
 

@@ -26,7 +26,8 @@ import torch
 from . import data as D
 from .checkpoint import card_strings, eval_transform, load_checkpoint
 from .engines import read_card
-from .transforms import CROP_PCT, normalize
+from .options import CROP_PCT
+from .transforms import normalize
 from .tuning import ONNX_CACHE_KEEP
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
@@ -103,8 +104,29 @@ def onnx_key(model: torch.nn.Module, card: dict[str, Any]) -> str:
     return digest.hexdigest()[:32]
 
 
+def onnx_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    return Path(cache_dir or D.default_cache_dir("onnx"))
+
+
 def onnx_cache_path(key: str, cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir or D.default_cache_dir("onnx")) / f"{key}.onnx"
+    return onnx_cache_dir(cache_dir) / f"{key}.onnx"
+
+
+def onnx_cache_entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """The cached exports, least recently used first, as `data.cache_entries` lists the decoded
+    caches (an engine reads its export whole when it loads it: none is ever in use)."""
+    files = sorted(onnx_cache_dir(cache_dir).glob("*.onnx"), key=lambda f: f.stat().st_mtime)
+    return [{"path": str(f), "bytes": f.stat().st_size, "last_used": f.stat().st_mtime, "in_use": False}
+            for f in files]
+
+
+def clear_onnx_cache(cache_dir: str | Path | None = None, keep: int = 0) -> list[str]:
+    """Remove the cached exports but the `keep` most recently used; returns the files removed."""
+    entries = onnx_cache_entries(cache_dir)
+    gone = entries[:max(0, len(entries) - keep)]
+    for e in gone:
+        Path(e["path"]).unlink(missing_ok=True)
+    return [e["path"] for e in gone]
 
 
 def cached_onnx(checkpoint: str | Path, key: str, cache_dir: str | Path | None = None) -> Path:
@@ -115,9 +137,7 @@ def cached_onnx(checkpoint: str | Path, key: str, cache_dir: str | Path | None =
         path.touch()  # used now: the last to be dropped
         return path
     export_onnx(checkpoint, path)
-    kept = sorted(path.parent.glob("*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True)
-    for old in kept[ONNX_CACHE_KEEP:]:
-        old.unlink(missing_ok=True)
+    clear_onnx_cache(path.parent, keep=ONNX_CACHE_KEEP)
     return path
 
 

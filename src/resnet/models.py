@@ -27,9 +27,6 @@ from .errors import ConfigError, WeightsError, first_line
 
 log = logging.getLogger(__name__)
 
-# The largest channel multiplier a model (or a checkpoint's model options) may ask for: 4x the
-# published widths is already 16x the compute; a crafted file asking for 1000x would take ~24 GB.
-MAX_WIDTH = 4.0
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:

@@ -1,5 +1,5 @@
 """Every list of allowed values, and the named recipes (presets), defined once: the command line,
-the checks of `train.make_config` and the decisions of `policy` all read them from here. No torch
+the checks of `config.make_config` and the decisions of `policy` all read them from here. No torch
 here, so that `resnet --help` stays fast."""
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ BENCHMARKS = ("train", "infer", "data")
 # The smallest input side trained or evaluated: the ImageNet stem down-samples 32x, and below this
 # leaves nothing to pool.
 MIN_IMG_SIZE = 16
+# The largest channel multiplier a model (or a checkpoint's model options) may ask for: 4x the
+# published widths is already 16x the compute; a crafted file asking for 1000x would take ~24 GB.
+MAX_WIDTH = 4.0
+# Evaluation's centre crop keeps this fraction of the resized side: 224/256, the tutorial's
+# Resize(256) -> CenterCrop(224), for any size.
+CROP_PCT = 0.875
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

@@ -1,8 +1,8 @@
 """The default recipe, planned from the data: the kind of images decides the network, its input
 size, the augmentation, the regularisation and the loader; the compute then picks a size within
-that kind's ladder (`train.size_for_budget`, from timed steps). Pure: `DataStats` in, values and
+that kind's ladder (`budget.size_for_budget`, from timed steps). Pure: `DataStats` in, values and
 one reason per decision out, so every rule is tested without images or a clock. Only options the
-user left out are planned, and only for the `default` preset (`train.apply_plan`).
+user left out are planned, and only for the `default` preset (`apply_plan`).
 
 Two kinds, after the recipes that hold the records for each:
 - small images (a median shorter side up to `SMALL_IMAGE_MAX`, CIFAR-like): the wide and shallow
@@ -15,9 +15,10 @@ Two kinds, after the recipes that hold the records for each:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .config import TrainConfig, flag
 from .data.stats import DataStats
 from .options import MIN_IMG_SIZE
 from .tuning import (EPOCHS_TO_GROW, EVAL_SCALE, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
@@ -98,3 +99,31 @@ def _photos(stats: DataStats) -> Recipe:
         reasons.append((("img_size",), f"sizes up to {ladder[-1][1]} px: larger ones would be up-sampled from "
                                        f"{stats.short_side} px"))
     return Recipe("photos", values, ladder, EPOCHS_TO_GROW, reasons)
+
+
+def plans(cfg: TrainConfig) -> bool:
+    """Only the default preset plans, and not from pretrained weights, whose network and sizes are
+    their own."""
+    return cfg.preset == "default" and not cfg.pretrained
+
+
+def apply_plan(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, Recipe, list[str]]:
+    """(the configuration with the recipe planned from the training data's `stats` in every option
+    the user left out, the recipe, what was seen and chosen, a line each)."""
+    recipe = plan_recipe(stats)
+    planned = {k: v for k, v in recipe.values.items() if k not in cfg.given}
+    if "img_size" in cfg.given:  # the other sizes follow the one given, as the recipe has them follow its own
+        for key in ("min_img_size", "eval_size"):
+            if key in planned:
+                planned[key] = cfg.img_size if recipe.values[key] == recipe.values["img_size"] else None
+    if cfg.cache is False and "in_memory" in planned:  # the in-memory loader reads the decoded cache
+        planned["in_memory"] = False
+    unplanned = set(cfg.given)
+    if not cfg.hflip and planned.get("tta"):  # trained without mirror images (digits): not scored on them
+        planned["tta"] = False
+        unplanned.add("tta")
+    kept = sorted(k for k in recipe.values if k in cfg.given and recipe.values[k] != getattr(cfg, k))
+    lines = [f"data: {stats.line()}", *(why for keys, why in recipe.reasons if set(keys) - unplanned)]
+    if kept:
+        lines.append("as given: " + ", ".join(f"{flag(k)} {getattr(cfg, k)}" for k in kept))
+    return replace(cfg, **planned), recipe, lines

@@ -1,6 +1,6 @@
 """Which precision and which engine a model runs in, and why: each decision is returned with its
 reason, which travels to the run's first lines, config.json, checkpoints, `evaluate`'s JSON and
-`serve`'s /info. The loaders (`train.set_up`, `Classifier.from_checkpoint`) only load what these
+`serve`'s /info. The loaders (`run.set_up`, `Classifier.from_checkpoint`) only load what these
 functions decide.
 
 Precision: one per run, one per model. A training run chooses once (`choose_precision`, timed

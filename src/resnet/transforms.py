@@ -24,9 +24,10 @@ import PIL
 import torch
 from PIL import Image
 
+from .options import CROP_PCT
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_PCT = 0.875  # 224/256: the tutorial's Resize(256) -> CenterCrop(224), for any size
 # Cutout's fill: the mean pixel, which normalises to zero (DeVries & Taylor zero the normalised image).
 MEAN_PIXEL = tuple(round(255 * m) for m in IMAGENET_MEAN)
 

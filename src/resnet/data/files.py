@@ -139,7 +139,7 @@ def _split_roots(root: Path) -> tuple[Path, Path] | None:
 
 def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, val), the same class proportions in both, reproducible from the seed. The
-    fraction, in (0, 1), is checked where the user gives it (`train.check_config`)."""
+    fraction, in (0, 1), is checked where the user gives it (`config.check_config`)."""
     from sklearn.model_selection import train_test_split
 
     n_classes = len(set(labels))

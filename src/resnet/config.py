@@ -1,0 +1,218 @@
+"""A training run's configuration: every option with its default, its allowed values, the presets
+applied, and what a resumed run may change. No torch here: a notebook or `resnet --help` builds
+and checks one without it.
+
+Presets are named recipes; any explicit option overrides them. `default` is tuned for training from
+scratch on a 2-core CPU (measured in docs/benchmarks.md):
+- resolution is the big lever: compute grows with pixels, so train small and evaluate a little
+  larger (`eval_size`), which also undoes the apparent zoom of random crops (Touvron et al.,
+  "Fixing the train-test resolution discrepancy"); and grow the crops during the run (progressive
+  resizing, `crop_size_at`): 64 -> 96 px beat a fixed 80 px by ~2 points in the same time;
+- the peak learning rate (0.4 per 256 images) was chosen in the same runs: 0.1 and 0.2 were worse;
+- SGD with Nesterov momentum, weight decay only on conv/linear weights (decaying BN scales and
+  biases only hurts), linear warm-up then one-cycle cosine decay, label smoothing 0.1. Not zero-init
+  of each block's last BN: measured here, it stalls the first epochs of short runs (ResNet-20 on
+  digits: loss still 2.30 after an epoch, against 0.79 without it);
+- channels_last memory format (oneDNN's faster layout on CPU); the precision is `--amp auto`:
+  bf16 autocast on CUDA; on a CPU with bf16 kernels (AVX-512-BF16, AMX) the faster of fp32 and bf16
+  on a few timed steps of the actual model; fp32 on other CPUs, where bf16 is emulated and ~15x
+  slower (`policy.choose_precision`).
+Every other tuning constant is in `tuning.py`, with its reason; the time budget is `budget.py`.
+
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, ConfigError
+from .options import (AMP_CHOICES, AUGMENTS, CROP_PCT, DEVICES, MAX_WIDTH, MIN_IMG_SIZE, PADDING_MODES, PRESETS,
+                      SCHEDULES)
+from .outputs import check_output_dir
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    val: str | None = None
+    val_split: float | None = None
+    label_pattern: str | None = None
+    out: str = "runs/train"
+    arch: str = "resnet18"
+    width: float = 0.5                    # channel multiplier: a quarter of ResNet-18's compute
+    img_size: int = 96                    # the last epochs' crops (see `crop_size_at`)
+    min_img_size: int | None = None       # the first epochs' crops; default: 2/3 of img_size
+    eval_size: int | None = None          # default: `plan.eval_size_for(img_size)`
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.4                       # for batch 256; scaled linearly with batch_size
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-5
+    schedule: str = "onecycle"            # options.SCHEDULES: onecycle (warm-up + cosine), cosine, step, constant
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    scale_min: float = 0.25               # RandomResizedCrop's lower area bound
+    augment: str = "random-resized-crop"  # options.AUGMENTS; "pad-crop": the paper's CIFAR augmentation
+    padding: int = 4                      # pad-crop: pixels added on each side (the paper's 4)
+    padding_mode: str = "constant"        # options.PADDING_MODES: zeros (the paper's) or the mirrored edge
+    cutout: int = 0                       # a square of this side of each training crop filled with the mean pixel
+    hflip: bool = True
+    crop_pct: float = CROP_PCT            # evaluation: resize to eval_size / crop_pct, centre-crop
+    tta: bool = False                     # validate, and have the saved model scored, with the mirror image too
+    train_like_eval: bool = False         # the tutorial trains on its eval preprocessing
+    zero_init_residual: bool = False      # measured: on short schedules it stalls learning
+    whiten: bool = False                  # the stem starts as the patches' whitening, frozen (models.whiten_conv)
+    pretrained: str | None = None
+    workers: int | None = None
+    cache: bool | None = None             # None: on when the decoded copy is small (see below)
+    in_memory: bool = False               # the small-image fast path: pixels in one tensor (data/memory.py)
+    cache_dir: str | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = "auto"                     # options.AMP_CHOICES
+    channels_last: bool = True
+    compile: bool = False                 # torch.compile: measured faster on CUDA, slower on this CPU
+    sync_bn: bool = False                 # under torchrun: BatchNorm statistics over the global batch
+    max_minutes: float | None = None
+    fit_size: bool = False                # --max-minutes also picks width and img_size (`size_for_budget`)
+    patience: int | None = None
+    save_every: int = 0                   # also write last.pt every N steps (long epochs)
+    preset: str = "default"
+    given: list[str] = field(default_factory=list)  # the options set by the user: the plan keeps them
+
+
+# Each option's allowed values, checked before any work is done: (test, what is allowed).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: v >= 1, "at least 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "img_size": (lambda v: v >= MIN_IMG_SIZE, f"at least {MIN_IMG_SIZE}"),
+    "min_img_size": (lambda v: v is None or v >= MIN_IMG_SIZE, f"at least {MIN_IMG_SIZE}"),
+    "eval_size": (lambda v: v is None or v >= MIN_IMG_SIZE, f"at least {MIN_IMG_SIZE}"),
+    "width": (lambda v: 0 < v <= MAX_WIDTH, f"in (0, {MAX_WIDTH}]"),
+    "lr": (lambda v: v > 0, "positive"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "warmup_epochs": (lambda v: v >= 0, "0 or more"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "scale_min": (lambda v: 0 < v <= 1, "in (0, 1]: the smallest fraction of the image a crop keeps"),
+    "val_split": (lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
+    "workers": (lambda v: v is None or v >= 0, "0 or more"),
+    "max_minutes": (lambda v: v is None or v > 0, "positive"),
+    "patience": (lambda v: v is None or v >= 1, "at least 1"),
+    "save_every": (lambda v: v >= 0, "0 (off) or more steps"),
+    "schedule": (lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
+    "augment": (lambda v: v in AUGMENTS, ", ".join(AUGMENTS)),
+    "padding": (lambda v: v >= 0, "0 or more"),
+    "padding_mode": (lambda v: v in PADDING_MODES, ", ".join(PADDING_MODES)),
+    "cutout": (lambda v: v >= 0, "0 (off) or more pixels"),
+    "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "amp": (lambda v: v in AMP_CHOICES, ", ".join(AMP_CHOICES)),
+    "device": (lambda v: v in DEVICES, ", ".join(DEVICES)),
+}
+PATH_OPTIONS = ("data", "val", "out", "cache_dir")
+SIZE_OPTIONS = {"width", "img_size", "min_img_size", "eval_size"}
+# How the run goes on, not what it trains; `amp`: a precision given anew overrides the one the run
+# chose (left out, or `auto`, the run keeps its own).
+RESUME_MAY_CHANGE = ("epochs", "workers", "device", "cache_dir", "amp")
+
+
+def flag(name: str) -> str:
+    """How the command line spells an option."""
+    return "--" + name.replace("_", "-")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every value in its range and --out a folder it can write, before anything is read or
+    written: a `ConfigError` naming the option, its value and what is allowed."""
+    for name, (ok, allowed) in _RANGES.items():
+        value = getattr(cfg, name)
+        if not ok(value):
+            raise ConfigError(f"{flag(name)} must be {allowed}, not {value!r}")
+    from .data import check_label_pattern
+    from .models import model_spec
+
+    model_spec(cfg.arch)  # an unknown name fails now, not after scanning the data
+    check_label_pattern(cfg.label_pattern)
+    if cfg.in_memory and cfg.cache is False:
+        raise ConfigError("--in-memory reads its pixels from the decoded cache: not with --no-cache")
+    if cfg.in_memory and (cfg.augment != "pad-crop" or cfg.train_like_eval):
+        raise ConfigError("--in-memory augments as --augment pad-crop does (it is the small-image fast path): "
+                          f"not with {'the seed preset' if cfg.train_like_eval else '--augment ' + cfg.augment}")
+    if cfg.augment == "pad-crop" and cfg.padding_mode == "reflect" and cfg.padding >= cfg.img_size:
+        raise ConfigError(f"--padding-mode reflect mirrors the image inside its edges: --padding must be less than "
+                          f"the image's {cfg.img_size} px, not {cfg.padding}")
+    if cfg.cutout and cfg.train_like_eval:
+        raise ConfigError("--cutout hides part of each augmented training crop: not with the seed preset, which "
+                          "trains on the evaluation's centre crops")
+    if cfg.whiten and cfg.pretrained:
+        raise ConfigError("--whiten starts the first layer from the training images: not with --pretrained, "
+                          "whose first layer is already trained")
+    check_output_dir("--out", cfg.out, [p for p in (cfg.data, cfg.val) if p])
+
+
+def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
+    """A preset's values, then every override that is not None; checked, with paths absolute (a
+    run can be resumed from anywhere). A preset that evaluates at its training size keeps doing so
+    when --img-size changes it."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(given) - known
+    if unknown:
+        raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
+    values = dict(PRESETS[preset])
+    if "img_size" in given:
+        for key in ("min_img_size", "eval_size"):
+            if key in values and values[key] == values.get("img_size"):
+                values[key] = given["img_size"]
+    values.update(given)
+    # The default preset's size is a choice made for 2 CPU cores: a budget that buys more may take
+    # a larger one, unless the size was given or comes with pretrained weights.
+    values.setdefault("fit_size", preset == "default" and bool(values.get("max_minutes")) and not values.get(
+        "pretrained") and not SIZE_OPTIONS & given.keys())
+    for key in PATH_OPTIONS:
+        if values.get(key):
+            values[key] = os.path.abspath(values[key])
+    cfg = TrainConfig(preset=preset, given=sorted(given), **values)
+    check_config(cfg)
+    return cfg
+
+
+def resume_config(path: str | Path, given: dict[str, Any] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """(configuration, saved state) to continue the run saved in `path` (a last.pt). Resuming
+    continues that run as it was: in its own folder, on its own data, for its own plan of epochs
+    (a time budget keeps the time already spent). Its folder is the one `path` is in: a run copied
+    or moved elsewhere goes on there, and never writes into the folder it was copied from. Options
+    given again must agree with it (paths compared as absolute paths); only `RESUME_MAY_CHANGE` may
+    differ, and `epochs` extends the run."""
+    from .checkpoint import read_checkpoint
+
+    state = read_checkpoint(path)
+    if "optimizer" not in state or not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} holds no training state to resume from (resume from last.pt)")
+    known = {f.name for f in fields(TrainConfig)}
+    saved = {k: v for k, v in state["config"].items() if k in known}
+    cfg = TrainConfig(**{**saved, "out": str(Path(path).resolve().parent)})
+    conflicts = []
+    for key, value in (given or {}).items():
+        if value is None or key in RESUME_MAY_CHANGE:
+            continue
+        stored = getattr(cfg, key)
+        same = (stored is not None and Path(value).resolve() == Path(stored).resolve()
+                if key in PATH_OPTIONS else value == stored)
+        if not same:
+            conflicts.append(f"{flag(key) if key != 'data' else 'DATA'} {value} (the run's: {stored})")
+    if conflicts:
+        raise ConfigError(f"--resume {path} continues that run as it was, but " + "; ".join(conflicts)
+                          + ": leave these out, or start a new run with another --out")
+    planned = state.get("progress", {}).get("epochs") or state["config"].get("epochs", cfg.epochs)
+    changes = {k: (given or {})[k] for k in RESUME_MAY_CHANGE if (given or {}).get(k) is not None}
+    cfg = replace(cfg, **{"epochs": planned, **changes})
+    check_config(cfg)
+    return cfg, state

@@ -1,0 +1,246 @@
+"""The training loop, read top to bottom: one epoch's steps (`train_epoch`), validation through
+the one inference path (`validate`), the epoch's record, whether to go on (`next_plan`), and last
+`train`, the loop itself. What it stands on has its own room: the configuration (`config`), the
+schedule (`schedule`), the set-up (`run`), the time budget (`budget`), the records (`records`)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data as D
+from . import distributed as ddp
+from .budget import Budget, RunShape, compute_time_by_size, val_forwards
+from .config import TrainConfig
+from .errors import TrainingError
+from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
+from .run import Progress, Run, restore, set_up
+from .runtime import TorchNet, autocast, run_eval
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from .tuning import FIRST_FIT_STEPS, UNTIMED_STEPS
+
+
+@dataclass
+class EpochSums:
+    seen: int = 0
+    correct: int = 0
+    loss: float = 0.0
+    seconds: float = 0.0
+
+    def over_ranks(self) -> "EpochSums":
+        """The sums of all ranks (the time is rank 0's): the epoch's figures cover every image."""
+        parts = ddp.gather(asdict(self))
+        return EpochSums(sum(p["seen"] for p in parts), sum(p["correct"] for p in parts),
+                         sum(p["loss"] for p in parts), parts[0]["seconds"])
+
+
+def plan_budget(run: Run, progress: Progress, budget: Budget, step_s: float, crop: int) -> int:
+    """The first plan of a time budget, in steps, from the first steps' time and the compute
+    measured at the sizes training will see."""
+    largest = run.cfg.img_size if run.cfg.img_size != crop else run.eval_size
+    compute, p = compute_time_by_size(run.model, (crop, largest), run.device, run.dtype, run.cfg.channels_last,
+                                      run.batch)
+    steps = ddp.from_rank0([budget.plan(progress.epoch, step_s, compute, crop, p)], run.device)[0]
+    tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs_fit(steps, run.steps_per_epoch)} fit"
+               f" (forward + backward measured to grow as crop size ** {budget.model.p:.2f})")
+    return steps
+
+
+
+def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSums:
+    """One epoch (or the rest of one, when resumed mid-epoch), updating `progress` step by step.
+    With a budget not yet planned, the plan is made after the first `FIRST_FIT_STEPS` steps."""
+    cfg, steps = run.cfg, run.steps_per_epoch
+    start_in_epoch = progress.step - progress.epoch * steps
+    crop = run.crop_at(progress.epoch, progress.epochs)
+    run.train_loader.sampler.set_epoch(progress.epoch, start_in_epoch * run.batch, crop)
+    # A mid-epoch checkpoint holds the sums of all ranks: rank 0 carries them on, the others add theirs.
+    sums = EpochSums(**progress.partial) if start_in_epoch else EpochSums()
+    if not run.main:
+        sums = EpochSums(seconds=sums.seconds)
+    run.net.train()
+    t0 = time.monotonic() - sums.seconds
+    t_timed, done_here = t0, 0
+    bar = epoch_bar(run.train_loader, f"epoch {progress.epoch + 1}/{progress.epochs}", run.main)
+    for batch in bar:
+        for i, reason in batch.failures:
+            progress.skipped.setdefault(run.split.train[i].path, reason)
+        if len(batch.labels) == 0:
+            continue
+        x = normalize(batch.images, device=run.device, channels_last=cfg.channels_last)
+        y = batch.labels.to(run.device, non_blocking=True)
+        for g in run.optimizer.param_groups:
+            g["lr"] = run.lr(progress)
+        with autocast(run.device, run.dtype):
+            logits = run.net(x)
+            loss = run.criterion(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1}: "
+                                f"stopped; the last good checkpoint is {run.out / 'last.pt'}")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        progress.step += 1
+        done_here += 1
+        sums.seen += len(y)
+        sums.loss += loss.item() * len(y)
+        sums.correct += (logits.argmax(1) == y).sum().item()
+        sums.seconds = time.monotonic() - t0
+        bar.set_postfix(loss=f"{sums.loss / sums.seen:.3f}", acc=f"{sums.correct / sums.seen:.3f}",
+                        img_s=f"{sums.seen * run.world / max(sums.seconds, 1e-9):.0f}")
+        if done_here == UNTIMED_STEPS:
+            t_timed = time.monotonic()
+        if budget and budget.model is None and done_here == min(FIRST_FIT_STEPS, steps):
+            step_s = (time.monotonic() - t_timed) / max(1, done_here - UNTIMED_STEPS)
+            progress.replan(plan_budget(run, progress, budget, step_s, crop), steps)
+            bar.set_description(f"epoch {progress.epoch + 1}/{progress.epochs}")
+        if progress.step >= progress.total_steps(steps):  # a budget's last epoch, cut short
+            break
+        if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step % steps:
+            progress.partial = asdict(sums.over_ranks())
+            save(run, run.out / "last.pt", progress, budget, {})
+    bar.close()
+    # The last step's gradients are not needed (the next step sets them anew): freed here, they take
+    # no memory through validation, nor are they copied with the model it scores.
+    run.optimizer.zero_grad(set_to_none=True)
+    progress.partial = {}
+    return sums.over_ranks()
+
+
+class ValSums(NamedTuple):
+    """One rank's validation: summed loss, correct answers, images scored, unreadable files."""
+
+    loss: float
+    correct: int
+    images: int
+    failures: list[tuple[int, str]]
+
+
+def validate(run: Run, progress: Progress) -> tuple[float, float]:
+    """(loss, accuracy) on the validation set, through the one inference path; NaN without one.
+    Each rank scores its own slice with rank 0's weights, and the counts are summed."""
+    if run.val_loader is None:
+        return float("nan"), float("nan")
+    # The saved model as `evaluate` runs it: a copy with its BatchNorms folded, in the run's
+    # precision (in bf16 the folded weights round otherwise than the unfolded ones).
+    net = TorchNet.prepare(copy.deepcopy(run.model), run.device, run.dtype, run.cfg.channels_last)
+    logits, labels, _, failures = run_eval(net, run.val_loader, IMAGENET_MEAN, IMAGENET_STD, run.cfg.tta)
+    mine = ValSums(F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
+                   (logits.argmax(1) == labels).sum().item(), len(labels), failures)
+    parts: list[ValSums] = ddp.gather(mine)
+    for i, reason in (f for part in parts for f in part.failures):
+        progress.skipped.setdefault(run.split.val[i].path, reason)
+    n = sum(part.images for part in parts)
+    if not n:
+        return float("nan"), float("nan")
+    return sum(part.loss for part in parts) / n, sum(part.correct for part in parts) / n
+
+
+def end_epoch(run: Run, progress: Progress, sums: EpochSums, val_loss: float, val_acc: float, crop: int,
+              seconds: float) -> tuple[dict, bool]:
+    """Record the finished epoch in `progress`: (its metrics row, whether it is the best so far)."""
+    progress.epoch += 1
+    row = {"epoch": progress.epoch, "img_size": crop, "lr": run.optimizer.param_groups[0]["lr"],
+           "train_loss": sums.loss / max(sums.seen, 1), "train_acc": sums.correct / max(sums.seen, 1),
+           "val_loss": val_loss, "val_acc": val_acc,
+           "images_per_second": sums.seen / max(sums.seconds, 1e-9), "seconds": seconds}
+    progress.history.append(row)
+    score = val_acc if run.val_loader is not None else row["train_acc"]
+    improved = score > progress.best_acc
+    progress.best_acc = max(progress.best_acc, score)
+    progress.bad_epochs = 0 if improved else progress.bad_epochs + 1
+    return row, improved
+
+
+def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s: float) -> bool:
+    """Whether to stop now, decided on rank 0 and shared (ranks that disagreed would wait on each
+    other forever), with a budget's plan refitted into `progress`. Stops on --patience, or when the
+    budget cannot take another epoch; a budget refits the plan every epoch (larger crops are only
+    measured once the ramp reaches them, and a shorter plan still ends with the schedule annealed,
+    where stopping early would not)."""
+    spe = run.steps_per_epoch
+    stop, planned = False, progress.steps
+    if run.cfg.patience and progress.bad_epochs >= run.cfg.patience:
+        tqdm.write(f"no improvement for {run.cfg.patience} epochs: stopping early")
+        stop = True
+    if budget and budget.model is not None and progress.epoch < progress.epochs:
+        planned = budget.refit(progress.history, progress.epoch, progress.total_steps(spe))
+        next_part = min(spe, planned - progress.epoch * spe) / spe  # the last epoch may be part of one
+        if budget.cannot_fit(last_epoch_s * next_part):
+            tqdm.write("time budget spent: stopping")
+            stop = True
+    stop, planned = ddp.from_rank0([int(stop), -1 if planned is None else planned], run.device)
+    if planned >= 0:
+        if planned != progress.steps and not stop:
+            tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs_fit(planned, spe)} fit "
+                       f"(measured over epoch {progress.epoch})")
+        progress.replan(planned, spe)
+    return bool(stop)
+
+
+
+def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progress, Budget | None]:
+    """Where the run starts (from `state` when resumed), its time budget, and the files that
+    describe it (train.csv, val.csv, config.json, the first lines)."""
+    progress = Progress(epochs=run.cfg.epochs, skipped=dict(run.split.skipped))
+    if state is not None:
+        restore(run, state)
+        progress = Progress.restore(run.cfg.epochs, state)
+        progress.skipped.update(run.split.skipped)
+    ddp.same_on_all_ranks("the step to start from (resuming needs --out on a file system all nodes share)",
+                          progress.step)
+    budget = None
+    if run.cfg.max_minutes:
+        shape = RunShape(run.steps_per_epoch, val_forwards(run.cfg, run.split, run.world), run.batch, run.eval_size,
+                         run.crop_at)
+        budget = Budget.restore(run.cfg.max_minutes * 60, shape, (state or {}).get("budget"), started=started)
+    if run.main:
+        D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
+        if run.split.val:
+            D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
+        (run.out / "config.json").write_text(json.dumps(
+            {**asdict(run.cfg), "precision": run.precision.record(), "plan": run.plan, "size_reason": run.size_reason},
+            indent=2))
+        announce(run, progress)
+    return progress, budget
+
+
+
+def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train per `cfg`, or continue the run whose saved `state` `resume_config` returned with its
+    configuration. Returns the final summary, with the trained `model` (this rank's copy). Under
+    torchrun the process group is destroyed on every way out, errors included, and the TensorBoard
+    writer is closed."""
+    started = time.monotonic()  # a time budget counts the data scan and the decoded cache too
+    board = None
+    try:
+        run = set_up(cfg, state)  # its cfg has the width and crop size the budget chose, where it chose them
+        progress, budget = begin(run, state, started)
+        board = tensorboard_writer(run.out) if run.main else None
+        while progress.epoch < progress.epochs:
+            crop = run.crop_at(progress.epoch, progress.epochs)
+            sums = train_epoch(run, progress, budget)
+            ddp.sync_buffers(run.model)
+            t_val = time.monotonic()
+            val_loss, val_acc = validate(run, progress)
+            row, improved = end_epoch(run, progress, sums, val_loss, val_acc, crop,
+                                      sums.seconds + time.monotonic() - t_val)
+            if run.main:
+                record_epoch(run, progress, budget, board, row, improved)
+            if next_plan(run, progress, budget, row["seconds"]):
+                break
+        if run.main and progress.skipped:
+            D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
+    finally:
+        if board is not None:
+            board.close()
+        ddp.stop()
+    return summary(run, progress, started)

@@ -1,0 +1,318 @@
+"""A training run's set-up: everything that lives for the whole run (`Run`) and where it stands
+(`Progress`), built once by `set_up` — device, data, precision, model, optimiser — with every check
+that can fail on the user's input run before the expensive work."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import data as D
+from . import distributed as ddp
+from .budget import size_for_budget, step_seconds
+from .checkpoint import restore_run
+from .config import TrainConfig
+from .device import check_step_memory, pick_device
+from .errors import ConfigError
+from .models import create_model, fit_weights, load_pretrained, read_weights, whiten_conv
+from .plan import apply_plan, eval_size_for, plans
+from .policy import Precision, choose_precision, kept_precision
+from .runtime import memory_format
+from .schedule import crop_size_at, lr_at
+from .transforms import EvalTransform, PadCropTransform, TrainTransform, normalize
+from .tuning import AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES
+
+log = logging.getLogger(__name__)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)  # BN scales/shifts and biases are 1-D
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float
+                   ) -> torch.optim.Optimizer:
+    """SGD over `param_groups`, with the fused kernel: one pass over the parameters instead of a
+    pass per operation (ResNet-18's step: 9 ms against 16 ms with `foreach` on the 2-core CPU)."""
+    return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum,
+                           nesterov=nesterov and momentum > 0, fused=True)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint and restored on resume."""
+
+    epochs: int                       # the plan: epochs in the whole run (the last maybe cut short)
+    epoch: int = 0                    # epochs finished
+    step: int = 0                     # optimiser steps taken
+    best_acc: float = -1.0
+    bad_epochs: int = 0               # epochs since the best one (--patience)
+    history: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    partial: dict[str, float] = field(default_factory=dict)  # sums of an epoch interrupted mid-way
+    steps: int | None = None          # a time budget's plan in steps, which may end mid-epoch
+
+    @classmethod
+    def restore(cls, epochs: int, state: dict[str, Any]) -> "Progress":
+        saved = dict(state.get("progress") or {})
+        if not saved:  # checkpoints written before `progress` existed
+            saved = {"epoch": state["epoch"], "step": state["scheduler"]["step"],
+                     "best_acc": state.get("best_acc", -1.0), "history": state.get("history", [])}
+        saved["skipped"] = dict(saved.get("skipped") or state.get("skipped", []))
+        if saved.get("epochs") != epochs:  # --epochs given anew: whole epochs, as many as it says
+            saved["steps"] = None
+        return cls(**{**saved, "epochs": epochs})
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.epochs * steps_per_epoch if self.steps is None else self.steps
+
+    def replan(self, steps: int, steps_per_epoch: int) -> None:
+        """A time budget's plan: `steps` in all, the last epoch cut short where they end in it."""
+        self.steps, self.epochs = steps, math.ceil(steps / steps_per_epoch)
+
+
+@dataclass
+class Run:
+    """Everything that lives for the whole run, built once by `set_up`."""
+
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    precision: Precision              # the autocast dtype (None: fp32) and why it was chosen
+    plan: list[str]                   # what the data is like and what the default chose for it
+    size_reason: str | None           # why this width and crop size, when the budget chose them
+    split: D.DataSplit
+    eval_size: int
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    workers: int
+    model: nn.Module                  # what checkpoints save
+    net: nn.Module                    # what trains: `model`, maybe DDP-wrapped and compiled
+    options: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    world: int
+    batch: int                        # images per step on this rank: the global batch / world
+    main: bool
+    steps_per_epoch: int              # of a whole epoch (the loader's length shrinks in a resumed one)
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return self.precision.dtype
+
+    def crop_at(self, epoch: int, epochs: int) -> int:
+        return crop_size_at(epoch, epochs, self.cfg.img_size, self.cfg.min_img_size)
+
+    def lr(self, progress: Progress) -> float:
+        # Linear scaling rule (Goyal et al.) on the global batch, whatever the number of processes.
+        peak = self.cfg.lr * self.cfg.batch_size / 256
+        total = progress.total_steps(self.steps_per_epoch)
+        warmup = int(min(self.cfg.warmup_epochs * self.steps_per_epoch, WARMUP_MAX_FRACTION * total))
+        return lr_at(progress.step, total, warmup, peak, self.cfg.schedule)
+
+
+def set_up_device(cfg: TrainConfig) -> torch.device:
+    """The device: under torchrun on CUDA, the local rank's GPU."""
+    device = pick_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    return device
+
+
+def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: torch.device, rank: int,
+                 world: int, local_rank: int) -> tuple[D.TensorLoader | torch.utils.data.DataLoader,
+                                                       torch.utils.data.DataLoader | None, int]:
+    """(training loader, validation loader, workers), each over this rank's shard, decoding once
+    into the cache first when it is on (by default: when the decoded copy is small; always for the
+    in-memory loader, which reads its pixels from it): the first process of each machine decodes,
+    the others wait for it and read its cache."""
+    eval_tf = EvalTransform.for_size(eval_size, cfg.crop_pct)
+    if cfg.train_like_eval:
+        train_tf = EvalTransform.for_size(cfg.img_size, cfg.crop_pct)
+    elif cfg.augment == "pad-crop":
+        train_tf = PadCropTransform(cfg.img_size, cfg.padding, cfg.padding_mode, cfg.hflip, cfg.cutout)
+    else:
+        train_tf = TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip, cutout=cfg.cutout)
+    # In memory, every image is stored at the training size (a centre crop of the shorter side),
+    # padded crops need the images at the training size, the others a little larger.
+    square = EvalTransform.for_size(cfg.img_size, 1.0) if cfg.in_memory else None
+    cache_size = (cfg.img_size if cfg.augment == "pad-crop" and not cfg.train_like_eval
+                  else D.cache_size_for(max(cfg.img_size, eval_size)))
+    n_images = len(split.train) + len(split.val)
+    cached = cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= AUTO_CACHE_BYTES
+    root = cfg.cache_dir or D.default_cache_dir()
+    if rank == 0 and (cached or cfg.in_memory):
+        tqdm.write(f"decoded cache: {n_images} images at {cache_size}px in {root}")
+    # disable=None: a bar on a terminal only (off one its redraws would be carriage-return junk)
+    bar = functools.partial(tqdm, desc="decoding", leave=False, disable=None if rank == 0 else True)
+    train_cache = val_cache = None
+    if cached or cfg.in_memory:
+        train_cache = D.build_cache(split.train, root, cache_size, functools.partial(bar, total=len(split.train)),
+                                    square, builder=local_rank == 0)
+    if cached and split.val:
+        val_cache = D.build_cache(split.val, root, eval_tf.resize_size,
+                                  functools.partial(bar, total=len(split.val)), eval_tf, builder=local_rank == 0)
+    workers = 0 if cfg.in_memory else cfg.workers if cfg.workers is not None else D.default_workers(device.type)
+    batch_size = ddp.per_rank_batch(cfg.batch_size, world)
+    drop_last = len(split.train) > batch_size * world
+    if cfg.in_memory:
+        images, labels, positions, failures = D.in_memory(train_cache, [s.label for s in split.train])
+        train_loader = D.TensorLoader(images, labels, positions, batch_size, train_tf, cfg.seed,
+                                      rank, world, drop_last, failures)
+    else:
+        train_loader = D.make_loader(D.ImageDataset(split.train, train_tf, train_cache), batch_size, True, workers,
+                                     cfg.seed, device.type == "cuda", rank, world, drop_last=drop_last)
+    val_loader = (D.make_loader(D.ImageDataset(split.val, eval_tf, val_cache), batch_size * VAL_BATCH_FACTOR,
+                                False, workers, cfg.seed, device.type == "cuda", rank, world)
+                  if split.val else None)
+    return train_loader, val_loader, workers
+
+
+def capped_batch(cfg: TrainConfig, images: int, world: int) -> TrainConfig:
+    """A batch is never larger than the training images (every rank's share of them): more only
+    takes memory (a stray zero in --batch-size once had the kernel kill the process). The peak
+    learning rate stays what the batch asked for gave (`--lr` is per 256 images), as the batches
+    of all the images it trained on before."""
+    largest = max(world, images // world * world)
+    if cfg.batch_size <= largest:
+        return cfg
+    tqdm.write(f"batch: {cfg.batch_size} is more than the {images} training images: {largest} (the same peak "
+               "learning rate)")
+    return replace(cfg, batch_size=largest, lr=cfg.lr * cfg.batch_size / largest)
+
+
+def run_precision(cfg: TrainConfig, device: torch.device, batch: int, num_classes: int,
+                  saved: dict[str, str] | None) -> Precision:
+    """The one precision of the whole run: chosen at its start and recorded, then kept on every
+    resume (a torchrun restart too), for validation, and as the saved model's own for `evaluate`
+    and every other inference path. `--amp auto` times a training step of the preset's network in
+    fp32 and in bf16 where the CPU has bf16 kernels; `--deterministic` takes the capability rule
+    instead (two runs of one command must not part ways on a close timing). The timing draws on a
+    forked random generator: whether it ran changes no initial weight. Every rank takes rank 0's."""
+    if saved is not None and cfg.amp == "auto":
+        return kept_precision(saved, device)
+
+    @functools.cache  # built on the first timing, if there is one (most CPUs and GPUs time nothing)
+    def probe() -> nn.Module:
+        return create_model(cfg.arch, num_classes=num_classes, width=cfg.width).to(
+            device, memory_format=memory_format(cfg.channels_last))
+
+    def seconds_with(dtype: torch.dtype | None) -> float:
+        return step_seconds(probe(), cfg.img_size, device, cfg.channels_last, batch, dtype)
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return ddp.gather(choose_precision(cfg.amp, device, None if cfg.deterministic else seconds_with))[0]
+
+
+def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
+    """Device, data, model, optimiser: every check that can fail on the user's input runs before
+    the expensive work (the pretrained weights are read before the data is scanned and decoded;
+    --out, checked with the configuration, is created after)."""
+    resuming = state is not None
+    device = set_up_device(cfg)
+    rank, world, local_rank = ddp.start(device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    weights = read_weights(cfg.pretrained, cfg.arch) if cfg.pretrained and not resuming else None
+    if weights is not None:  # do they fit? Checked on shapes alone, before the data is read
+        with torch.device("meta"):
+            probe = create_model(cfg.arch, num_classes=weights["fc.weight"].shape[0] if "fc.weight" in weights
+                                 else None, width=cfg.width)
+        fit_weights(probe, weights, cfg.pretrained, cfg.arch)
+    split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
+    changed = D.data_changed(split, state["classes"], D.read_listing(Path(cfg.out) / "train.csv")) if resuming else None
+    if changed:
+        raise ConfigError(f"{cfg.data} has {changed}: a run resumes only on the data it trained on; put it back "
+                          f"as it was, or train a new run (another --out)")
+    if not split.val:
+        log.warning("no validation set: best.pt follows training accuracy")
+    recipe, plan = None, (state or {}).get("plan") or []
+    if not resuming and plans(cfg):
+        cfg, recipe, plan = apply_plan(cfg, D.describe(split.train, len(split.classes), cfg.seed))
+    cfg = capped_batch(cfg, len(split.train), world) if not resuming else cfg
+    batch = ddp.per_rank_batch(cfg.batch_size, world)
+    # Before the first step (the precision's timing is one): a step that cannot fit is one line, not an OOM kill.
+    check_step_memory(cfg.arch, cfg.width, cfg.img_size, len(split.classes), device, batch, cfg.batch_size)
+    precision = run_precision(cfg, device, batch, len(split.classes), (state or {}).get("precision"))
+    size_reason = None
+    if cfg.fit_size and recipe is not None:
+        cfg, size_reason = size_for_budget(cfg, recipe, split, device, batch, world, precision.dtype)
+    eval_size = cfg.eval_size or eval_size_for(cfg.img_size)
+    train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world, local_rank)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # A resumed run rebuilds the network its checkpoint describes, options older files lack included.
+    options = state["model_options"] if resuming else {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
+    sample = whitening_sample(train_loader) if cfg.whiten and not resuming else None
+    model, net = build_model(cfg, options, len(split.classes), weights, device, world, sample)
+    return Run(cfg=cfg, out=out, device=device, precision=precision, plan=plan, size_reason=size_reason, split=split,
+               eval_size=eval_size, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
+               net=net, options=options,
+               optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
+               scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
+               criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world=world, batch=batch,
+               main=rank == 0, steps_per_epoch=len(train_loader))
+
+
+def whitening_sample(loader: D.TensorLoader | torch.utils.data.DataLoader) -> torch.Tensor:
+    """`WHITEN_IMAGES` training images spread evenly over the data set (whose order is by class),
+    normalised: the same on every rank and for any number of ranks, so a DDP run starts from the
+    stem a single process would."""
+    n = len(loader.images) if isinstance(loader, D.TensorLoader) else len(loader.dataset)
+    picks = torch.linspace(0, n - 1, min(n, WHITEN_IMAGES)).long()
+    if isinstance(loader, D.TensorLoader):
+        images = loader.images[picks]
+    else:  # through the dataset's training transform, each image with its own seed
+        images = D.collate([loader.dataset[i] for i in picks.tolist()]).images
+    return normalize(images)
+
+
+def build_model(cfg: TrainConfig, options: dict[str, Any], num_classes: int, weights: dict | None,
+                device: torch.device, world: int, whitening: torch.Tensor | None = None
+                ) -> tuple[nn.Module, nn.Module]:
+    """(the model checkpoints save, the module that trains it: DDP-wrapped and compiled as asked).
+    `whitening`: the images a new run's whitened stem is computed from."""
+    model = create_model(cfg.arch, num_classes=num_classes, **options)
+    if weights is not None:
+        load_pretrained(model, weights, cfg.arch, source=cfg.pretrained)
+    if whitening is not None:
+        whiten_conv(model.conv1, whitening, WHITEN_EPS, WHITEN_FLOOR)
+    if cfg.whiten:  # frozen, in a resumed run too (requires_grad is not in a state_dict)
+        model.conv1.weight.requires_grad_(False)
+    if cfg.sync_bn and world > 1:
+        model = ddp.sync_batchnorm(model, device)
+    model = model.to(device, memory_format=memory_format(cfg.channels_last))
+    net: nn.Module = model
+    if torch.distributed.is_initialized():
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
+    return model, net
+
+
+def restore(run: Run, state: dict[str, Any]) -> None:
+    restore_run(state, run.model, run.optimizer, run.scaler)
+    run.size_reason = state.get("size_reason")
