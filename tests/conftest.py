@@ -116,10 +116,8 @@ def messy_folder(tmp_path: Path) -> tuple[Path, dict, dict]:
     return root, odd, broken
 
 
-@pytest.fixture
-def tiny_folder(tmp_path: Path) -> Path:
-    """Two learnable classes of small photos, for quick training runs."""
-    root = tmp_path / "tiny"
+def write_tiny(root: Path) -> Path:
+    """Two learnable classes of 16 small photos each, for quick training runs."""
     for c, bright in (("a", False), ("b", True)):
         (root / c).mkdir(parents=True)
         for i in range(16):
@@ -127,9 +125,16 @@ def tiny_folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return write_tiny(tmp_path / "tiny")
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(data folder, run folder) of a small ResNet-20 trained once for the whole session."""
+    """(data folder, run folder) of a small ResNet-20 trained once for the whole session, in the
+    precision chosen without timing (--deterministic): on a bf16 CPU a timed choice is a race that
+    a loaded machine can decide either way, and the tests on it expect one."""
     from resnet.cli import main
 
     root = tmp_path_factory.mktemp("trained") / "data"
@@ -139,9 +144,47 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
             photo(40, 40, seed=i + (50 if bright else 0), bright=bright).save(root / c / f"{i}.png")
     out = root.parent / "run"
     assert main(["train", str(root), "--arch", "resnet20", "--img-size", "24", "--epochs", "3",
-                 "--batch-size", "8", "--workers", "0", "--out", str(out),
+                 "--batch-size", "8", "--workers", "0", "--out", str(out), "--deterministic",
                  "--cache-dir", str(root.parent / "cache")]) == 0
     return root, out
+
+
+class StepClock:
+    """A run's clock (`budget.now`) that moves only with its training: `step_s` per training step,
+    nothing for the rest (set-up, validation, saving); forward + backward "measured" at
+    `compute_s` a batch at 24 px, growing with pixels. A time budget then plans, refits and stops
+    the same way on any machine, however loaded: no test waits on, or races, the wall clock."""
+
+    def __init__(self, step_s: float = 0.5, compute_s: float = 0.4):
+        self.t, self.step_s, self.compute_s = 1000.0, step_s, compute_s
+
+    def now(self) -> float:
+        return self.t
+
+    def compute(self, model, sizes, *args) -> tuple[float, float]:
+        return self.compute_s * (min(sizes) / 24) ** 2, 2.0
+
+    def install(self, set_attr=setattr) -> "StepClock":
+        """The run's clock and timings replaced with this one (`set_attr`: monkeypatch's, in a test)."""
+        from types import SimpleNamespace
+
+        from resnet import budget, loop
+
+        set_attr(budget, "time", SimpleNamespace(monotonic=self.now, perf_counter=self.now))
+        set_attr(loop, "compute_time_by_size", self.compute)
+        real = loop.normalize
+
+        def normalize(*args, **kwargs):
+            self.t += self.step_s * ("device" in kwargs)  # a training step's batch
+            return real(*args, **kwargs)
+
+        set_attr(loop, "normalize", normalize)
+        return self
+
+
+@pytest.fixture
+def step_clock(monkeypatch) -> StepClock:
+    return StepClock().install(monkeypatch.setattr)
 
 
 def needs_datasets():

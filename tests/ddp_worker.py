@@ -5,8 +5,11 @@ from inside each rank (set through the environment):
   epoch and split, and the caches it decoded) and DIR/rank{R}.pt (its own final weights);
 - RESNET_TEST_KILL_AFTER_EPOCH=N: in torchrun's first attempt, rank 1 copies OUT/metrics.csv to
   DIR/metrics_at_kill.csv once epoch N is saved, then SIGKILLs itself;
+- RESNET_TEST_SIGTERM_AT_STEP=N: in the first attempt, rank 1 sends itself SIGTERM during its N-th
+  training step;
 - RESNET_TEST_UNEVEN_TIMING=1: choosing the size under `--max-minutes`, a three-size ladder up to
-  32 px timed cheap on rank 0 and dear on rank 1, so that only rank 0's timings would grow.
+  32 px timed cheap on rank 0 and dear on rank 1, so that only rank 0's timings would grow; the
+  budget's clock is conftest's `StepClock` (time passes with the steps only).
 """
 
 import json
@@ -21,6 +24,8 @@ import torch
 from resnet import data as D
 from resnet import budget as TB, loop as TL, plan as TP, run as TR
 from resnet.cli import main
+
+from conftest import StepClock
 from resnet.plan import Recipe
 from resnet.transforms import EvalTransform
 
@@ -68,9 +73,9 @@ def build(self, *args, _orig=D.DecodedCache.build, **kwargs):
     return _orig(self, *args, **kwargs)
 
 
-def train_epoch(run, progress, budget, _orig=TL.train_epoch):
+def train_epoch(run, progress, *args, _orig=TL.train_epoch):
     epoch[0] = progress.epoch
-    return _orig(run, progress, budget)
+    return _orig(run, progress, *args)
 
 
 def next_plan(run, progress, *args, _orig=TL.next_plan):
@@ -89,6 +94,20 @@ def train(cfg, state=None, _orig=TL.train):
     return summary
 
 
+def terminated_at_step(n: int, _orig=TL.normalize):
+    """`normalize` that sends this process SIGTERM during its n-th training step (a batch bound
+    for the device), as a scheduler would, mid-step."""
+    steps = [0]
+
+    def normalize(*args, **kwargs):
+        steps[0] += "device" in kwargs
+        if steps[0] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return _orig(*args, **kwargs)
+
+    return normalize
+
+
 def uneven_compute(model, sizes, *args):
     return (0.02 if RANK == 0 else 10.0), 2.0
 
@@ -96,7 +115,10 @@ def uneven_compute(model, sizes, *args):
 D.ImageDataset.__getitem__ = getitem
 D.DecodedCache.build = build
 TL.train_epoch, TL.next_plan, TL.train, TR.make_loaders = train_epoch, next_plan, train, make_loaders
+if os.environ.get("RESNET_TEST_SIGTERM_AT_STEP") and RANK == 1 and ATTEMPT == 0:
+    TL.normalize = terminated_at_step(int(os.environ["RESNET_TEST_SIGTERM_AT_STEP"]))
 if os.environ.get("RESNET_TEST_UNEVEN_TIMING"):
+    StepClock().install()  # the budget's time passes with the steps, not the wall clock
     TB.compute_time_by_size = uneven_compute
     TP.plan_recipe = lambda stats: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5)
 

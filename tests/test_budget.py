@@ -1,7 +1,6 @@
 """The time budget (`--max-minutes`) on a fake clock: plans, refits, resumes."""
 
 import math
-import time
 
 import pytest
 import torch
@@ -143,36 +142,33 @@ def test_a_resumed_budget_keeps_the_time_already_spent():
 
 
 class Sleepy(nn.Module):
-    """Forward + backward that take 20 ms x (size / 16) ** power: long enough that a busy
-    machine's scheduling delays (a millisecond or two per sleep) do not bend the exponent."""
+    """Forward + backward that take 20 ms x (size / 16) ** power on `clock` (it moves when the
+    model runs, and only then): the exponent is measured as the code measures it, with nothing of
+    the machine's speed or load in it."""
 
-    def __init__(self, power: float):
+    def __init__(self, power: float, clock: list[float]):
         super().__init__()
-        self.power = power
+        self.power, self.clock = power, clock
         self.w = nn.Parameter(torch.ones(1))
         self.bn = nn.BatchNorm1d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(0.02 * (x.shape[-1] / 16) ** self.power)
+        self.clock[0] += 0.02 * (x.shape[-1] / 16) ** self.power
         return self.bn(x.mean((1, 2, 3))[:, None] * self.w)
 
 
-@pytest.fixture
-def one_thread():
-    """The sleeping model's few tiny ops on one thread: on a loaded machine, an intra-op thread
-    pool waits for cores other processes hold, for longer than the sleeps being measured."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("power", [1.0, 2.0])
-def test_compute_time_by_size_measures_how_time_grows(power, one_thread):
-    model = Sleepy(power)
+def test_compute_time_by_size_measures_how_time_grows(power, monkeypatch):
+    from types import SimpleNamespace
+
+    from resnet import budget
+
+    clock = [0.0]
+    monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: clock[0], monotonic=lambda: clock[0]))
+    model = Sleepy(power, clock)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seconds, p = compute_time_by_size(model, (16, 32), torch.device("cpu"), None, False, 4)
-    assert p == pytest.approx(power, abs=0.25) and seconds >= 0.02
+    assert p == pytest.approx(power) and seconds == pytest.approx(0.02)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
     assert all(q.grad is None for q in model.parameters()) and model.training

@@ -17,6 +17,8 @@ import torch
 from resnet.checkpoint import read_checkpoint
 from resnet.evaluate import evaluate
 
+from conftest import write_tiny
+
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 WORKER = str(Path(__file__).with_name("ddp_worker.py"))
 # 32 images, a quarter held out: 24 to train on (3 steps of 4 per rank), 8 to validate on.
@@ -125,14 +127,23 @@ def test_two_ranks_with_half_the_batch_train_what_one_process_does(tiny_folder, 
             assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), key
 
 
-def test_killed_rank_restarts_and_ends_as_an_uninterrupted_run(tiny_folder, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[list[str], Path]:
+    """(the command line, last.pt) of a 3-epoch 2-rank run that nothing stopped, to which the
+    interrupted runs below are compared (--deterministic: the precision is chosen without timing,
+    the same in every run)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    args = [str(write_tiny(root / "tiny")), *QUICK, "--epochs", "3", "--resume", "auto", "--deterministic"]
+    straight = torchrun([*args, "--out", str(root / "straight")], root / "r1", XDG_CACHE_HOME=str(root / "cache"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    return args, root / "straight" / "last.pt"
+
+
+def test_killed_rank_restarts_and_ends_as_an_uninterrupted_run(uninterrupted, tmp_path):
     """SIGKILL rank 1 after epoch 1 under `--max-restarts 1 --resume auto`: torchrun restarts the
     group, which resumes from last.pt (epoch 1 is not trained again: its metrics row is the one
-    written before the kill, timings included), and the weights equal an uninterrupted run's, in
-    the precision the run chose (--deterministic: the same for both runs, chosen without timing)."""
-    args = [str(tiny_folder), *QUICK, "--epochs", "3", "--resume", "auto", "--deterministic"]
-    straight = torchrun([*args, "--out", str(tmp_path / "straight")], tmp_path / "r1")
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    written before the kill, timings included), and the weights equal an uninterrupted run's."""
+    args, straight = uninterrupted
     out, record = tmp_path / "killed", tmp_path / "r2"
     r = torchrun([*args, "--out", str(out)], record, restarts=1, RESNET_TEST_KILL_AFTER_EPOCH="1")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -147,7 +158,26 @@ def test_killed_rank_restarts_and_ends_as_an_uninterrupted_run(tiny_folder, tmp_
     last = read_checkpoint(out / "last.pt")
     assert last["progress"]["epoch"] == 3 and len(last["progress"]["history"]) == 3
     assert not list(out.rglob("*.tmp")) and (out / "evaluation.json").is_file()
-    assert_same_weights(last["model"], read_checkpoint(tmp_path / "straight" / "last.pt")["model"])
+    assert_same_weights(last["model"], read_checkpoint(straight)["model"])
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_one_step_with_exit_143(uninterrupted, tmp_path):
+    """SLURM's notice before a preemption, `docker stop`: SIGTERM reaches rank 1 during step 5
+    (epoch 2 of 3). Every rank finishes that step and exits 143 (a rank that stopped alone would
+    leave the other waiting in the next all-reduce), last.pt holds step 5, and the same command
+    run again (`--resume auto`) ends with the uninterrupted run's weights, bit for bit."""
+    args, straight = uninterrupted
+    out = tmp_path / "stopped"
+    r = torchrun([*args, "--out", str(out)], tmp_path / "r", RESNET_TEST_SIGTERM_AT_STEP="5")
+    assert r.returncode != 0
+    assert r.stderr.count("exitcode  : 143") == 2, r.stderr[-3000:]  # torchrun's report of both ranks
+    assert r.stderr.count("stopped by SIGTERM after step 5 (epoch 2)") == 2
+    last = read_checkpoint(out / "last.pt")
+    assert last["scheduler"]["step"] == 5 and last["progress"]["epoch"] == 1 and len(rows(out)) == 1
+    again = torchrun([*args, "--out", str(out)], tmp_path / "r")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [row["epoch"] for row in rows(out)] == ["1", "2", "3"]
+    assert_same_weights(read_checkpoint(out / "last.pt")["model"], read_checkpoint(straight)["model"])
 
 
 def test_without_restarts_a_killed_rank_ends_the_job(tiny_folder, tmp_path):

@@ -135,9 +135,15 @@ def largest_that_fits(sizes: Sequence[T], epochs_of: Callable[[T], int], enough:
     return max((i for i, n in enumerate(counts) if n >= enough), default=0), counts
 
 
+def now() -> float:
+    """The clock a run's time is read from, its budget's and its epochs' (one, so that tests can
+    drive it instead of waiting on it)."""
+    return time.monotonic()
+
+
 class Budget:
     def __init__(self, seconds: float, shape: RunShape, spent_s: float = 0.0,
-                 model: StepModel | None = None, clock: Callable[[], float] = time.monotonic,
+                 model: StepModel | None = None, clock: Callable[[], float] = now,
                  started: float | None = None):
         self.seconds, self.shape, self.model, self.clock = seconds, shape, model, clock
         self.started = clock() if started is None else started  # this process's share starts here
@@ -152,7 +158,7 @@ class Budget:
 
     @classmethod
     def restore(cls, seconds: float, shape: RunShape, state: dict[str, Any] | None,
-                clock: Callable[[], float] = time.monotonic, started: float | None = None) -> "Budget":
+                clock: Callable[[], float] = now, started: float | None = None) -> "Budget":
         """A budget that goes on from a checkpoint's `state()` (None: a fresh one)."""
         state = state or {}
         model = StepModel(**state["model"]) if state.get("model") else None

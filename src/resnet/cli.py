@@ -7,11 +7,12 @@ import functools
 import json
 import logging
 import math
+import signal
 import sys
 from pathlib import Path
 
 from .arguments import build_parser
-from .errors import ConfigError, DataError, MachineError, TrainingError, UsageError
+from .errors import ConfigError, DataError, Interrupted, MachineError, TrainingError, UsageError
 from .options import MIN_IMG_SIZE
 from .outputs import check_not_empty, check_output_dir, check_output_file, write_rows
 
@@ -239,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, MachineError) as e:
         print(f"resnet {args.command}: {' '.join(str(e).split())}", file=sys.stderr)  # one line
         return 1
+    except Interrupted as e:  # a run stopped between two steps, its last.pt written
+        # Leaving now: torchrun's SIGTERM to a rank whose peer left first must not turn 143 into -15.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(f"resnet {args.command}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ has a single code path. Under torchrun:
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -58,9 +59,23 @@ def attempt_store(me: int, size: int) -> dist.Store:
     return dist.PrefixStore(f"resnet/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def stop() -> None:
+def stop(together: bool = False) -> None:
+    """The process group torn down in order: where every rank leaves at the same point (a finished
+    run, a signal's stop) each first waits for the others (none destroys its side while a peer
+    still talks to it), the objects that hold work of the group are freed while it still exists,
+    then the group goes. A rank that exited while its peers were tearing down once aborted in
+    Gloo's threads ("terminate called without an active exception") and failed a finished job. On
+    an error no rank waits: a peer may never come."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def rank() -> int:
@@ -85,6 +100,15 @@ def from_rank0(values: list[int], device: torch.device) -> list[int]:
     t = torch.tensor(values, dtype=torch.long, device=device if dist.get_backend() == "nccl" else "cpu")
     dist.broadcast(t, 0)
     return t.tolist()
+
+
+def largest(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (a signal one rank received, 0 where none did)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def gather(value: Any) -> list[Any]:

@@ -35,3 +35,12 @@ class MachineError(RuntimeError):
 
 class TrainingError(RuntimeError):
     """The run cannot go on (a NaN loss, say); the last good checkpoint is kept. Exit code 1."""
+
+
+class Interrupted(RuntimeError):
+    """A run stopped by a signal (SIGINT, SIGTERM) between two steps, with last.pt written at the
+    step it stopped after: the CLI exits 128 + the signal's number (130, 143), as the shell does."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -5,11 +5,13 @@ schedule (`schedule`), the set-up (`run`), the time budget (`budget`), the recor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-import time
+import signal
+import threading
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +19,9 @@ from tqdm import tqdm
 
 from . import data as D
 from . import distributed as ddp
-from .budget import Budget, RunShape, compute_time_by_size, val_forwards
+from .budget import Budget, RunShape, compute_time_by_size, now, val_forwards
 from .config import TrainConfig
-from .errors import TrainingError
+from .errors import Interrupted, TrainingError
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
 from .run import Progress, Run, restore, set_up
 from .runtime import TorchNet, autocast, run_eval
@@ -54,9 +56,10 @@ def plan_budget(run: Run, progress: Progress, budget: Budget, step_s: float, cro
 
 
 
-def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSums:
+def train_epoch(run: Run, progress: Progress, budget: Budget | None, signals: list[int] | None = None) -> EpochSums:
     """One epoch (or the rest of one, when resumed mid-epoch), updating `progress` step by step.
-    With a budget not yet planned, the plan is made after the first `FIRST_FIT_STEPS` steps."""
+    With a budget not yet planned, the plan is made after the first `FIRST_FIT_STEPS` steps.
+    `signals`: those `stop_at_a_step` received; one (on any rank) ends the run after this step."""
     cfg, steps = run.cfg, run.steps_per_epoch
     start_in_epoch = progress.step - progress.epoch * steps
     crop = run.crop_at(progress.epoch, progress.epochs)
@@ -66,7 +69,7 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
     if not run.main:
         sums = EpochSums(seconds=sums.seconds)
     run.net.train()
-    t0 = time.monotonic() - sums.seconds
+    t0 = now() - sums.seconds
     t_timed, done_here = t0, 0
     bar = epoch_bar(run.train_loader, f"epoch {progress.epoch + 1}/{progress.epochs}", run.main)
     for batch in bar:
@@ -93,13 +96,13 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
         sums.seen += len(y)
         sums.loss += loss.item() * len(y)
         sums.correct += (logits.argmax(1) == y).sum().item()
-        sums.seconds = time.monotonic() - t0
+        sums.seconds = now() - t0
         bar.set_postfix(loss=f"{sums.loss / sums.seen:.3f}", acc=f"{sums.correct / sums.seen:.3f}",
                         img_s=f"{sums.seen * run.world / max(sums.seconds, 1e-9):.0f}")
         if done_here == UNTIMED_STEPS:
-            t_timed = time.monotonic()
+            t_timed = now()
         if budget and budget.model is None and done_here == min(FIRST_FIT_STEPS, steps):
-            step_s = (time.monotonic() - t_timed) / max(1, done_here - UNTIMED_STEPS)
+            step_s = (now() - t_timed) / max(1, done_here - UNTIMED_STEPS)
             progress.replan(plan_budget(run, progress, budget, step_s, crop), steps)
             bar.set_description(f"epoch {progress.epoch + 1}/{progress.epochs}")
         if progress.step >= progress.total_steps(steps):  # a budget's last epoch, cut short
@@ -107,6 +110,12 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None) -> EpochSum
         if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step % steps:
             progress.partial = asdict(sums.over_ranks())
             save(run, run.out / "last.pt", progress, budget, {})
+        # A signal stops the run here, between two steps (at the epoch's last, after its record).
+        signum = ddp.largest(signals[0] if signals else 0, run.device) if signals is not None else 0
+        if signum and progress.step % steps:
+            progress.partial = asdict(sums.over_ranks())
+            save(run, run.out / "last.pt", progress, budget, {})
+            raise interrupted(run, progress, signum)
     bar.close()
     # The last step's gradients are not needed (the next step sets them anew): freed here, they take
     # no memory through validation, nor are they copied with the model it scores.
@@ -214,33 +223,87 @@ def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progr
 
 
 
+@contextlib.contextmanager
+def stop_at_a_step() -> Iterator[list[int]]:
+    """SIGINT (Ctrl-C) and SIGTERM (`kill`, `docker stop`, SLURM before a preemption, torchrun
+    passing its own on) while the epochs run: the step under way finishes, last.pt is written at
+    it and `Interrupted` ends the run (exit 130 / 143), on every rank at the same step; a resumed
+    run then takes the steps the uninterrupted one would have. A second Ctrl-C stops at once; a
+    second SIGTERM (torchrun's, to a rank already stopping) changes nothing. Yields the signals
+    received. Off the main thread, where Python takes no handler, none are."""
+    received: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    before = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def interrupted(run: Run, progress: Progress, signum: int) -> Interrupted:
+    """What a signal ended: said once every rank stands at the same step and last.pt holds it."""
+    ddp.barrier()  # no rank leaves (and has torchrun stop the others) before rank 0 has saved
+    last = run.out / "last.pt"
+    return Interrupted(f"stopped by {signal.Signals(signum).name} after step {progress.step} (epoch "
+                       f"{progress.epoch + (progress.step % run.steps_per_epoch > 0)}): {last} holds it; "
+                       f"continue with --resume {last}", signum)
+
+
 def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train per `cfg`, or continue the run whose saved `state` `resume_config` returned with its
     configuration. Returns the final summary, with the trained `model` (this rank's copy). Under
-    torchrun the process group is destroyed on every way out, errors included, and the TensorBoard
-    writer is closed."""
-    started = time.monotonic()  # a time budget counts the data scan and the decoded cache too
-    board = None
+    torchrun the process group is torn down in order on every way out, errors included
+    (`distributed.stop`), and the TensorBoard writer is closed."""
+    started = now()  # a time budget counts the data scan and the decoded cache too
     try:
         run = set_up(cfg, state)  # its cfg has the width and crop size the budget chose, where it chose them
         progress, budget = begin(run, state, started)
-        board = tensorboard_writer(run.out) if run.main else None
-        while progress.epoch < progress.epochs:
-            crop = run.crop_at(progress.epoch, progress.epochs)
-            sums = train_epoch(run, progress, budget)
-            ddp.sync_buffers(run.model)
-            t_val = time.monotonic()
-            val_loss, val_acc = validate(run, progress)
-            row, improved = end_epoch(run, progress, sums, val_loss, val_acc, crop,
-                                      sums.seconds + time.monotonic() - t_val)
-            if run.main:
-                record_epoch(run, progress, budget, board, row, improved)
-            if next_plan(run, progress, budget, row["seconds"]):
-                break
-        if run.main and progress.skipped:
-            D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
-    finally:
-        if board is not None:
-            board.close()
+    except BaseException:
         ddp.stop()
+        raise
+    board = tensorboard_writer(run.out) if run.main else None
+    with stop_at_a_step() as signals:  # to the end of the teardown: a signal then is noted, not fatal
+        together = False  # whether every rank is leaving at the same point (then they wait for each other)
+        try:
+            run_epochs(run, progress, budget, board, signals)
+            if run.main and progress.skipped:
+                D.write_skipped(run.out / "skipped.txt", sorted(progress.skipped.items()))
+            together = True
+        except Interrupted:
+            together = True
+            raise
+        finally:
+            if board is not None:
+                board.close()
+            run.net = run.model  # the DDP wrapper (its reducer holds the group) goes before the group
+            ddp.stop(together)
     return summary(run, progress, started)
+
+
+def run_epochs(run: Run, progress: Progress, budget: Budget | None, board, signals: list[int]) -> None:
+    """The epochs, until the plan's last, an early stop, or a signal."""
+    while progress.epoch < progress.epochs:
+        crop = run.crop_at(progress.epoch, progress.epochs)
+        sums = train_epoch(run, progress, budget, signals)
+        ddp.sync_buffers(run.model)
+        t_val = now()
+        val_loss, val_acc = validate(run, progress)
+        row, improved = end_epoch(run, progress, sums, val_loss, val_acc, crop,
+                                  sums.seconds + now() - t_val)
+        if run.main:
+            record_epoch(run, progress, budget, board, row, improved)
+        stop = next_plan(run, progress, budget, row["seconds"])
+        signum = ddp.largest(signals[0] if signals else 0, run.device)
+        if signum and not stop and progress.epoch < progress.epochs:  # last.pt was written with the epoch
+            raise interrupted(run, progress, signum)
+        if stop:
+            break

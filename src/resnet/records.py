@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .budget import Budget
+from .budget import Budget, now
 from .checkpoint import run_state, save_checkpoint
 from .run import Progress, Run
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -142,5 +142,5 @@ def summary(run: Run, progress: Progress, started: float) -> dict[str, Any]:
     return {"best_acc": progress.best_acc, "best_epoch": best_epoch, "final_acc": final.get(key),
             "epochs": progress.epoch, "out": str(run.out), "classes": run.split.classes,
             "skipped": len(progress.skipped), "validated": bool(run.split.val),
-            "final_train_acc": final.get("train_acc"), "seconds": time.monotonic() - started,
+            "final_train_acc": final.get("train_acc"), "seconds": now() - started,
             "main_process": run.main, "model": run.model}
