@@ -15,7 +15,7 @@ import torch
 
 from resnet import create_model, policy, runtime
 from resnet.device import pick_device
-from resnet.bench import cpu_description
+from resnet.throughput import cpu_description
 from resnet.budget import step_seconds
 
 # (arch, width, crop px, batch): the default preset's network at its final and evaluation sizes,

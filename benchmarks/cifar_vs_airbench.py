@@ -26,7 +26,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from resnet.bench import cpu_description
+from resnet.throughput import cpu_description
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"

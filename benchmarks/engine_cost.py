@@ -1,7 +1,7 @@
 """What `--engine auto` weighs: the one-off cost of exporting a checkpoint to ONNX, the time a
 timed choice adds to loading, and the per-image times of PyTorch and onnxruntime (batch 64,
 alternating rounds, medians), for ResNet-18 at 224 px (random weights) and any checkpoints given.
-From these follows `tuning.ONNX_MIN_IMAGES`: the export pays for itself after
+From these follows `constants.ONNX_MIN_IMAGES`: the export pays for itself after
 export seconds / (PyTorch - onnxruntime seconds per image) images.
 
     python benchmarks/engine_cost.py [CHECKPOINT ...] [--rounds 5]
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from resnet import runtime
-from resnet.bench import cpu_description, save_benchmark_checkpoint
+from resnet.throughput import cpu_description, save_benchmark_checkpoint
 from resnet.models import create_model
 from resnet.predict import Classifier
 

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from resnet import Classifier, create_model, policy, runtime
-from resnet.bench import cpu_description, save_benchmark_checkpoint
+from resnet.throughput import cpu_description, save_benchmark_checkpoint
 from resnet.exports import export_onnx, quantize_onnx, sample_images
 
 

@@ -14,7 +14,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 lscpu | grep -E "Model name|^CPU\(s\)"
 export OMP_NUM_THREADS=2
 pin="taskset -c 0,1"
-$py -c "from resnet.bench import cpu_description; import torch; torch.set_num_threads(2); print(cpu_description())"
+$py -c "from resnet.throughput import cpu_description; import torch; torch.set_num_threads(2); print(cpu_description())"
 tv() {  # torchvision's ResNet-18 at 224, batch 64: median of 4 timed batches after one, as its users set it up
 $pin $py - <<'PY'
 import statistics, time, torch, torchvision
@@ -37,7 +37,7 @@ $pin $py - <<'PY' 2>&1 | grep -v Warning | tee "$out/ov_static.txt"
 import statistics, tempfile, time, numpy as np, torch, openvino as ov
 from pathlib import Path
 from resnet import create_model, policy
-from resnet.bench import save_benchmark_checkpoint
+from resnet.throughput import save_benchmark_checkpoint
 from resnet.exports import export_onnx
 torch.set_num_threads(2)
 tmp = Path(tempfile.mkdtemp())

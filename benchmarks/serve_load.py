@@ -1,7 +1,7 @@
 """`resnet serve` under load: concurrent clients on this machine's loopback, one photo per request,
 a bounded number of requests and a time limit for each level; requests per second and the median
 and 95th-percentile latency at each number of clients, for each engine, with the server's batching
-as it is (requests that wait are run together, up to tuning.SERVE_BATCH images).
+as it is (requests that wait are run together, up to constants.SERVE_BATCH images).
 
     python benchmarks/serve_load.py [MODEL] [--engines auto,torch,onnxruntime,openvino]
                                     [--clients 1,8,32] [--requests 160] [--seconds 60]
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60, help="time per level, at most")
     a = p.parse_args()
     from resnet import create_model
-    from resnet.bench import cpu_description, save_benchmark_checkpoint
+    from resnet.throughput import cpu_description, save_benchmark_checkpoint
 
     body = photo()
     with tempfile.TemporaryDirectory() as tmp:

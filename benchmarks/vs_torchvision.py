@@ -25,8 +25,8 @@ import subprocess
 import sys
 
 from resnet import policy
-from resnet.bench import cpu_description
-from resnet.tuning import HEAP_KEEP_BYTES
+from resnet.throughput import cpu_description
+from resnet.constants import HEAP_KEEP_BYTES
 
 PEER = """
 import json, sys, time, tvpeer, torch, torchvision

@@ -150,13 +150,14 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
 
 class StepClock:
-    """A run's clock (`budget.now`) that moves only with its training: `step_s` per training step,
-    nothing for the rest (set-up, validation, saving); forward + backward "measured" at
-    `compute_s` a batch at 24 px, growing with pixels. A time budget then plans, refits and stops
-    the same way on any machine, however loaded: no test waits on, or races, the wall clock."""
+    """A run's clock (`budget.now`) that moves only with its training: `step_s` per training step
+    at 24 px (times (crop / 24) ** `power`), nothing for the rest (set-up, validation, saving);
+    forward + backward "measured" at `compute_s` a batch at 24 px, growing with pixels. A time
+    budget then plans, refits and stops the same way on any machine, however loaded: no test
+    waits on, or races, the wall clock."""
 
-    def __init__(self, step_s: float = 0.5, compute_s: float = 0.4):
-        self.t, self.step_s, self.compute_s = 1000.0, step_s, compute_s
+    def __init__(self, step_s: float = 0.5, compute_s: float = 0.4, power: float = 0.0):
+        self.t, self.step_s, self.compute_s, self.power = 1000.0, step_s, compute_s, power
 
     def now(self) -> float:
         return self.t
@@ -175,7 +176,8 @@ class StepClock:
         real = loop.normalize
 
         def normalize(*args, **kwargs):
-            self.t += self.step_s * ("device" in kwargs)  # a training step's batch
+            if "device" in kwargs:  # a training step's batch
+                self.t += self.step_s * (args[0].shape[-1] / 24) ** self.power
             return real(*args, **kwargs)
 
         set_attr(loop, "normalize", normalize)

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from resnet import data as D
-from resnet import budget as TB, loop as TL, plan as TP, run as TR
+from resnet import budget as TB, loop as TL, recipe as TP, run as TR
 from resnet.cli import main
 
 from conftest import StepClock
-from resnet.plan import Recipe
+from resnet.recipe import Recipe
 from resnet.transforms import EvalTransform
 
 RECORD = Path(os.environ["RESNET_TEST_RECORD"])
@@ -78,7 +78,7 @@ def train_epoch(run, progress, *args, _orig=TL.train_epoch):
     return _orig(run, progress, *args)
 
 
-def next_plan(run, progress, *args, _orig=TL.next_plan):
+def should_stop(run, progress, *args, _orig=TL.should_stop):
     decided = _orig(run, progress, *args)  # rank 0 has saved the epoch when this returns
     if RANK == 1 and ATTEMPT == 0 and progress.epoch == KILL_AFTER:
         save_record()
@@ -114,7 +114,7 @@ def uneven_compute(model, sizes, *args):
 
 D.ImageDataset.__getitem__ = getitem
 D.DecodedCache.build = build
-TL.train_epoch, TL.next_plan, TL.train, TR.make_loaders = train_epoch, next_plan, train, make_loaders
+TL.train_epoch, TL.should_stop, TL.train, TR.make_loaders = train_epoch, should_stop, train, make_loaders
 if os.environ.get("RESNET_TEST_SIGTERM_AT_STEP") and RANK == 1 and ATTEMPT == 0:
     TL.normalize = terminated_at_step(int(os.environ["RESNET_TEST_SIGTERM_AT_STEP"]))
 if os.environ.get("RESNET_TEST_UNEVEN_TIMING"):

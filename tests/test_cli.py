@@ -87,7 +87,7 @@ def test_models_table_lists_params_and_input_sizes(capsys):
     assert rows["resnet50"]["params"] == 25_557_032 and rows["resnet20"]["input_size"] == 32
 
 
-def test_benchmark_json(tmp_path, tiny_folder):
+def test_benchmark_json_counts_every_image_and_only_the_timed_batches(tmp_path, tiny_folder):
     r = run_cli("benchmark", "data", str(tiny_folder), "--img-size", "32", "--json", "--workers", "0")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
@@ -98,6 +98,9 @@ def test_benchmark_json(tmp_path, tiny_folder):
     infer = json.loads(r.stdout)
     assert (infer["arch"], infer["img_size"], infer["amp"]) == ("resnet20", 32, "fp32")
     assert "measured here" in infer["engine_reason"]  # a long-lived Classifier's engine, timed
+    assert infer["engine"] in ("torch", "onnxruntime", "openvino")
+    # the figure counts the 2 timed batches of 4 over the time they took (not the warm-up's)
+    assert infer["images_per_second"] == pytest.approx(2 * 4 / infer["seconds"])
 
 
 def emulated_bf16() -> bool:

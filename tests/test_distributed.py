@@ -17,7 +17,7 @@ import torch
 from resnet.checkpoint import read_checkpoint
 from resnet.evaluate import evaluate
 
-from conftest import write_tiny
+from conftest import photo, write_tiny
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 WORKER = str(Path(__file__).with_name("ddp_worker.py"))
@@ -58,27 +58,35 @@ def assert_same_weights(a: dict, b: dict) -> None:
 def test_two_ranks_load_disjoint_halves_and_end_with_identical_weights(tiny_folder, tmp_path):
     """Each rank trains on its own half: only the gradient all-reduce can keep their weights
     equal, and each rank's own copy is compared (parameters and BatchNorm statistics). The cache
-    is decoded by one process of the machine; validation is split over the ranks, and its figure
-    is the one `evaluate` gives for the saved weights."""
+    is decoded by one process of the machine. The validation folder (`--val DIR`) holds 9 images:
+    the ranks score 5 and 4 of them, none twice and none left out, and the epoch's figure is the
+    one `evaluate` gives for the saved weights (a padded shard would count an image twice)."""
+    val = tmp_path / "val"
+    for c, n, bright in (("a", 5, False), ("b", 4, True)):
+        (val / c).mkdir(parents=True)
+        for i in range(n):
+            photo(40, 40, seed=200 + i + 10 * bright, bright=bright).save(val / c / f"{i}.png")
     out, record = tmp_path / "out", tmp_path / "record"
-    r = torchrun([str(tiny_folder), *QUICK, "--epochs", "2", "--cache", "--out", str(out)], record)
+    quick = [a for a in QUICK if a not in ("--val-split", "0.25")]
+    r = torchrun([str(tiny_folder), "--val", str(val), *quick, "--epochs", "2", "--cache", "--out", str(out)], record)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [loaded(record, 0), loaded(record, 1)]
     train_files = {row.split(",")[0] for row in (out / "train.csv").read_text().splitlines()[1:]}
     val_files = {row.split(",")[0] for row in (out / "val.csv").read_text().splitlines()[1:]}
-    assert len(train_files) == 24 and len(val_files) == 8
+    assert len(train_files) == 32 and val_files == {str(p) for p in val.rglob("*.png")}
     for epoch in (0, 1):
         a, b = (set(rank["loaded"][f"train{epoch}"]) for rank in ranks)
-        assert len(a) == len(b) == 12 and not a & b and a | b == train_files
-        a, b = (set(rank["loaded"][f"val{epoch}"]) for rank in ranks)
-        assert len(a) == len(b) == 4 and not a & b and a | b == val_files
+        assert len(a) == len(b) == 16 and not a & b and a | b == train_files
+        a, b = (rank["loaded"][f"val{epoch}"] for rank in ranks)
+        assert sorted([len(a), len(b)]) == [4, 5] and not set(a) & set(b) and set(a) | set(b) == val_files
     assert len(ranks[0]["built"]) == 2 and ranks[1]["built"] == []  # train and val caches, once
 
     assert_same_weights(final_weights(record, 0), final_weights(record, 1))
     last = read_checkpoint(out / "last.pt")
     assert_same_weights(last["model"], final_weights(record, 0))
-    assert last["progress"]["step"] == 2 * 3
+    assert last["progress"]["step"] == 2 * 4
     result, _, _ = evaluate(out / "last.pt", out / "val.csv", workers=0)
+    assert result["num_images"] == 9
     assert float(rows(out)[-1]["val_acc"]) == pytest.approx(result["accuracy"], abs=1e-9)
     assert r.stdout.count("best validation accuracy") == 1  # one report, from rank 0
 

@@ -56,7 +56,7 @@ def test_where_each_engine_runs_and_what_auto_decides_untimed():
         policy.check_engine("torch", CPU, False, onnx_file=True)
     with pytest.raises(ConfigError, match="--engine must be one of"):
         policy.check_engine("tensorrt", CPU, False)
-    from resnet.tuning import ONNX_MIN_IMAGES
+    from resnet.constants import ONNX_MIN_IMAGES
 
     few = policy.choose_engine("auto", CPU, False, ONNX_MIN_IMAGES - 1, False)
     assert few.name == "torch" and str(ONNX_MIN_IMAGES) in few.reason
@@ -174,7 +174,7 @@ def test_few_images_make_no_export(trained):
     """`evaluate` of a few images with `--engine auto` runs PyTorch and writes nothing to the
     cache, nor does a long job of a model so small that its export would cost more than it saves;
     with an ONNX engine by name the result is the same, saying which engine ran."""
-    from resnet.tuning import ONNX_MIN_IMAGES
+    from resnet.constants import ONNX_MIN_IMAGES
 
     data, run = trained
     torch_run, _, p_torch = evaluate(run / "best.pt", data, workers=0, amp="off")

@@ -14,47 +14,39 @@ import resnet.experiment as E
 from conftest import photo
 from resnet.cli import main
 from resnet.transforms import EvalTransform, PadCropTransform
-from resnet.tuning import BUDGET_RESERVE, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES, EXPERIMENT_RECIPE
+from resnet.constants import EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES, EXPERIMENT_RECIPE
 
 # Training steps at batch 64 of plain-20, ResNet-20, plain-56, ResNet-56 on a 2-core Xeon (fp32).
 XEON = (0.095, 0.132, 0.266, 0.306)
 
 
-def used(plan: E.Plan, step_s) -> float:
-    return plan.epochs * E.round_seconds(plan.train_images, plan.test_images, step_s, plan.batch_size)
-
-
-def test_the_budget_buys_epochs_of_as_many_images_as_it_can_pay_for():
+def test_a_faster_cpu_buys_more_images_for_the_same_epochs():
+    """The experiment's budget goes to training images, not to epochs (the paper's result needs
+    its ~100 epochs): a CPU three times faster trains three times the images for the same epochs;
+    a budget that buys more than the folder holds takes it all, for more epochs; too little for
+    any takes the smallest set that shows the result."""
     budget = 30 * 60
-    plan = E.plan_experiment(45000, 5000, budget, XEON)
-    assert 800 <= plan.train_images <= 1000 and plan.test_images == 1000
-    assert plan.epochs == EXPERIMENT_EPOCHS
-    left = budget * (1 - BUDGET_RESERVE)  # every epoch the budget holds, and not one more
-    assert used(plan, XEON) <= left < used(plan, XEON) * (plan.epochs + 1) / plan.epochs
-    assert used(plan, XEON) > 0.9 * left
-    # a CPU three times faster trains three times the images, for the same epochs
-    fast = E.plan_experiment(45000, 5000, budget, [s / 3 for s in XEON])
+    plan = E.design_experiment(45000, 5000, budget, XEON)
+    assert 800 <= plan.train_images <= 1000 and plan.test_images == 1000 and plan.epochs == EXPERIMENT_EPOCHS
+    fast = E.design_experiment(45000, 5000, budget, [s / 3 for s in XEON])
     assert fast.epochs == EXPERIMENT_EPOCHS and 2.9 < (fast.train_images + 333) / (plan.train_images + 333) < 3.1
-    # a budget that buys more than the folder holds: all of it, for more epochs
-    long = E.plan_experiment(45000, 5000, 20 * 3600, XEON)
+    long = E.design_experiment(45000, 5000, 20 * 3600, XEON)
     assert long.train_images == 45000 and long.epochs > EXPERIMENT_EPOCHS
-    assert used(long, XEON) <= 20 * 3600 * (1 - BUDGET_RESERVE)
-    # too little for any: the smallest set measured to show the result, for what epochs fit
-    short = E.plan_experiment(45000, 5000, 60, XEON)
+    short = E.design_experiment(45000, 5000, 60, XEON)
     assert short.train_images == EXPERIMENT_MIN_IMAGES and 1 <= short.epochs < EXPERIMENT_EPOCHS
     assert plan.batch_size == EXPERIMENT_RECIPE["batch_size"] and plan.lr == EXPERIMENT_RECIPE["lr"]
     assert len(plan.reasons) == 4  # test images, training images, epochs, the recipe: each said
 
 
 def test_options_given_are_kept():
-    plan = E.plan_experiment(45000, 5000, 30 * 60, XEON, train_images=500)
+    plan = E.design_experiment(45000, 5000, 30 * 60, XEON, train_images=500)
     assert plan.train_images == 500 and plan.epochs > EXPERIMENT_EPOCHS  # the budget goes to epochs
     assert not any(r.startswith("training images") for r in plan.reasons)
-    given = E.plan_experiment(45000, 5000, None, None, batch_size=32, epochs=7, test_images=300, lr=0.5,
+    given = E.design_experiment(45000, 5000, None, None, batch_size=32, epochs=7, test_images=300, lr=0.5,
                               warmup_epochs=1.5)
     assert (given.train_images, given.test_images, given.epochs) == (45000, 300, 7)  # no budget: all images
     assert (given.batch_size, given.lr, given.warmup_epochs, given.reasons) == (32, 0.5, 1.5, ())
-    few = E.plan_experiment(800, 90, None, None, epochs=3)
+    few = E.design_experiment(800, 90, None, None, epochs=3)
     assert (few.train_images, few.test_images) == (800, 90)  # fewer than the default test set: all
 
 
@@ -103,9 +95,12 @@ def test_degradation_writes_history_summary_and_figure(tmp_path):
                  "--train-images", "20", "--lr", "0.05"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["plain20", "resnet20"]
-    for s in summary.values():
+    for name, s in summary.items():  # each network's errors are its own run's last epoch, not another's
         assert set(s) == {"final_train_error", "final_test_error", "epochs", "steps", "seconds"}
-        assert s["epochs"] == 2 and 0 <= s["final_train_error"] <= 1 and 0 <= s["final_test_error"] <= 1
+        with open(out / name / "metrics.csv") as f:
+            last = list(csv.DictReader(f))[-1]
+        assert s["epochs"] == 2 and s["final_train_error"] == pytest.approx(1 - float(last["train_acc"]))
+        assert s["final_test_error"] == pytest.approx(1 - float(last["val_acc"]))
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["network"], r["epoch"]) for r in rows] == [("plain20", "1"), ("plain20", "2"),

@@ -258,7 +258,7 @@ def test_compiled_inference_gives_the_eager_logits(trained):
 
 def test_export_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
     from resnet import exports as X
-    from resnet.tuning import ONNX_CACHE_KEEP
+    from resnet.constants import ONNX_CACHE_KEEP
 
     monkeypatch.setattr(X, "export_onnx", lambda checkpoint, path: Path(path).write_bytes(b"onnx"))
     for i in range(ONNX_CACHE_KEEP + 3):

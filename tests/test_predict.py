@@ -292,3 +292,27 @@ def test_export_usage_errors(trained, args, needle):
     r = subprocess.run([sys.executable, "-m", "resnet", "export", str(trained[1] / "best.pt"), *args],
                        capture_output=True, text=True)
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_metrics_values_per_class_and_top5_on_known_answers():
+    """Six classes, six images with known answers: image i is class i; the top answer is right for
+    classes 0-2, the true class is second for 3 and 4 (top-5 right, top-1 wrong) and sixth for 5.
+    Catches a top-5 over the wrong axis, precision and recall swapped, or a confusion matrix
+    transposed."""
+    from resnet.evaluate import compute_metrics
+
+    classes = list("abcdef")
+    labels = torch.arange(6)
+    logits = torch.zeros(6, 6)
+    for i in range(3):
+        logits[i, i] = 5.0
+    logits[3, 0], logits[3, 3] = 5.0, 4.0  # answered a, d second
+    logits[4, 0], logits[4, 4] = 5.0, 4.0  # answered a, e second
+    logits[5] = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, -1.0])  # answered a, f last
+    r = compute_metrics(logits, labels, classes)
+    assert r["accuracy"] == pytest.approx(3 / 6) and r["top5_accuracy"] == pytest.approx(5 / 6)
+    assert r["per_class"]["a"] == {"precision": pytest.approx(1 / 4), "recall": 1.0, "f1": pytest.approx(0.4),
+                                   "support": 1}
+    assert r["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert r["confusion_matrix"][3] == [1, 0, 0, 0, 0, 0]  # row: the true class, column: the answer
+    assert [row[0] for row in r["confusion_matrix"]] == [1, 0, 0, 1, 1, 1]

@@ -2,6 +2,7 @@
 real headless browser."""
 
 import asyncio
+import base64
 import io
 import shutil
 import socket
@@ -10,7 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import photo, write_broken
 from resnet import Classifier
@@ -71,7 +74,42 @@ def test_several_files_and_grad_cam(server):
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert [p["filename"] for p in preds] == ["0.jpg", "1.jpg", "2.jpg"]
-    assert all(p["cam"].startswith("data:image/png;base64,") for p in preds)
+    for i, p in enumerate(preds):  # each file's own heatmap: the one `Classifier.explain` draws for it
+        assert p["cam"].startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(p["cam"].split(",", 1)[1]))) as served:
+            own = np.asarray(clf.explain(io.BytesIO(jpeg(i))).overlay().convert("RGB"))
+            assert np.array_equal(np.asarray(served.convert("RGB")), own)
+
+
+def test_a_failing_batch_fails_its_requests_and_the_next_batch_is_served(trained):
+    """Two requests merged into one batch whose forward pass raises: both get the error (none
+    waits forever), and the model's thread goes on to serve the next request."""
+    from resnet.serve import BatchingPredictor
+
+    clf = Classifier.from_checkpoint(trained[1] / "best.pt", device="cpu")
+    image = np.asarray(photo(48, 48, seed=1))
+
+    async def scenario():
+        predictor = BatchingPredictor(clf)
+        predictor.start()
+        real, calls = predictor._probabilities, []
+
+        def fails_once(images):
+            calls.append(len(images))
+            if len(calls) == 1:
+                raise RuntimeError("out of memory")
+            return real(images)
+
+        predictor._probabilities = fails_once
+        first = await asyncio.gather(predictor.predict([image], 1), predictor.predict([image, image], 1),
+                                     return_exceptions=True)
+        after = await predictor.predict([image], 1)
+        await predictor.stop()
+        return first, after, calls
+
+    first, after, calls = asyncio.run(scenario())
+    assert [str(e) for e in first] == ["out of memory"] * 2 and calls == [3, 1]
+    assert after[0]["label"] == clf.predict([image], top_k=1)[0]["label"]
 
 
 def test_info_and_health(server):

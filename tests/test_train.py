@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from resnet import data as D
-from resnet import budget as TB, config as TC, loop as TL, plan as TP, records as TRec, run as TR, schedule as TS
+from resnet import budget as TB, config as TC, loop as TL, recipe as TP, records as TRec, run as TR, schedule as TS
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError
-from resnet.plan import Recipe, eval_size_for
+from resnet.recipe import Recipe, eval_size_for
 
 from conftest import killed_before_epoch_2
 from resnet.cli import main
@@ -109,6 +109,21 @@ def test_sigterm_mid_epoch_2_saves_that_step_exits_143_and_resumes_bit_identical
     assert all(torch.equal(a, b) for a, b in zip(weights(out / "last.pt").values(),
                                                  weights(tmp_path / "straight" / "last.pt").values()))
     assert len((out / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs, none repeated
+
+
+def test_best_pt_is_the_epoch_that_scored_best_not_the_last(tiny_folder, tmp_path, monkeypatch):
+    """Validation scores 0.5, 0.9, 0.7 over three epochs: best.pt is epoch 2's model (its step, its
+    metrics row), last.pt epoch 3's, and the summary names epoch 2 (a run that saved best.pt on
+    every epoch, or kept the first, would hold another)."""
+    scores = iter([0.5, 0.9, 0.7])
+    monkeypatch.setattr(TL, "validate", lambda run, progress: (1.0, next(scores)))
+    summary = TL.train(quick(tiny_folder, tmp_path / "run", epochs=3))
+    best, last = read_checkpoint(tmp_path / "run" / "best.pt"), read_checkpoint(tmp_path / "run" / "last.pt")
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [float(r.split(",")[6]) for r in rows[1:]] == [0.5, 0.9, 0.7] and rows[0].split(",")[6] == "val_acc"
+    assert (best["epoch"], best["metrics"]["val_acc"], best["progress"]["step"]) == (2, 0.9, 6)
+    assert last["epoch"] == 3 and any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    assert (summary["best_epoch"], summary["best_acc"], summary["final_acc"]) == (2, 0.9, 0.7)
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
@@ -221,12 +236,10 @@ def test_a_log_off_a_terminal_has_plain_lines(tiny_folder, tmp_path, monkeypatch
     assert capsys.readouterr().out.splitlines() == [f"epoch 1/1: {n}/8 steps  loss {n - 1:.1f}" for n in (2, 4, 6)]
 
 
-def test_seed_preset_is_the_tutorial(tiny_folder, tmp_path):
-    cfg = TC.make_config("seed", data=str(tiny_folder))
-    assert (cfg.arch, cfg.img_size, cfg.batch_size, cfg.epochs) == ("resnet18_seed", 224, 8, 10)
-    assert cfg.lr * cfg.batch_size / 256 == pytest.approx(0.01)  # SGD lr 0.01 as run
-    assert cfg.momentum == 0 and cfg.weight_decay == 0 and cfg.label_smoothing == 0
-    assert cfg.schedule == "constant" and cfg.train_like_eval
+def test_seed_preset_trains_as_the_tutorial(tiny_folder, tmp_path):
+    """The tutorial's run, as the optimiser and the records show it: ResNet-18 at 224 px trained on
+    its evaluation crops, plain SGD at 0.01 from the first step (no warm-up, no momentum, no weight
+    decay), batch 8."""
     out = tmp_path / "seed"
     small = tmp_path / "small"
     for c in ("a", "b"):
@@ -238,9 +251,12 @@ def test_seed_preset_is_the_tutorial(tiny_folder, tmp_path):
     assert main(["train", str(small), "--preset", "seed", "--epochs", "1", "--workers", "0",
                  "--val-split", "0.25", "--amp", "off", "--out", str(out)]) == 0
     ckpt = read_checkpoint(out / "last.pt")
-    assert ckpt["arch"] == "resnet18_seed" and ckpt["eval_size"] == 224
-    opt = ckpt["optimizer"]["param_groups"][0]
-    assert opt["lr"] == pytest.approx(0.01) and opt["momentum"] == 0 and not opt["nesterov"]
+    assert ckpt["arch"] == "resnet18_seed" and ckpt["eval_size"] == 224 and ckpt["config"]["train_like_eval"]
+    opt = ckpt["optimizer"]["param_groups"]
+    assert all(g["lr"] == pytest.approx(0.01) and g["momentum"] == 0 and g["weight_decay"] == 0 for g in opt)
+    assert not opt[0]["nesterov"] and ckpt["progress"]["step"] == 6 // 8 + 1  # 6 training images, batch 8
+    row = (out / "metrics.csv").read_text().splitlines()
+    assert float(row[1].split(",")[2]) == pytest.approx(0.01) and row[0].split(",")[2] == "lr"
 
 
 def test_explicit_flags_override_a_preset():
@@ -390,9 +406,21 @@ def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
     assert warm[0] == pytest.approx(0.01) and warm[9:50] == pytest.approx([0.1] * 41) and warm[60] == lrs[60]
 
 
-def test_cifar_paper_preset_is_the_papers_recipe():
+def test_cifar_paper_preset_divides_the_learning_rate_where_the_paper_did():
+    """He et al. 4.2 as the run's schedule gives it: 0.1 from the first step (batch 128, no
+    warm-up), divided by 10 at 32k and 48k of 64k iterations, the run 64k iterations long on the
+    45k training images (351 an epoch)."""
+    from types import SimpleNamespace
+
     cfg = TC.make_config("cifar-paper", data=".")
-    assert cfg.lr * cfg.batch_size / 256 == pytest.approx(0.1) and cfg.batch_size == 128
-    assert (cfg.momentum, cfg.weight_decay, cfg.schedule, cfg.augment) == (0.9, 1e-4, "step", "pad-crop")
-    assert cfg.img_size == cfg.eval_size == 32 and cfg.crop_pct == 1.0  # no resizing at 32 px
-    assert round(64_000 * 128 / 45_000) == cfg.epochs  # 64k iterations of 128 on 45k images
+    run, progress = SimpleNamespace(cfg=cfg, steps_per_epoch=45_000 // 128), TR.RunState(epochs=cfg.epochs)
+    total = progress.total_steps(run.steps_per_epoch)
+    assert abs(total - 64_000) < run.steps_per_epoch
+
+    def lr(step: int) -> float:
+        progress.step = step
+        return TR.Run.lr(run, progress)
+
+    assert lr(0) == pytest.approx(0.1) and lr(total // 2 - 1) == pytest.approx(0.1)
+    assert lr(total // 2) == pytest.approx(0.01) and lr(3 * total // 4) == pytest.approx(0.001)
+    assert lr(total - 1) == pytest.approx(0.001)

@@ -18,7 +18,7 @@ from .evaluate import evaluate, write_json, write_report
 from .outputs import check_output_file
 from .predict import Classifier, compare, verify_images
 from .runtime import net_seconds
-from .tuning import CALIBRATION_IMAGES, PROBE_BATCH
+from .constants import CALIBRATION_IMAGES, PROBE_BATCH
 
 SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "int8": ".int8.onnx"}
 

@@ -24,10 +24,10 @@ from . import distributed as ddp
 from .config import TrainConfig
 from .data import DataSplit
 from .models import create_model
-from .plan import Recipe, eval_size_for
+from .recipe import Recipe, eval_size_for
 from .runtime import autocast, memory_format
 from .schedule import crop_size_at
-from .tuning import BUDGET_RESERVE, GROW_MARGIN, MIN_TAIL, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
+from .constants import BUDGET_RESERVE, GROW_MARGIN, MIN_TAIL, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
 
 T = TypeVar("T")
 

@@ -156,7 +156,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
-    from .bench import bench_data, bench_model
+    from .throughput import bench_data, bench_model
 
     if a.img_size < MIN_IMG_SIZE:
         raise ConfigError(f"--img-size must be at least {MIN_IMG_SIZE}, not {a.img_size}")

@@ -17,7 +17,7 @@ scratch on a 2-core CPU (measured in docs/benchmarks.md):
   bf16 autocast on CUDA; on a CPU with bf16 kernels (AVX-512-BF16, AMX) the faster of fp32 and bf16
   on a few timed steps of the actual model; fp32 on other CPUs, where bf16 is emulated and ~15x
   slower (`policy.choose_precision`).
-Every other tuning constant is in `tuning.py`, with its reason; the time budget is `budget.py`.
+Every other tuning constant is in `constants.py`, with its reason; the time budget is `budget.py`.
 
 """
 
@@ -45,7 +45,7 @@ class TrainConfig:
     width: float = 0.5                    # channel multiplier: a quarter of ResNet-18's compute
     img_size: int = 96                    # the last epochs' crops (see `crop_size_at`)
     min_img_size: int | None = None       # the first epochs' crops; default: 2/3 of img_size
-    eval_size: int | None = None          # default: `plan.eval_size_for(img_size)`
+    eval_size: int | None = None          # default: `recipe.eval_size_for(img_size)`
     epochs: int = 10
     batch_size: int = 64
     lr: float = 0.4                       # for batch 256; scaled linearly with batch_size

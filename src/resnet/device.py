@@ -12,7 +12,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .models import create_model
-from .tuning import HEAP_KEEP_BYTES
+from .constants import HEAP_KEEP_BYTES
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -28,8 +28,8 @@ from .errors import ConfigError
 from .loop import begin, end_epoch, train_epoch, validate
 from .models import CIFAR_DEPTHS
 from .records import record_epoch
-from .run import Progress, Run, set_up
-from .tuning import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
+from .run import RunState, Run, set_up
+from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
                      EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, VAL_BATCH_COST, VAL_BATCH_FACTOR)
 
 
@@ -47,7 +47,7 @@ def networks(depths: Sequence[int]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Design:
     train_images: int
     test_images: int
     epochs: int
@@ -64,10 +64,10 @@ def round_seconds(train_images: int, test_images: int, step_s: Sequence[float], 
     return per_image * (train_images + test_images * VAL_BATCH_COST / VAL_BATCH_FACTOR)
 
 
-def plan_experiment(available_train: int, available_test: int, seconds: float | None, step_s: Sequence[float] | None,
+def design_experiment(available_train: int, available_test: int, seconds: float | None, step_s: Sequence[float] | None,
                     batch_size: int | None = None, epochs: int | None = None, train_images: int | None = None,
                     test_images: int | None = None, lr: float | None = None,
-                    warmup_epochs: float | None = None) -> Plan:
+                    warmup_epochs: float | None = None) -> Design:
     """The experiment's plan for `seconds` of training (None: `epochs` given), every network's
     training step taking `step_s` at the planned batch. Options given are kept. A budget buys
     `EXPERIMENT_EPOCHS` epochs of as many training images as it can pay for (at least
@@ -102,7 +102,7 @@ def plan_experiment(available_train: int, available_test: int, seconds: float | 
                                        (f"warm-up {warmup:g} epochs", warmup_epochs)) if given is None]
     if chosen:
         reasons.append(f"{', '.join(chosen)}: a short run's recipe, measured (docs/science.md)")
-    return Plan(n_train, n_test, epochs, batch, rate, warmup, tuple(reasons))
+    return Design(n_train, n_test, epochs, batch, rate, warmup, tuple(reasons))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def plan_experiment(available_train: int, available_test: int, seconds: float | 
 def timed_steps(archs: Sequence[str], batch_size: int, device: str) -> list[float]:
     """Seconds of one training step of each network (forward, backward, SGD, at 32 px, in the
     precision its run will choose: `resnet benchmark train`'s code)."""
-    from .bench import bench_model
+    from .throughput import bench_model
 
     return [batch_size / bench_model("train", arch, 32, batch_size, steps=3, device=device)["images_per_second"]
             for arch in archs]
@@ -146,7 +146,7 @@ def replan(budget_s: float, spent_s: float, done: int, planned: int, round_s: li
     return min(planned_now, planned) if 2 * done >= planned else planned_now
 
 
-def epoch_of_each(runs: dict[str, tuple[Run, Progress]]) -> None:
+def epoch_of_each(runs: dict[str, tuple[Run, RunState]]) -> None:
     """One epoch of every network in turn, each recorded as `train` records its epochs."""
     for name, (run, progress) in runs.items():
         sums = train_epoch(run, progress, None)
@@ -172,7 +172,7 @@ def degradation(data: str | Path, out: str | Path, val: str | Path | None = None
     batch = batch_size or EXPERIMENT_RECIPE["batch_size"]
     step_s = timed_steps(archs, batch, device) if max_minutes else None
     budget_s = max_minutes * 60 if max_minutes else None
-    plan = plan_experiment(len(split.train), len(split.val),
+    plan = design_experiment(len(split.train), len(split.val),
                            budget_s - (time.monotonic() - started) if budget_s else None, step_s,
                            batch_size, epochs, train_images, test_images, lr, warmup_epochs)
     for line in plan.reasons:
@@ -189,7 +189,7 @@ def degradation(data: str | Path, out: str | Path, val: str | Path | None = None
     return report(runs, plan, round_s, step_s, out)
 
 
-def side_by_side(runs: dict[str, tuple[Run, Progress]], planned: int, budget_s: float | None,
+def side_by_side(runs: dict[str, tuple[Run, RunState]], planned: int, budget_s: float | None,
                  started: float) -> list[float]:
     """Train every network one epoch at a time, in turn, for the plan's epochs; with a budget
     (seconds since `started`), the plan is refitted after each epoch of all and given to every
@@ -210,7 +210,7 @@ def side_by_side(runs: dict[str, tuple[Run, Progress]], planned: int, budget_s: 
     return round_s
 
 
-def report(runs: dict[str, tuple[Run, Progress]], plan: Plan, round_s: list[float], step_s: list[float] | None,
+def report(runs: dict[str, tuple[Run, RunState]], plan: Design, round_s: list[float], step_s: list[float] | None,
            out: Path) -> dict[str, Any]:
     """history.csv, summary.json, plan.json and figure6.png; a line per network. Returns the summary."""
     history, summary = [], {}

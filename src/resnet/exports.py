@@ -28,7 +28,7 @@ from .checkpoint import card_strings, eval_transform, load_checkpoint
 from .engines import read_card
 from .options import CROP_PCT
 from .transforms import normalize
-from .tuning import ONNX_CACHE_KEEP
+from .constants import ONNX_CACHE_KEEP
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
 

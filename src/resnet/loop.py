@@ -1,5 +1,5 @@
 """The training loop, read top to bottom: one epoch's steps (`train_epoch`), validation through
-the one inference path (`validate`), the epoch's record, whether to go on (`next_plan`), and last
+the one inference path (`validate`), the epoch's record, whether to go on (`should_stop`), and last
 `train`, the loop itself. What it stands on has its own room: the configuration (`config`), the
 schedule (`schedule`), the set-up (`run`), the time budget (`budget`), the records (`records`)."""
 
@@ -23,10 +23,10 @@ from .budget import Budget, RunShape, compute_time_by_size, now, val_forwards
 from .config import TrainConfig
 from .errors import Interrupted, TrainingError
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
-from .run import Progress, Run, restore, set_up
+from .run import RunState, Run, restore, set_up
 from .runtime import TorchNet, autocast, run_eval
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from .tuning import FIRST_FIT_STEPS, UNTIMED_STEPS
+from .constants import FIRST_FIT_STEPS, UNTIMED_STEPS
 
 
 @dataclass
@@ -43,7 +43,7 @@ class EpochSums:
                          sum(p["loss"] for p in parts), parts[0]["seconds"])
 
 
-def plan_budget(run: Run, progress: Progress, budget: Budget, step_s: float, crop: int) -> int:
+def first_budget_steps(run: Run, progress: RunState, budget: Budget, step_s: float, crop: int) -> int:
     """The first plan of a time budget, in steps, from the first steps' time and the compute
     measured at the sizes training will see."""
     largest = run.cfg.img_size if run.cfg.img_size != crop else run.eval_size
@@ -56,7 +56,7 @@ def plan_budget(run: Run, progress: Progress, budget: Budget, step_s: float, cro
 
 
 
-def train_epoch(run: Run, progress: Progress, budget: Budget | None, signals: list[int] | None = None) -> EpochSums:
+def train_epoch(run: Run, progress: RunState, budget: Budget | None, signals: list[int] | None = None) -> EpochSums:
     """One epoch (or the rest of one, when resumed mid-epoch), updating `progress` step by step.
     With a budget not yet planned, the plan is made after the first `FIRST_FIT_STEPS` steps.
     `signals`: those `stop_at_a_step` received; one (on any rank) ends the run after this step."""
@@ -103,7 +103,7 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None, signals: li
             t_timed = now()
         if budget and budget.model is None and done_here == min(FIRST_FIT_STEPS, steps):
             step_s = (now() - t_timed) / max(1, done_here - UNTIMED_STEPS)
-            progress.replan(plan_budget(run, progress, budget, step_s, crop), steps)
+            progress.replan(first_budget_steps(run, progress, budget, step_s, crop), steps)
             bar.set_description(f"epoch {progress.epoch + 1}/{progress.epochs}")
         if progress.step >= progress.total_steps(steps):  # a budget's last epoch, cut short
             break
@@ -133,7 +133,7 @@ class ValSums(NamedTuple):
     failures: list[tuple[int, str]]
 
 
-def validate(run: Run, progress: Progress) -> tuple[float, float]:
+def validate(run: Run, progress: RunState) -> tuple[float, float]:
     """(loss, accuracy) on the validation set, through the one inference path; NaN without one.
     Each rank scores its own slice with rank 0's weights, and the counts are summed."""
     if run.val_loader is None:
@@ -153,7 +153,7 @@ def validate(run: Run, progress: Progress) -> tuple[float, float]:
     return sum(part.loss for part in parts) / n, sum(part.correct for part in parts) / n
 
 
-def end_epoch(run: Run, progress: Progress, sums: EpochSums, val_loss: float, val_acc: float, crop: int,
+def end_epoch(run: Run, progress: RunState, sums: EpochSums, val_loss: float, val_acc: float, crop: int,
               seconds: float) -> tuple[dict, bool]:
     """Record the finished epoch in `progress`: (its metrics row, whether it is the best so far)."""
     progress.epoch += 1
@@ -169,7 +169,7 @@ def end_epoch(run: Run, progress: Progress, sums: EpochSums, val_loss: float, va
     return row, improved
 
 
-def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s: float) -> bool:
+def should_stop(run: Run, progress: RunState, budget: Budget | None, last_epoch_s: float) -> bool:
     """Whether to stop now, decided on rank 0 and shared (ranks that disagreed would wait on each
     other forever), with a budget's plan refitted into `progress`. Stops on --patience, or when the
     budget cannot take another epoch; a budget refits the plan every epoch (larger crops are only
@@ -196,13 +196,13 @@ def next_plan(run: Run, progress: Progress, budget: Budget | None, last_epoch_s:
 
 
 
-def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progress, Budget | None]:
+def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[RunState, Budget | None]:
     """Where the run starts (from `state` when resumed), its time budget, and the files that
     describe it (train.csv, val.csv, config.json, the first lines)."""
-    progress = Progress(epochs=run.cfg.epochs, skipped=dict(run.split.skipped))
+    progress = RunState(epochs=run.cfg.epochs, skipped=dict(run.split.skipped))
     if state is not None:
         restore(run, state)
-        progress = Progress.restore(run.cfg.epochs, state)
+        progress = RunState.restore(run.cfg.epochs, state)
         progress.skipped.update(run.split.skipped)
     ddp.same_on_all_ranks("the step to start from (resuming needs --out on a file system all nodes share)",
                           progress.step)
@@ -216,7 +216,7 @@ def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progr
         if run.split.val:
             D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
         (run.out / "config.json").write_text(json.dumps(
-            {**asdict(run.cfg), "precision": run.precision.record(), "plan": run.plan, "size_reason": run.size_reason},
+            {**asdict(run.cfg), "precision": run.precision.record(), "plan": run.plan_lines, "size_reason": run.size_reason},
             indent=2))
         announce(run, progress)
     return progress, budget
@@ -249,7 +249,7 @@ def stop_at_a_step() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
-def interrupted(run: Run, progress: Progress, signum: int) -> Interrupted:
+def interrupted(run: Run, progress: RunState, signum: int) -> Interrupted:
     """What a signal ended: said once every rank stands at the same step and last.pt holds it."""
     ddp.barrier()  # no rank leaves (and has torchrun stop the others) before rank 0 has saved
     last = run.out / "last.pt"
@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
     return summary(run, progress, started)
 
 
-def run_epochs(run: Run, progress: Progress, budget: Budget | None, board, signals: list[int]) -> None:
+def run_epochs(run: Run, progress: RunState, budget: Budget | None, board, signals: list[int]) -> None:
     """The epochs, until the plan's last, an early stop, or a signal."""
     while progress.epoch < progress.epochs:
         crop = run.crop_at(progress.epoch, progress.epochs)
@@ -301,7 +301,7 @@ def run_epochs(run: Run, progress: Progress, budget: Budget | None, board, signa
                                   sums.seconds + now() - t_val)
         if run.main:
             record_epoch(run, progress, budget, board, row, improved)
-        stop = next_plan(run, progress, budget, row["seconds"])
+        stop = should_stop(run, progress, budget, row["seconds"])
         signum = ddp.largest(signals[0] if signals else 0, run.device)
         if signum and not stop and progress.epoch < progress.epochs:  # last.pt was written with the epoch
             raise interrupted(run, progress, signum)

@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from .budget import Budget, now
 from .checkpoint import run_state, save_checkpoint
-from .run import Progress, Run
+from .run import RunState, Run
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
-from .tuning import LOG_EVERY_S
+from .constants import LOG_EVERY_S
 
 
 def tensorboard_writer(out: Path):
@@ -40,21 +40,21 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metrics: dict) -> None:
+def save(run: Run, path: Path, progress: RunState, budget: Budget | None, metrics: dict) -> None:
     """A checkpoint of the run as it stands (main process only), in `checkpoint.run_state`'s layout."""
     if not run.main:
         return
     cfg = run.cfg
-    card = {"arch": cfg.arch, "model_options": run.options, "classes": run.split.classes, "eval_size": run.eval_size,
+    card = {"arch": cfg.arch, "model_options": run.model_options, "classes": run.split.classes, "eval_size": run.eval_size,
             "crop_pct": cfg.crop_pct, "tta": cfg.tta, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "epoch": progress.epoch, "metrics": metrics}
     state = {"config": asdict(cfg), "progress": asdict(progress), "precision": run.precision.record(),
              "scheduler": {"step": progress.step, "total_steps": progress.total_steps(run.steps_per_epoch)},
-             "plan": run.plan, "size_reason": run.size_reason, "budget": budget.state() if budget else None}
+             "plan": run.plan_lines, "size_reason": run.size_reason, "budget": budget.state() if budget else None}
     save_checkpoint(path, run_state(run.model, run.optimizer, run.scaler, card, state))
 
 
-def announce(run: Run, progress: Progress) -> None:
+def announce(run: Run, progress: RunState) -> None:
     cfg = run.cfg
     first = run.crop_at(progress.epoch, progress.epochs)
     sizes = f"{first} -> {cfg.img_size}" if first != cfg.img_size else str(first)
@@ -68,7 +68,7 @@ def announce(run: Run, progress: Progress) -> None:
     tqdm.write(f"{cfg.arch} on {run.device.type}{over}: {len(run.split.train)} train / {len(run.split.val)} val "
                f"images, {len(run.split.classes)} classes, {epochs} at {sizes} px, "
                f"{run.workers} worker{'' if run.workers == 1 else 's'}" + (f", {skipped} files skipped" if skipped else ""))
-    for line in run.plan:
+    for line in run.plan_lines:
         tqdm.write(f"plan: {line}")
     tqdm.write(f"precision: {run.precision.name} ({run.precision.reason})")
     if run.size_reason:
@@ -116,7 +116,7 @@ def epochs_fit(steps: int, steps_per_epoch: int) -> str:
     return f"{whole} epochs" + (f" and {tail} of {steps_per_epoch} steps of one more" if tail else "")
 
 
-def record_epoch(run: Run, progress: Progress, budget: Budget | None, board, row: dict, improved: bool,
+def record_epoch(run: Run, progress: RunState, budget: Budget | None, board, row: dict, improved: bool,
                  name: str = "") -> None:
     """The finished epoch in metrics.csv, TensorBoard, last.pt (and best.pt), and one line (led by
     `name` where several networks train side by side)."""
@@ -133,7 +133,7 @@ def record_epoch(run: Run, progress: Progress, budget: Budget | None, board, row
                f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
 
 
-def summary(run: Run, progress: Progress, started: float) -> dict[str, Any]:
+def summary(run: Run, progress: RunState, started: float) -> dict[str, Any]:
     """The run's result. best.pt is the epoch that scored best on the validation set, which that
     choice flatters: the final weights' score is reported beside it."""
     key = "val_acc" if run.val_loader is not None else "train_acc"

@@ -1,5 +1,5 @@
 """A training run's set-up: everything that lives for the whole run (`Run`) and where it stands
-(`Progress`), built once by `set_up` — device, data, precision, model, optimiser — with every check
+(`RunState`), built once by `set_up` — device, data, precision, model, optimiser — with every check
 that can fail on the user's input run before the expensive work."""
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from .config import TrainConfig
 from .device import check_step_memory, pick_device
 from .errors import ConfigError
 from .models import create_model, fit_weights, load_pretrained, read_weights, whiten_conv
-from .plan import apply_plan, eval_size_for, plans
+from .recipe import apply_recipe, eval_size_for, recipe_applies
 from .policy import Precision, choose_precision, kept_precision
 from .runtime import memory_format
 from .schedule import crop_size_at, lr_at
 from .transforms import EvalTransform, PadCropTransform, TrainTransform, normalize
-from .tuning import AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES
+from .constants import AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 @dataclass
-class Progress:
+class RunState:
     """Where the run stands; saved in every checkpoint and restored on resume."""
 
     epochs: int                       # the plan: epochs in the whole run (the last maybe cut short)
@@ -74,7 +74,7 @@ class Progress:
     steps: int | None = None          # a time budget's plan in steps, which may end mid-epoch
 
     @classmethod
-    def restore(cls, epochs: int, state: dict[str, Any]) -> "Progress":
+    def restore(cls, epochs: int, state: dict[str, Any]) -> "RunState":
         saved = dict(state.get("progress") or {})
         if not saved:  # checkpoints written before `progress` existed
             saved = {"epoch": state["epoch"], "step": state["scheduler"]["step"],
@@ -100,7 +100,7 @@ class Run:
     out: Path
     device: torch.device
     precision: Precision              # the autocast dtype (None: fp32) and why it was chosen
-    plan: list[str]                   # what the data is like and what the default chose for it
+    plan_lines: list[str]             # what the data is like and what the recipe chose for it, a line each
     size_reason: str | None           # why this width and crop size, when the budget chose them
     split: D.DataSplit
     eval_size: int
@@ -109,7 +109,7 @@ class Run:
     workers: int
     model: nn.Module                  # what checkpoints save
     net: nn.Module                    # what trains: `model`, maybe DDP-wrapped and compiled
-    options: dict[str, Any]
+    model_options: dict[str, Any]     # what `create_model` was given besides the architecture
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     criterion: nn.Module
@@ -125,7 +125,7 @@ class Run:
     def crop_at(self, epoch: int, epochs: int) -> int:
         return crop_size_at(epoch, epochs, self.cfg.img_size, self.cfg.min_img_size)
 
-    def lr(self, progress: Progress) -> float:
+    def lr(self, progress: RunState) -> float:
         # Linear scaling rule (Goyal et al.) on the global batch, whatever the number of processes.
         peak = self.cfg.lr * self.cfg.batch_size / 256
         total = progress.total_steps(self.steps_per_epoch)
@@ -249,9 +249,9 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
                           f"as it was, or train a new run (another --out)")
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
-    recipe, plan = None, (state or {}).get("plan") or []
-    if not resuming and plans(cfg):
-        cfg, recipe, plan = apply_plan(cfg, D.describe(split.train, len(split.classes), cfg.seed))
+    recipe, plan_lines = None, (state or {}).get("plan") or []
+    if not resuming and recipe_applies(cfg):
+        cfg, recipe, plan_lines = apply_recipe(cfg, D.describe(split.train, len(split.classes), cfg.seed))
     cfg = capped_batch(cfg, len(split.train), world) if not resuming else cfg
     batch = ddp.per_rank_batch(cfg.batch_size, world)
     # Before the first step (the precision's timing is one): a step that cannot fit is one line, not an OOM kill.
@@ -268,9 +268,9 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     options = state["model_options"] if resuming else {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
     sample = whitening_sample(train_loader) if cfg.whiten and not resuming else None
     model, net = build_model(cfg, options, len(split.classes), weights, device, world, sample)
-    return Run(cfg=cfg, out=out, device=device, precision=precision, plan=plan, size_reason=size_reason, split=split,
+    return Run(cfg=cfg, out=out, device=device, precision=precision, plan_lines=plan_lines, size_reason=size_reason, split=split,
                eval_size=eval_size, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
-               net=net, options=options,
+               net=net, model_options=options,
                optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world=world, batch=batch,

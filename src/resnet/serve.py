@@ -31,7 +31,7 @@ from . import data as D
 from .errors import ConfigError, MachineError
 from .outputs import jsonable
 from .predict import Classifier
-from .tuning import SERVE_BATCH
+from .constants import SERVE_BATCH
 
 MAX_FILES = 32     # per request: a page sends one photo per request, a script a few
 

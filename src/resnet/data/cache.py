@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..transforms import EvalTransform, pixels, resize_size_for, resized_crop, shorter_side_size
 from ..errors import ConfigError
-from ..tuning import CACHE_LIMIT_BYTES, CACHE_POLL_S
+from ..constants import CACHE_LIMIT_BYTES, CACHE_POLL_S
 from .decode import UnreadableImage, read_images
 from .files import Sample
 
@@ -30,7 +30,7 @@ from .files import Sample
 # decoded at full resolution (no JPEG draft).
 CACHE_FORMAT = 2
 
-# The decoded caches of a user are kept under this many GiB (default `tuning.CACHE_LIMIT_BYTES`).
+# The decoded caches of a user are kept under this many GiB (default `constants.CACHE_LIMIT_BYTES`).
 CACHE_LIMIT_ENV = "RESNET_CACHE_LIMIT_GB"
 
 # Open lock files of the caches this process uses, held for its lifetime (and by its forked
@@ -146,7 +146,7 @@ def hold(folder: Path) -> None:
 
 
 def cache_limit() -> int:
-    """Bytes the decoded caches may take: `RESNET_CACHE_LIMIT_GB`, or `tuning.CACHE_LIMIT_BYTES`."""
+    """Bytes the decoded caches may take: `RESNET_CACHE_LIMIT_GB`, or `constants.CACHE_LIMIT_BYTES`."""
     value = os.environ.get(CACHE_LIMIT_ENV, "").strip()
     if not value:
         return CACHE_LIMIT_BYTES

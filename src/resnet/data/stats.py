@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..tuning import STATS_SAMPLE
+from ..constants import STATS_SAMPLE
 from .files import Sample
 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")

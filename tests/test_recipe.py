@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from resnet import data as D
-from resnet import checkpoint as TCk, config as TC, loop as TL, plan as TP
+from resnet import checkpoint as TCk, config as TC, loop as TL, recipe as TP
 from resnet.data.stats import DataStats
-from resnet.plan import eval_size_for, plan_recipe
+from resnet.recipe import eval_size_for, plan_recipe
 from resnet.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
-from resnet.tuning import EPOCHS_TO_GROW, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX
+from resnet.constants import EPOCHS_TO_GROW, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX
 
 from conftest import killed_before_epoch_2, photo
 
@@ -42,12 +42,15 @@ def test_small_images_too_many_for_memory_go_through_the_cache():
     assert not recipe.values["in_memory"] and "decoded cache" in recipe.reasons[-1][1]
 
 
-def test_photos_of_180_px_keep_the_dogs_vs_cats_plan():
+def test_photos_of_180_px_never_train_or_evaluate_above_what_they_hold():
+    """Kaggle's dogs vs. cats at 180 px: the preset's network (nothing planned but the loader), and
+    a budget may grow it only to sizes whose evaluation crop (crop x 1.15) fits in 180 px — 128 px
+    at most (147 px scored); 160 px would be scored at 184, up-sampled."""
     recipe = plan_recipe(stats(180, images=8000, classes=2))
-    # arch, width, sizes, no whitening: the preset's
     assert recipe.kind == "photos" and recipe.values == {"in_memory": False}
-    assert recipe.ladder == tuple(r for r in SIZE_LADDER if eval_size_for(r[1]) <= 180)
-    assert recipe.ladder[0] == SIZE_LADDER[0] and recipe.ladder[-1] == (1.0, 128)
+    assert recipe.ladder == ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128))
+    assert eval_size_for(128) <= 180 < eval_size_for(160)
+    assert "sizes up to 128 px: larger ones would be up-sampled from 180 px" in recipe.reasons[-1][1]
     assert recipe.enough_epochs == EPOCHS_TO_GROW
 
 
@@ -69,7 +72,7 @@ def test_the_plan_keeps_every_option_given_and_the_sizes_follow_a_given_size(tmp
     cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), arch="resnet20",
                         img_size=24, label_smoothing=0.0)
     stats = D.describe(split.train, len(split.classes), 0)
-    planned, recipe, lines = TP.apply_plan(cfg, stats)
+    planned, recipe, lines = TP.apply_recipe(cfg, stats)
     assert recipe.kind == "small images" and planned.augment == "pad-crop" and planned.in_memory
     assert (planned.arch, planned.img_size, planned.label_smoothing) == ("resnet20", 24, 0.0)
     assert planned.min_img_size == planned.eval_size == 24
@@ -79,13 +82,13 @@ def test_the_plan_keeps_every_option_given_and_the_sizes_follow_a_given_size(tmp
     assert planned.tta and any("flip TTA" in line for line in lines)
     assert any("pad-and-crop" in line for line in lines)
     # Trained without mirror images (digits, text): not scored on them either.
-    planned, _, lines = TP.apply_plan(TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"),
+    planned, _, lines = TP.apply_recipe(TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"),
                                                      hflip=False), stats)
     assert not planned.tta and not any("TTA" in line for line in lines)
     # Other presets are recipes of their own, and pretrained weights bring their network.
     for other in (TC.make_config("cifar-paper", data=str(tmp_path), out=str(tmp_path / "r2")),
                   TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "r3"), pretrained="x.pth")):
-        assert not TP.plans(other)
+        assert not TP.recipe_applies(other)
 
 
 def test_describe_reads_sizes_grey_and_balance(tmp_path):

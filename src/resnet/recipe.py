@@ -2,7 +2,7 @@
 size, the augmentation, the regularisation and the loader; the compute then picks a size within
 that kind's ladder (`budget.size_for_budget`, from timed steps). Pure: `DataStats` in, values and
 one reason per decision out, so every rule is tested without images or a clock. Only options the
-user left out are planned, and only for the `default` preset (`apply_plan`).
+user left out are planned, and only for the `default` preset (`apply_recipe`).
 
 Two kinds, after the recipes that hold the records for each:
 - small images (a median shorter side up to `SMALL_IMAGE_MAX`, CIFAR-like): the wide and shallow
@@ -21,7 +21,7 @@ from typing import Any
 from .config import TrainConfig, flag
 from .data.stats import DataStats
 from .options import MIN_IMG_SIZE
-from .tuning import (EPOCHS_TO_GROW, EVAL_SCALE, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
+from .constants import (EPOCHS_TO_GROW, EVAL_SCALE, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
                      SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS, WHITEN_IMAGES)
 
 
@@ -101,13 +101,13 @@ def _photos(stats: DataStats) -> Recipe:
     return Recipe("photos", values, ladder, EPOCHS_TO_GROW, reasons)
 
 
-def plans(cfg: TrainConfig) -> bool:
+def recipe_applies(cfg: TrainConfig) -> bool:
     """Only the default preset plans, and not from pretrained weights, whose network and sizes are
     their own."""
     return cfg.preset == "default" and not cfg.pretrained
 
 
-def apply_plan(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, Recipe, list[str]]:
+def apply_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, Recipe, list[str]]:
     """(the configuration with the recipe planned from the training data's `stats` in every option
     the user left out, the recipe, what was seen and chosen, a line each)."""
     recipe = plan_recipe(stats)

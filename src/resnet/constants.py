@@ -71,7 +71,7 @@ SIZE_LADDER = ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128), (1.0, 160), (1.0,
 # better on held-out photos than its 59 in fp32: past ~60 the small net has had enough.
 EPOCHS_TO_GROW = 60
 
-# --- The plan from the data (plan.py) ----------------------------------------------------------
+# --- The plan from the data (recipe.py) ----------------------------------------------------------
 
 # Headers read to describe a training set's sizes (data/stats.py): the median of 1,000 is within a
 # few pixels of the whole's, read in ~0.2 s where 50,000 take ~10 s.
