@@ -171,7 +171,7 @@ class StepClock:
 
         from resnet import budget, loop
 
-        set_attr(budget, "time", SimpleNamespace(monotonic=self.now, perf_counter=self.now))
+        set_attr(budget, "time", SimpleNamespace(monotonic=self.now))
         set_attr(loop, "compute_time_by_size", self.compute)
         real = loop.normalize
 

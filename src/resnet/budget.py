@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .data import DataSplit
 from .models import create_model
 from .recipe import Recipe, eval_size_for
-from .runtime import autocast, memory_format
+from .runtime import autocast, fastest_seconds, memory_format
 from .schedule import crop_size_at
 from .constants import BUDGET_RESERVE, GROW_MARGIN, MIN_TAIL, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
 
@@ -220,18 +220,13 @@ def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch
     small, large = sorted(sizes)
     was_training = model.training
     model.eval()
-    best = {small: math.inf, large: math.inf}  # one entry when the sizes are equal
-    for rnd in range(4):  # the first round warms up; the fastest of the other three counts
-        for size in best:
-            x = torch.randn(batch_size, 3, size, size, device=device).contiguous(
-                memory_format=memory_format(channels_last))
-            t = time.perf_counter()
-            with autocast(device, dtype):
-                model(x).float().sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if rnd:
-                best[size] = min(best[size], time.perf_counter() - t)
+
+    def step(size: int) -> None:
+        x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format(channels_last))
+        with autocast(device, dtype):
+            model(x).float().sum().backward()
+
+    best = fastest_seconds({size: functools.partial(step, size) for size in (small, large)}, device)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     if small == large:

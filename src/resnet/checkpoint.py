@@ -19,13 +19,22 @@ from .errors import CheckpointError, ConfigError, MachineError, first_line
 from .models import (ResNet, clean_state_dict, create_model, model_spec, options_of_file,
                      recorded_options)
 from .options import CROP_PCT, MAX_WIDTH, MIN_IMG_SIZE, PRECISIONS
-from .transforms import EvalTransform
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
 # safetensors metadata as JSON strings, read back by `Classifier.load`. `tta`: the model is
 # scored averaged with the mirror image unless told otherwise (absent: it is not).
 CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean", "std", "tta")
+
+
+def model_card(arch: str, model_options: dict[str, Any], classes: list[str], eval_size: int, crop_pct: float,
+               tta: bool) -> dict[str, Any]:
+    """What a stored model says about itself (`CARD_KEYS`), with ImageNet's normalisation: built
+    once per run, so that its validation preprocesses (`eval_transform(card)`) as every later use
+    of the saved model will."""
+    return {"arch": arch, "model_options": model_options, "classes": list(classes), "eval_size": eval_size,
+            "crop_pct": crop_pct, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "tta": tta}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from .errors import Interrupted, TrainingError
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
 from .run import RunState, Run, restore, set_up
 from .runtime import TorchNet, autocast, run_eval
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from .transforms import normalize
 from .constants import FIRST_FIT_STEPS, UNTIMED_STEPS
 
 
@@ -141,7 +141,7 @@ def validate(run: Run, progress: RunState) -> tuple[float, float]:
     # The saved model as `evaluate` runs it: a copy with its BatchNorms folded, in the run's
     # precision (in bf16 the folded weights round otherwise than the unfolded ones).
     net = TorchNet.prepare(copy.deepcopy(run.model), run.device, run.dtype, run.cfg.channels_last)
-    logits, labels, _, failures = run_eval(net, run.val_loader, IMAGENET_MEAN, IMAGENET_STD, run.cfg.tta)
+    logits, labels, _, failures = run_eval(net, run.val_loader, run.card["mean"], run.card["std"], run.cfg.tta)
     mine = ValSums(F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
                    (logits.argmax(1) == labels).sum().item(), len(labels), failures)
     parts: list[ValSums] = ddp.gather(mine)

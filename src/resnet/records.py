@@ -18,7 +18,6 @@ from tqdm import tqdm
 from .budget import Budget, now
 from .checkpoint import run_state, save_checkpoint
 from .run import RunState, Run
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 from .constants import LOG_EVERY_S
 
 
@@ -45,9 +44,7 @@ def save(run: Run, path: Path, progress: RunState, budget: Budget | None, metric
     if not run.main:
         return
     cfg = run.cfg
-    card = {"arch": cfg.arch, "model_options": run.model_options, "classes": run.split.classes, "eval_size": run.eval_size,
-            "crop_pct": cfg.crop_pct, "tta": cfg.tta, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "epoch": progress.epoch, "metrics": metrics}
+    card = {**run.card, "epoch": progress.epoch, "metrics": metrics}
     state = {"config": asdict(cfg), "progress": asdict(progress), "precision": run.precision.record(),
              "scheduler": {"step": progress.step, "total_steps": progress.total_steps(run.steps_per_epoch)},
              "plan": run.plan_lines, "size_reason": run.size_reason, "budget": budget.state() if budget else None}

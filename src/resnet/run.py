@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import data as D
 from . import distributed as ddp
 from .budget import size_for_budget, step_seconds
-from .checkpoint import restore_run
+from .checkpoint import eval_transform, model_card, restore_run
 from .config import TrainConfig
 from .device import check_step_memory, pick_device
 from .errors import ConfigError
@@ -103,13 +103,12 @@ class Run:
     plan_lines: list[str]             # what the data is like and what the recipe chose for it, a line each
     size_reason: str | None           # why this width and crop size, when the budget chose them
     split: D.DataSplit
-    eval_size: int
+    card: dict[str, Any]              # the saved model's card (`checkpoint.model_card`): its preprocessing
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader | None
     workers: int
     model: nn.Module                  # what checkpoints save
     net: nn.Module                    # what trains: `model`, maybe DDP-wrapped and compiled
-    model_options: dict[str, Any]     # what `create_model` was given besides the architecture
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     criterion: nn.Module
@@ -117,6 +116,10 @@ class Run:
     batch: int                        # images per step on this rank: the global batch / world
     main: bool
     steps_per_epoch: int              # of a whole epoch (the loader's length shrinks in a resumed one)
+
+    @property
+    def eval_size(self) -> int:
+        return int(self.card["eval_size"])
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -143,14 +146,13 @@ def set_up_device(cfg: TrainConfig) -> torch.device:
     return device
 
 
-def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: torch.device, rank: int,
+def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_tf: EvalTransform, device: torch.device, rank: int,
                  world: int, local_rank: int) -> tuple[D.TensorLoader | torch.utils.data.DataLoader,
                                                        torch.utils.data.DataLoader | None, int]:
     """(training loader, validation loader, workers), each over this rank's shard, decoding once
     into the cache first when it is on (by default: when the decoded copy is small; always for the
     in-memory loader, which reads its pixels from it): the first process of each machine decodes,
     the others wait for it and read its cache."""
-    eval_tf = EvalTransform.for_size(eval_size, cfg.crop_pct)
     if cfg.train_like_eval:
         train_tf = EvalTransform.for_size(cfg.img_size, cfg.crop_pct)
     elif cfg.augment == "pad-crop":
@@ -161,7 +163,7 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_size: int, device: t
     # padded crops need the images at the training size, the others a little larger.
     square = EvalTransform.for_size(cfg.img_size, 1.0) if cfg.in_memory else None
     cache_size = (cfg.img_size if cfg.augment == "pad-crop" and not cfg.train_like_eval
-                  else D.cache_size_for(max(cfg.img_size, eval_size)))
+                  else D.cache_size_for(max(cfg.img_size, eval_tf.img_size)))
     n_images = len(split.train) + len(split.val)
     cached = cfg.cache if cfg.cache is not None else D.cache_bytes(n_images, cache_size) <= AUTO_CACHE_BYTES
     root = cfg.cache_dir or D.default_cache_dir()
@@ -260,17 +262,18 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     size_reason = None
     if cfg.fit_size and recipe is not None:
         cfg, size_reason = size_for_budget(cfg, recipe, split, device, batch, world, precision.dtype)
-    eval_size = cfg.eval_size or eval_size_for(cfg.img_size)
-    train_loader, val_loader, workers = make_loaders(cfg, split, eval_size, device, rank, world, local_rank)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     # A resumed run rebuilds the network its checkpoint describes, options older files lack included.
     options = state["model_options"] if resuming else {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
+    card = model_card(cfg.arch, options, split.classes, cfg.eval_size or eval_size_for(cfg.img_size), cfg.crop_pct,
+                      cfg.tta)
+    train_loader, val_loader, workers = make_loaders(cfg, split, eval_transform(card), device, rank, world, local_rank)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     sample = whitening_sample(train_loader) if cfg.whiten and not resuming else None
     model, net = build_model(cfg, options, len(split.classes), weights, device, world, sample)
     return Run(cfg=cfg, out=out, device=device, precision=precision, plan_lines=plan_lines, size_reason=size_reason, split=split,
-               eval_size=eval_size, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
-               net=net, model_options=options,
+               card=card, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
+               net=net,
                optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world=world, batch=batch,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -28,20 +28,28 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "fp32"
 
 
+def fastest_seconds(jobs: dict[Any, Callable[[], Any]], device: torch.device, rounds: int = 3) -> dict[Any, float]:
+    """The fastest of `rounds` timed calls of each job, after one untimed round (kernel choice,
+    first-touch memory), the jobs interleaved so that a machine's slow spell falls on all of them:
+    the one timer behind every choice made by timing (precision, engine, a budget's sizes)."""
+    best = dict.fromkeys(jobs, float("inf"))
+    for rnd in range(rounds + 1):
+        for key, job in jobs.items():
+            t = time.perf_counter()
+            job()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if rnd:
+                best[key] = min(best[key], time.perf_counter() - t)
+    return best
+
+
 def net_seconds(net: "Net", size: int, batch_size: int) -> float:
-    """The fastest of three timed inference batches of `net` (after one untimed) at `size`: how
-    the precision and the engine are chosen, on the work they will do."""
+    """Seconds of one inference batch of `net` at `size`: how the precision and the engine are
+    chosen, on the work they will do."""
     x = torch.randn(batch_size, 3, size, size, device=net.device)
     x = x.contiguous(memory_format=memory_format(net.channels_last))
-    best = float("inf")
-    for rnd in range(4):
-        t = time.perf_counter()
-        net(x)
-        if net.device.type == "cuda":
-            torch.cuda.synchronize()
-        if rnd:
-            best = min(best, time.perf_counter() - t)
-    return best
+    return fastest_seconds({size: lambda: net(x)}, net.device)[size]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
