@@ -203,10 +203,56 @@ def test_registry_lists_every_family():
     for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
               "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnet20", "resnet32",
               "resnet44", "resnet56", "resnet110", "resnet18_seed", "plain_resnet18", "plain20", "plain110",
-              "resnet9"]:
+              "resnet9", "resnet18d", "resnet50d"]:
         assert n in names
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet19")
+
+
+@pytest.mark.parametrize("name,params", [("resnet18d", 11_708_744), ("resnet50d", 25_576_264)])
+def test_resnet_d_has_timms_layout_and_size(name, params):
+    """ResNet-D as timm builds it (its `resnet18d` / `resnet50d`: 11.71M / 25.58M parameters): the
+    deep stem's convolutions at conv1.0 / .3 / .6 with BatchNorms at .1 / .4, the downsampling
+    shortcut's convolution and BatchNorm at downsample.1 / .2 behind its pool, so timm's weights load
+    by name."""
+    model = create_model(name)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["conv1.0.weight"] == (32, 3, 3, 3) and shapes["conv1.3.weight"] == (32, 32, 3, 3)
+    assert shapes["conv1.6.weight"] == (64, 32, 3, 3) and shapes["conv1.1.weight"] == shapes["conv1.4.weight"] == (32,)
+    assert shapes["bn1.weight"] == (64,)
+    out = 128 if name == "resnet18d" else 512
+    assert shapes["layer2.0.downsample.1.weight"][:2] == (out, out // 2) and shapes["layer2.0.downsample.2.weight"] == (out,)
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_resnet_d_shortcut_sees_every_pixel_where_option_b_sees_a_quarter():
+    """The reason for ResNet-D's shortcut: a stride-2 1x1 convolution ignores three of every four
+    input pixels; averaging 2x2 first lets each one count."""
+    def shortcut_gradient(name: str) -> torch.Tensor:
+        down = create_model(name, width=0.25).layer2[0].downsample.eval()
+        x = torch.randn(1, 16, 8, 8, requires_grad=True)
+        down(x).sum().backward()
+        return x.grad.abs().sum(1)[0]
+
+    assert (shortcut_gradient("resnet18d") > 0).all()
+    assert (shortcut_gradient("resnet18") > 0).float().mean() == 0.25
+
+
+def test_resnet_d_folds_every_batchnorm_and_keeps_its_logits():
+    """Folding reaches the BatchNorm after the deep stem's last convolution (bn1) as well as the
+    stem's own and the shortcut's: none is left, and the logits stay those of the unfolded net."""
+    from resnet.runtime import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model("resnet18d", num_classes=10, width=0.5)
+    model.train()
+    model(torch.randn(8, 3, 64, 64))  # running statistics that are not the identity
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(folded(x), expected, rtol=1e-4, atol=1e-5)
 
 
 # ----- weights ------------------------------------------------------------------------------

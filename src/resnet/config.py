@@ -149,6 +149,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.cutout and cfg.train_like_eval:
         raise ConfigError("--cutout hides part of each augmented training crop: not with the seed preset, which "
                           "trains on the evaluation's centre crops")
+    if cfg.whiten and model_spec(cfg.arch).options.get("stem") == "deep":
+        raise ConfigError(f"--whiten sets a single first convolution from the training images: {cfg.arch}'s deep stem "
+                          "has three")
     if cfg.whiten and cfg.pretrained:
         raise ConfigError("--whiten starts the first layer from the training images: not with --pretrained, "
                           "whose first layer is already trained")

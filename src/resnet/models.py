@@ -141,32 +141,42 @@ class ResNet(nn.Module):
     global average pooling and a linear classifier.
 
     stem="imagenet": 7x7/2 conv + BN + ReLU + 3x3/2 max-pool (torchvision).
+    stem="deep": three 3x3 convs (the first stride 2; half, half, then full width) + BN + ReLU +
+    3x3/2 max-pool: ResNet-C of "Bag of Tricks" (He et al. 2019), timm's `stem_type="deep"`.
     stem="cifar": 3x3/1 conv + BN + ReLU and no pool, for small images; with the ImageNet widths
     this is the tutorial's network.
     shortcut="B": 1x1 conv + BN where the shape changes; "A": zero padding (the paper's CIFAR nets).
+    avg_down: shortcut B's stride taken by a 2x2 average pool before a stride-1 1x1 conv, which then
+    sees every input pixel instead of a quarter of them (ResNet-D, ibid.; timm's `avg_down`).
+    State-dict names are timm's for its `resnet18d`...: `conv1.0/.1/.3/.4/.6`, `downsample.1/.2`.
     """
 
     def __init__(self, block: Block, layers: list[int], num_classes: int = 1000,
                  stem: str = "imagenet", widths: tuple[int, ...] = (64, 128, 256, 512),
                  shortcut: str = "B", residual: bool = True, zero_init_residual: bool = False,
-                 groups: int = 1, width_per_group: int = 64):
+                 groups: int = 1, width_per_group: int = 64, avg_down: bool = False):
         super().__init__()
-        if stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', not {stem!r}")
+        if stem not in ("imagenet", "deep", "cifar"):
+            raise ValueError(f"stem must be 'imagenet', 'deep' or 'cifar', not {stem!r}")
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', not {shortcut!r}")
         if len(widths) != len(layers):
             raise ValueError("one width per stage is needed")
         self.groups, self.base_width = groups, width_per_group
-        self.shortcut, self.residual = shortcut, residual
+        self.shortcut, self.residual, self.avg_down = shortcut, residual, avg_down
         self.inplanes = widths[0]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
+        elif stem == "deep":
+            mid = max(1, self.inplanes // 2)
+            self.conv1 = nn.Sequential(conv3x3(3, mid, stride=2), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                                       conv3x3(mid, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                                       conv3x3(mid, self.inplanes))
         else:
             self.conv1 = conv3x3(3, self.inplanes)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem != "cifar" else nn.Identity()
         for i, (width, blocks) in enumerate(zip(widths, layers)):
             stage = self._make_layer(block, width, blocks, stride=1 if i == 0 else 2)
             setattr(self, f"layer{i + 1}", stage)
@@ -193,7 +203,11 @@ class ResNet(nn.Module):
         out_planes = planes * block.expansion
         downsample = None
         if self.residual and (stride != 1 or self.inplanes != out_planes):
-            if self.shortcut == "B":
+            if self.shortcut == "B" and self.avg_down:
+                pool = (nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1
+                        else nn.Identity())
+                downsample = nn.Sequential(pool, conv1x1(self.inplanes, out_planes), nn.BatchNorm2d(out_planes))
+            elif self.shortcut == "B":
                 downsample = nn.Sequential(conv1x1(self.inplanes, out_planes, stride),
                                            nn.BatchNorm2d(out_planes))
             else:
@@ -343,6 +357,11 @@ def _register(name: str, block: Block, layers: list[int], input_size: int, class
 for _name, (_block, _layers, _opts) in _IMAGENET_NETS.items():
     _register(_name, _block, _layers, 224, 1000, _IMAGENET_URLS[_name], **_opts)
     _register("plain_" + _name, _block, _layers, 224, 1000, residual=False, **_opts)
+# ResNet-D (He et al. 2019, "Bag of Tricks"): the deep stem and the average-pooled downsampling
+# shortcut, as timm builds its resnet18d... (same state-dict names; no torchvision weights).
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    _block, _layers, _opts = _IMAGENET_NETS[_name]
+    _register(_name + "d", _block, _layers, 224, 1000, stem="deep", avg_down=True, **_opts)
 for _depth in CIFAR_DEPTHS:
     _n = (_depth - 2) // 6  # 6n+2 layers: 3 stages of n blocks of 2 convs, the stem and fc
     _cifar = dict(stem="cifar", widths=(16, 32, 64), shortcut="A")

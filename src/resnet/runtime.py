@@ -75,6 +75,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     for parent in model.modules():
         children = list(parent.named_children())
         for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if isinstance(conv, nn.Sequential) and len(conv):  # a deep stem: its last convolution, then bn1
+                conv = conv[-1]
             if (type(conv) is nn.Conv2d and isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm))
                     and conv.out_channels == bn.num_features and not bn.training):
                 fused = nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
