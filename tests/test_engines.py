@@ -86,7 +86,7 @@ def test_auto_takes_the_engine_the_timings_say_among_those_of_the_models_precisi
     assert clf.precision.name == "fp32" and clf.describe()["engine"] == fastest
     assert clf.explain(D.load_image(next(trained[0].rglob("*.png")))).heatmap.max() > 0  # PyTorch behind it
 
-    monkeypatch.setattr(X, "export_onnx", lambda *a: pytest.fail("exported twice"))
+    monkeypatch.setattr(X, "write_onnx", lambda *a: pytest.fail("exported twice"))
     monkeypatch.setenv(policy.CPU_BF16_ENV, "1")  # a CPU with bf16 kernels (faked where it has none)
     bf16 = Classifier.from_checkpoint(with_precision(run, tmp_path, "bfloat16"), images=math.inf)
     assert bf16.precision.name == "bfloat16"

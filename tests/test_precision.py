@@ -260,11 +260,11 @@ def test_export_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
     from resnet import exports as X
     from resnet.constants import ONNX_CACHE_KEEP
 
-    monkeypatch.setattr(X, "export_onnx", lambda checkpoint, path: Path(path).write_bytes(b"onnx"))
+    monkeypatch.setattr(X, "write_onnx", lambda model, meta, path: Path(path).write_bytes(b"onnx"))
     for i in range(ONNX_CACHE_KEEP + 3):
-        X.cached_onnx("model.pt", f"key{i}", tmp_path)
+        X.cached_onnx(None, {}, f"key{i}", tmp_path)
         os.utime(tmp_path / f"key{i}.onnx", (1000 + i, 1000 + i))
-    X.cached_onnx("model.pt", "key0", tmp_path)  # dropped already: made again, now the newest
+    X.cached_onnx(None, {}, "key0", tmp_path)  # dropped already: made again, now the newest
     kept = {p.stem for p in tmp_path.glob("*.onnx")}
     assert len(kept) == ONNX_CACHE_KEEP and "key0" in kept and f"key{ONNX_CACHE_KEEP + 2}" in kept
     assert "key3" not in kept  # the least recently used when key0 came back

@@ -69,9 +69,14 @@ def _set_metadata(model, card: dict[str, Any], precision: str, extra: dict[str, 
 
 def export_onnx(checkpoint: str | Path, output: str | Path) -> Path:
     """fp32 ONNX of a checkpoint, batch axis dynamic, model card in `metadata_props`."""
+    return write_onnx(*load_checkpoint(checkpoint), output)
+
+
+def write_onnx(model: torch.nn.Module, meta: dict[str, Any], output: str | Path) -> Path:
+    """fp32 ONNX of `model` (eval mode, on the CPU; its BatchNorms folded or not: the same function)
+    with `meta`'s card in `metadata_props`."""
     import onnx
 
-    model, meta = load_checkpoint(checkpoint)
     size = int(meta["eval_size"])
     example = torch.randn(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -129,14 +134,16 @@ def clear_onnx_cache(cache_dir: str | Path | None = None, keep: int = 0) -> list
     return [e["path"] for e in gone]
 
 
-def cached_onnx(checkpoint: str | Path, key: str, cache_dir: str | Path | None = None) -> Path:
-    """The fp32 ONNX export of `checkpoint` kept under `key`, made now when it is not there; the
-    least recently used beyond `ONNX_CACHE_KEEP` are dropped."""
+def cached_onnx(model: torch.nn.Module, meta: dict[str, Any], key: str, cache_dir: str | Path | None = None
+                ) -> Path:
+    """The fp32 ONNX export of the loaded `model` (its card in `meta`) kept under `key`, made now
+    when it is not there — from the model in memory, not its file read again; the least recently
+    used beyond `ONNX_CACHE_KEEP` are dropped."""
     path = onnx_cache_path(key, cache_dir)
     if path.is_file():
         path.touch()  # used now: the last to be dropped
         return path
-    export_onnx(checkpoint, path)
+    write_onnx(model, meta, path)
     clear_onnx_cache(path.parent, keep=ONNX_CACHE_KEEP)
     return path
 

@@ -95,7 +95,8 @@ class Classifier:
             net.model = runtime.compile_for_inference(eager)
 
         def make_net(name: str) -> runtime.Net:
-            return open_onnx(cached_onnx(path, key, cache_dir), name, precision.dtype == torch.bfloat16)
+            # The model in memory (its BatchNorms folded: the same function), not the file read again.
+            return open_onnx(cached_onnx(eager, meta, key, cache_dir), name, precision.dtype == torch.bfloat16)
 
         chosen, runs = policy.engine_for(engine, net, int(meta["eval_size"]), compile, images, exported, precision,
                                          make_net, str(path))
