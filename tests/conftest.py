@@ -193,15 +193,15 @@ def needs_datasets():
     return pytest.mark.skipif(not (DATASETS / "catsdogs").is_dir(), reason="../shared/datasets is absent")
 
 
-def killed_before_epoch_2(monkeypatch, run) -> None:
-    """`run()` as a process that dies between epochs 1 and 2 (a KeyboardInterrupt when the
-    sampler is set to the second epoch): its last.pt holds the first epoch."""
+def killed_before_epoch(monkeypatch, run, n: int = 2) -> None:
+    """`run()` as a process that dies between epochs n - 1 and n (a KeyboardInterrupt when the
+    sampler is set to epoch n): its last.pt holds epoch n - 1."""
     from resnet import data as D
 
     real = D.EpochSampler.set_epoch
 
     def dies(self, epoch, start=0, size=None):
-        if epoch == 1:
+        if epoch == n - 1:
             raise KeyboardInterrupt
         real(self, epoch, start, size)
 

@@ -502,3 +502,17 @@ def test_an_impossible_batch_is_capped_or_refused_before_the_first_step(tiny_fol
     need = float(err.split("needs ~")[1].split()[0]) * 2**30
     fit = int(err.split("at most ~")[1].split()[0])
     assert 1 <= fit < 16 and abs(fit - 16 * 512 * 2**20 / need) <= 1  # the batch that fits, about linearly
+
+
+@pytest.mark.parametrize("task", ["train", "infer"])
+def test_a_benchmark_batch_that_cannot_fit_is_refused_before_any_tensor(task, monkeypatch, capsys):
+    """`resnet benchmark train|infer --batch-size 100000` would have the kernel kill the process
+    (60 GB of input alone at 224 px): refused in one line, exit 2, before a model is built."""
+    from resnet import device as dev
+    from resnet import throughput
+
+    monkeypatch.setattr(dev, "available_bytes", lambda device: 512 * 2**20)
+    monkeypatch.setattr(throughput, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    fails(capsys, ["benchmark", task, "--arch", "resnet18", "--batch-size", "100000", "--device", "cpu"],
+          "--batch-size 100000", f"{'a training' if task == 'train' else 'an inference'} step of resnet18 at 224 px",
+          "GiB free on cpu")

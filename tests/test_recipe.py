@@ -14,7 +14,7 @@ from resnet.recipe import eval_size_for, plan_recipe
 from resnet.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
 from resnet.constants import EPOCHS_TO_GROW, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX
 
-from conftest import killed_before_epoch_2, photo
+from conftest import killed_before_epoch, photo
 
 
 def stats(short: int, images: int = 50_000, classes: int = 10, grey: float = 0.0) -> DataStats:
@@ -247,7 +247,7 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
     assert TCk.read_checkpoint(tmp_path / "straight" / "best.pt")["plan"] == config["plan"]
     assert straight["epochs"] == 2
 
-    killed_before_epoch_2(monkeypatch, lambda: TL.train(TC.make_config("default", out=str(tmp_path / "resumed"), **opts)))
+    killed_before_epoch(monkeypatch, lambda: TL.train(TC.make_config("default", out=str(tmp_path / "resumed"), **opts)))
     TL.train(*TC.resume_config(tmp_path / "resumed" / "last.pt"))
     a = TCk.read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     b = TCk.read_checkpoint(tmp_path / "resumed" / "last.pt")["model"]

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet import data as D
 from resnet import budget as TB, config as TC, loop as TL, recipe as TP, records as TRec, run as TR, schedule as TS
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError
 from resnet.recipe import Recipe, eval_size_for
 
-from conftest import killed_before_epoch_2
+from conftest import killed_before_epoch
 from resnet.cli import main
 
 
@@ -31,7 +30,7 @@ def weights(path: Path) -> dict:
 def test_resume_after_a_kill_ends_with_the_same_weights(tiny_folder, tmp_path, monkeypatch):
     TL.train(quick(tiny_folder, tmp_path / "straight"))
 
-    killed_before_epoch_2(monkeypatch, lambda: TL.train(quick(tiny_folder, tmp_path / "resumed")))
+    killed_before_epoch(monkeypatch, lambda: TL.train(quick(tiny_folder, tmp_path / "resumed")))
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
     TL.train(*TC.resume_config(tmp_path / "resumed" / "last.pt"))
 
@@ -374,26 +373,13 @@ def test_resume_under_a_time_budget_keeps_the_time_spent(tiny_folder, tmp_path, 
     """A 10-minute budget (hundreds of tiny epochs, planned by bisection), killed before epochs 3
     and 5: the resumed run counts on from the time already spent (a run that restarted its clock
     would have 10 minutes again), and the plan goes on as planned."""
-    real = D.EpochSampler.set_epoch
-
-    def killed_before(n: int):
-        def set_epoch(self, epoch, start=0, size=None):
-            if epoch == n - 1:
-                raise KeyboardInterrupt
-            real(self, epoch, start, size)
-        return set_epoch
-
-    monkeypatch.setattr(D.EpochSampler, "set_epoch", killed_before(3))
-    with pytest.raises(KeyboardInterrupt):
-        TL.train(quick(tiny_folder, tmp_path / "run", max_minutes=10))
+    killed_before_epoch(monkeypatch, lambda: TL.train(quick(tiny_folder, tmp_path / "run", max_minutes=10)), 3)
     before = read_checkpoint(tmp_path / "run" / "last.pt")
     assert before["budget"]["spent_s"] == pytest.approx(6 * step_clock.step_s)  # 2 epochs of 3 steps
     assert before["budget"]["model"] is not None
     cfg, state = TC.resume_config(tmp_path / "run" / "last.pt")
     assert cfg.max_minutes == 10 and cfg.epochs == before["progress"]["epochs"] > 100  # the plan goes on
-    monkeypatch.setattr(D.EpochSampler, "set_epoch", killed_before(5))
-    with pytest.raises(KeyboardInterrupt):
-        TL.train(cfg, state)
+    killed_before_epoch(monkeypatch, lambda: TL.train(cfg, state), 5)
     after = read_checkpoint(tmp_path / "run" / "last.pt")
     assert after["budget"]["spent_s"] == pytest.approx(12 * step_clock.step_s)  # on from 6 steps, 6 more
 

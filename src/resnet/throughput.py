@@ -13,7 +13,7 @@ import torch
 
 from . import data as D
 from . import policy, runtime
-from .device import pick_device
+from .device import check_step_memory, pick_device
 from .budget import step_seconds
 from .checkpoint import save_checkpoint
 from .models import create_model
@@ -61,6 +61,8 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
     loaded from a checkpoint of the model, as a long-lived one (`serve`) loads it, through
     `runtime.logits`, the function every predict, evaluate and serve call goes through."""
     dev = pick_device(device)
+    # Before any tensor: a batch that cannot fit is one line, not the kernel's OOM kill.
+    check_step_memory(arch, width, img_size, 1000, dev, batch_size, batch_size, training=task == "train")
     model = create_model(arch, num_classes=1000, width=width)
     with tempfile.TemporaryDirectory() as work:
         if task == "train":  # as `train` sets it up: BatchNorm kept, precision chosen on training steps
