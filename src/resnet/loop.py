@@ -56,6 +56,26 @@ def first_budget_steps(run: Run, progress: RunState, budget: Budget, step_s: flo
 
 
 
+def take_step(run: Run, progress: RunState, batch: D.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on `batch` at the schedule's learning rate: (loss, logits, labels)."""
+    x = normalize(batch.images, device=run.device, channels_last=run.cfg.channels_last)
+    y = batch.labels.to(run.device, non_blocking=True)
+    for g in run.optimizer.param_groups:
+        g["lr"] = run.lr(progress)
+    with autocast(run.device, run.dtype):
+        logits = run.net(x)
+        loss = run.criterion(logits.float(), y)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"loss is {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1}: "
+                            f"stopped; the last good checkpoint is {run.out / 'last.pt'}")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    progress.step += 1
+    return loss, logits, y
+
+
 def train_epoch(run: Run, progress: RunState, budget: Budget | None, signals: list[int] | None = None) -> EpochSums:
     """One epoch (or the rest of one, when resumed mid-epoch), updating `progress` step by step.
     With a budget not yet planned, the plan is made after the first `FIRST_FIT_STEPS` steps.
@@ -77,21 +97,7 @@ def train_epoch(run: Run, progress: RunState, budget: Budget | None, signals: li
             progress.skipped.setdefault(run.split.train[i].path, reason)
         if len(batch.labels) == 0:
             continue
-        x = normalize(batch.images, device=run.device, channels_last=cfg.channels_last)
-        y = batch.labels.to(run.device, non_blocking=True)
-        for g in run.optimizer.param_groups:
-            g["lr"] = run.lr(progress)
-        with autocast(run.device, run.dtype):
-            logits = run.net(x)
-            loss = run.criterion(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1}: "
-                                f"stopped; the last good checkpoint is {run.out / 'last.pt'}")
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        progress.step += 1
+        loss, logits, y = take_step(run, progress, batch)
         done_here += 1
         sums.seen += len(y)
         sums.loss += loss.item() * len(y)
