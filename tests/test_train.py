@@ -125,6 +125,20 @@ def test_best_pt_is_the_epoch_that_scored_best_not_the_last(tiny_folder, tmp_pat
     assert (summary["best_epoch"], summary["best_acc"], summary["final_acc"]) == (2, 0.9, 0.7)
 
 
+def test_zero_init_residual_and_schedule_flags_reach_the_run(tiny_folder, tmp_path):
+    """`--zero-init-residual` starts every block's last BatchNorm at zero (at a learning rate of
+    1e-9 they are still zero after an epoch) and is recorded for resume; `--schedule step` is the
+    run's schedule (a flag that the parser took but the run ignored would leave the default's)."""
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_folder), "--arch", "resnet20", "--img-size", "24", "--epochs", "1", "--batch-size",
+                 "8", "--workers", "0", "--val-split", "0.25", "--lr", "1e-9", "--warmup-epochs", "0",
+                 "--zero-init-residual", "--schedule", "step", "--deterministic", "--out", str(out)]) == 0
+    ckpt = read_checkpoint(out / "last.pt")
+    last_bns = [v for k, v in ckpt["model"].items() if k.endswith("bn2.weight")]
+    assert len(last_bns) == 9 and all(float(w.abs().max()) < 1e-6 for w in last_bns)
+    assert ckpt["model_options"]["zero_init_residual"] and ckpt["config"]["schedule"] == "step"
+
+
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(3)}, "arch": "resnet20", "classes": ["a"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .options import (AMP_CHOICES, AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, PADDING_MODES, PRESETS,
-                      QUANTIZE)
+                      QUANTIZE, SCHEDULES)
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,6 +67,11 @@ def add_train_recipe(t: Parser) -> None:
     t.add_argument("--lr", type=float, help="peak learning rate for batch 256 (scaled linearly)")
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--label-smoothing", type=float)
+    t.add_argument("--schedule", choices=SCHEDULES,
+                   help="onecycle (warm-up then cosine, the default), cosine, step (/10 at 1/2 and 3/4), constant")
+    t.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="start each block's last BatchNorm at zero, so each block starts as the identity "
+                        "(default: off, measured to stall short runs)")
     t.add_argument("--warmup-epochs", type=float)
     t.add_argument("--scale-min", type=float, help="RandomResizedCrop's smallest area fraction")
     t.add_argument("--augment", choices=AUGMENTS,
