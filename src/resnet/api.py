@@ -13,12 +13,12 @@ from . import exports as X
 from . import loop
 from .checkpoint import check_checkpoint_file, load_checkpoint
 from .config import TrainConfig, make_config, resume_config
+from .constants import CALIBRATION_IMAGES, PROBE_BATCH
 from .errors import ConfigError
 from .evaluate import evaluate, write_json, write_report
 from .outputs import check_output_file
 from .predict import Classifier, compare, verify_images
 from .runtime import net_seconds
-from .constants import CALIBRATION_IMAGES, PROBE_BATCH
 
 SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "int8": ".int8.onnx"}
 

@@ -10,9 +10,9 @@ import platform
 import torch
 from torch import nn
 
+from .constants import HEAP_KEEP_BYTES
 from .errors import ConfigError
 from .models import create_model
-from .constants import HEAP_KEEP_BYTES
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -24,13 +24,13 @@ from tqdm import tqdm
 from . import data as D
 from .budget import fit, recent, steady_fit
 from .config import make_config
+from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
+                        EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, VAL_BATCH_COST, VAL_BATCH_FACTOR)
 from .errors import ConfigError
 from .loop import begin, end_epoch, train_epoch, validate
 from .models import CIFAR_DEPTHS
 from .records import record_epoch
-from .run import RunState, Run, set_up
-from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
-                     EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, VAL_BATCH_COST, VAL_BATCH_FACTOR)
+from .run import Run, RunState, set_up
 
 
 def networks(depths: Sequence[int]) -> list[str]:

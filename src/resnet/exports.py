@@ -25,10 +25,10 @@ import torch
 
 from . import data as D
 from .checkpoint import card_strings, eval_transform, load_checkpoint
+from .constants import ONNX_CACHE_KEEP
 from .engines import read_card
 from .options import CROP_PCT
 from .transforms import normalize
-from .constants import ONNX_CACHE_KEEP
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
 

@@ -21,12 +21,12 @@ from . import data as D
 from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size, now, val_forwards
 from .config import TrainConfig
+from .constants import FIRST_FIT_STEPS, UNTIMED_STEPS
 from .errors import Interrupted, TrainingError
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
-from .run import RunState, Run, restore, set_up
+from .run import Run, RunState, restore, set_up
 from .runtime import TorchNet, autocast, run_eval
 from .transforms import normalize
-from .constants import FIRST_FIT_STEPS, UNTIMED_STEPS
 
 
 @dataclass

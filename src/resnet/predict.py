@@ -26,8 +26,8 @@ from . import data as D
 from . import policy, runtime
 from .checkpoint import CARD_KEYS, eval_transform, load_checkpoint
 from .device import pick_device
-from .errors import CheckpointError, ConfigError
 from .engines import open_onnx, read_card
+from .errors import CheckpointError, ConfigError
 from .exports import cached_onnx, onnx_cache_path, onnx_key, sample_images
 from .transforms import normalize
 

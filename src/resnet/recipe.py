@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import TrainConfig, flag
+from .constants import (EPOCHS_TO_GROW, EVAL_SCALE, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
+                        SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS, WHITEN_IMAGES)
 from .data.stats import DataStats
 from .options import MIN_IMG_SIZE
-from .constants import (EPOCHS_TO_GROW, EVAL_SCALE, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
-                     SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS, WHITEN_IMAGES)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from .budget import Budget, now
 from .checkpoint import run_state, save_checkpoint
-from .run import RunState, Run
 from .constants import LOG_EVERY_S
+from .run import Run, RunState
 
 
 def tensorboard_writer(out: Path):

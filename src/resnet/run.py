@@ -22,15 +22,15 @@ from . import distributed as ddp
 from .budget import size_for_budget, step_seconds
 from .checkpoint import eval_transform, model_card, restore_run
 from .config import TrainConfig
+from .constants import AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES
 from .device import check_step_memory, pick_device
 from .errors import ConfigError
 from .models import create_model, fit_weights, load_pretrained, read_weights, whiten_conv
-from .recipe import apply_recipe, eval_size_for, recipe_applies
 from .policy import Precision, choose_precision, kept_precision
+from .recipe import apply_recipe, eval_size_for, recipe_applies
 from .runtime import memory_format
 from .schedule import crop_size_at, lr_at
 from .transforms import EvalTransform, PadCropTransform, TrainTransform, normalize
-from .constants import AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES
 
 log = logging.getLogger(__name__)
 

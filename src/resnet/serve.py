@@ -28,10 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from . import data as D
+from .constants import SERVE_BATCH
 from .errors import ConfigError, MachineError
 from .outputs import jsonable
 from .predict import Classifier
-from .constants import SERVE_BATCH
 
 MAX_FILES = 32     # per request: a page sends one photo per request, a script a few
 

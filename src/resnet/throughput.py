@@ -13,9 +13,9 @@ import torch
 
 from . import data as D
 from . import policy, runtime
-from .device import check_step_memory, pick_device
 from .budget import step_seconds
 from .checkpoint import save_checkpoint
+from .device import check_step_memory, pick_device
 from .models import create_model
 from .predict import Classifier
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize

@@ -18,9 +18,9 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from ..transforms import EvalTransform, pixels, resize_size_for, resized_crop, shorter_side_size
-from ..errors import ConfigError
 from ..constants import CACHE_LIMIT_BYTES, CACHE_POLL_S
+from ..errors import ConfigError
+from ..transforms import EvalTransform, pixels, resize_size_for, resized_crop, shorter_side_size
 from .decode import UnreadableImage, read_images
 from .files import Sample
 
