@@ -121,3 +121,8 @@ def test_demo_end_to_end_short(tmp_path):
     assert (tmp_path / "demo" / "run" / "evaluation.json").is_file()
     assert (tmp_path / "demo" / "run" / "report" / "report.md").is_file()
     assert result["num_images"] == 360 and result["accuracy"] > 0.9  # 5 of the demo's 15 epochs
+    # A second `make demo` starts its own run over; a run on other data in that folder is kept.
+    from resnet.demo import previous_demo
+
+    assert previous_demo(tmp_path / "demo" / "run", tmp_path / "demo" / "digits")
+    assert not previous_demo(tmp_path / "demo" / "run", tmp_path / "elsewhere")

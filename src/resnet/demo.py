@@ -4,6 +4,7 @@ ResNet-20, evaluate on a held-out fifth, predict a few files, point at the repor
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import numpy as np
 from PIL import Image
 
 from .api import train
-from .checkpoint import read_checkpoint
 from .data import read_listing
 from .predict import Classifier
 
@@ -35,8 +35,9 @@ def write_digits(root: str | Path, size: int = 32) -> Path:
 def previous_demo(run: Path, digits: Path) -> bool:
     """Whether `run` holds a run this demo trained on `digits` before: the demo starts it over (a
     folder holding anything else is refused, as `train` refuses any used --out)."""
-    last = run / "last.pt"
-    return last.is_file() and read_checkpoint(last).get("config", {}).get("data") == str(digits.resolve())
+    config = run / "config.json"  # what the run trained on, without loading its weights
+    return (run / "last.pt").is_file() and config.is_file() and \
+        json.loads(config.read_text()).get("data") == str(digits.resolve())
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 15) -> dict:
@@ -52,7 +53,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 15) -> dict:
                     batch_size=64, lr=0.2, hflip=False, scale_min=0.6, val_split=0.2, workers=0, out=str(run), seed=0)
     result = summary["evaluation"]
     held_out = read_listing(run / "val.csv")
-    for row in Classifier.from_checkpoint(run / "best.pt").predict(held_out[:: len(held_out) // 5][:5], top_k=1):
+    for row in Classifier.from_checkpoint(run / "best.pt").predict(held_out[:: max(1, len(held_out) // 5)][:5], top_k=1):
         print(f"predict {row['path']}: {row['label']} ({row['probability']:.1%})")
     print(f"report: {summary['report']}")
     print(f"held-out accuracy: {result['accuracy']:.4f} on {result['num_images']} images "
