@@ -20,11 +20,12 @@ from tqdm import tqdm
 from . import data as D
 from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size, now, val_forwards
+from .checkpoint import restore_run
 from .config import TrainConfig
 from .constants import FIRST_FIT_STEPS, UNTIMED_STEPS
 from .errors import Interrupted, TrainingError
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
-from .run import Run, RunState, restore, set_up
+from .run import Run, RunState, set_up
 from .runtime import TorchNet, autocast, run_eval
 from .transforms import normalize
 
@@ -55,7 +56,6 @@ def first_budget_steps(run: Run, progress: RunState, budget: Budget, step_s: flo
     return steps
 
 
-
 def take_step(run: Run, progress: RunState, batch: D.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on `batch` at the schedule's learning rate: (loss, logits, labels)."""
     x = normalize(batch.images, device=run.device, channels_last=run.cfg.channels_last)
@@ -74,6 +74,13 @@ def take_step(run: Run, progress: RunState, batch: D.Batch) -> tuple[torch.Tenso
     run.scaler.update()
     progress.step += 1
     return loss, logits, y
+
+
+def save_mid_epoch(run: Run, progress: RunState, budget: Budget | None, sums: EpochSums) -> None:
+    """last.pt in the middle of an epoch, with the sums of every rank so far (a resumed run goes on
+    counting the epoch from them)."""
+    progress.partial = asdict(sums.over_ranks())
+    save(run, run.out / "last.pt", progress, budget, {})
 
 
 def train_epoch(run: Run, progress: RunState, budget: Budget | None, signals: list[int] | None = None) -> EpochSums:
@@ -114,13 +121,11 @@ def train_epoch(run: Run, progress: RunState, budget: Budget | None, signals: li
         if progress.step >= progress.total_steps(steps):  # a budget's last epoch, cut short
             break
         if cfg.save_every and progress.step % cfg.save_every == 0 and progress.step % steps:
-            progress.partial = asdict(sums.over_ranks())
-            save(run, run.out / "last.pt", progress, budget, {})
+            save_mid_epoch(run, progress, budget, sums)
         # A signal stops the run here, between two steps (at the epoch's last, after its record).
-        signum = ddp.largest(signals[0] if signals else 0, run.device) if signals is not None else 0
+        signum = signal_received(signals, run.device) if signals is not None else 0
         if signum and progress.step % steps:
-            progress.partial = asdict(sums.over_ranks())
-            save(run, run.out / "last.pt", progress, budget, {})
+            save_mid_epoch(run, progress, budget, sums)
             raise interrupted(run, progress, signum)
     bar.close()
     # The last step's gradients are not needed (the next step sets them anew): freed here, they take
@@ -201,13 +206,12 @@ def should_stop(run: Run, progress: RunState, budget: Budget | None, last_epoch_
     return bool(stop)
 
 
-
 def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[RunState, Budget | None]:
     """Where the run starts (from `state` when resumed), its time budget, and the files that
     describe it (train.csv, val.csv, config.json, the first lines)."""
     progress = RunState(epochs=run.cfg.epochs, skipped=dict(run.split.skipped))
     if state is not None:
-        restore(run, state)
+        restore_run(state, run.model, run.optimizer, run.scaler)
         progress = RunState.restore(run.cfg.epochs, state)
         progress.skipped.update(run.split.skipped)
     ddp.same_on_all_ranks("the step to start from (resuming needs --out on a file system all nodes share)",
@@ -226,7 +230,6 @@ def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[RunSt
             indent=2))
         announce(run, progress)
     return progress, budget
-
 
 
 @contextlib.contextmanager
@@ -253,6 +256,12 @@ def stop_at_a_step() -> Iterator[list[int]]:
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def signal_received(signals: list[int], device: torch.device) -> int:
+    """The signal any rank has received (0: none), the same on every rank: one all-reduce, so that
+    all stop after the same step."""
+    return ddp.largest(signals[0] if signals else 0, device)
 
 
 def interrupted(run: Run, progress: RunState, signum: int) -> Interrupted:
@@ -308,7 +317,7 @@ def run_epochs(run: Run, progress: RunState, budget: Budget | None, board, signa
         if run.main:
             record_epoch(run, progress, budget, board, row, improved)
         stop = should_stop(run, progress, budget, row["seconds"])
-        signum = ddp.largest(signals[0] if signals else 0, run.device)
+        signum = signal_received(signals, run.device)
         if signum and not stop and progress.epoch < progress.epochs:  # last.pt was written with the epoch
             raise interrupted(run, progress, signum)
         if stop:

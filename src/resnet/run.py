@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import data as D
 from . import distributed as ddp
 from .budget import size_for_budget, step_seconds
-from .checkpoint import eval_transform, model_card, restore_run
+from .checkpoint import eval_transform, model_card
 from .config import TrainConfig
 from .constants import AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES
 from .device import check_step_memory, pick_device
@@ -259,7 +259,7 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     # Before the first step (the precision's timing is one): a step that cannot fit is one line, not an OOM kill.
     check_step_memory(cfg.arch, cfg.width, cfg.img_size, len(split.classes), device, batch, cfg.batch_size)
     precision = run_precision(cfg, device, batch, len(split.classes), (state or {}).get("precision"))
-    size_reason = None
+    size_reason = (state or {}).get("size_reason")  # a resumed run keeps the size it chose
     if cfg.fit_size and recipe is not None:
         cfg, size_reason = size_for_budget(cfg, recipe, split, device, batch, world, precision.dtype)
     # A resumed run rebuilds the network its checkpoint describes, options older files lack included.
@@ -271,10 +271,9 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     sample = whitening_sample(train_loader) if cfg.whiten and not resuming else None
     model, net = build_model(cfg, options, len(split.classes), weights, device, world, sample)
-    return Run(cfg=cfg, out=out, device=device, precision=precision, plan_lines=plan_lines, size_reason=size_reason, split=split,
-               card=card, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
-               net=net,
-               optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
+    return Run(cfg=cfg, out=out, device=device, precision=precision, plan_lines=plan_lines, size_reason=size_reason,
+               split=split, card=card, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
+               net=net, optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world=world, batch=batch,
                main=rank == 0, steps_per_epoch=len(train_loader))
@@ -314,8 +313,3 @@ def build_model(cfg: TrainConfig, options: dict[str, Any], num_classes: int, wei
     if cfg.compile:
         net = torch.compile(net)  # checkpoints still save `model`: plain state_dict names
     return model, net
-
-
-def restore(run: Run, state: dict[str, Any]) -> None:
-    restore_run(state, run.model, run.optimizer, run.scaler)
-    run.size_reason = state.get("size_reason")
