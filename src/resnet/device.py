@@ -63,12 +63,13 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
-def step_bytes(model: nn.Module, size: int, batch: int, training: bool = True) -> int:
-    """About what one fp32 step of `model` on `batch` images of `size` px holds at its peak. Training:
-    every module's output kept for the backward pass and its gradient (2x the activations), plus
-    weights, their gradients and the optimiser's momentum (3x the parameters). Inference: the
-    largest output and the one it is computed from, plus the weights. From shapes alone: the model
-    is moved to the meta device (build it there), so nothing is computed or allocated."""
+def step_bytes(model: nn.Module, size: int, training: bool = True) -> tuple[int, int]:
+    """(bytes per image, bytes whatever the batch) one fp32 step of `model` on images of `size` px
+    holds at its peak. Training: every module's output kept for the backward pass and its gradient
+    (2x the activations), plus weights, their gradients and the optimiser's momentum (3x the
+    parameters). Inference: the largest output and the one it is computed from, plus the weights.
+    From shapes alone: the model is moved to the meta device (build it there), so nothing is
+    computed or allocated."""
     outputs = []
     hooks = [m.register_forward_hook(lambda mod, args, out: outputs.append(out.numel() * out.element_size()))
              for m in model.modules() if not list(m.children())]
@@ -80,8 +81,8 @@ def step_bytes(model: nn.Module, size: int, batch: int, training: bool = True) -
             h.remove()
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     if not training:
-        return 2 * batch * max(outputs) + params
-    return 2 * batch * sum(outputs) + 3 * params
+        return 2 * max(outputs), params
+    return 2 * sum(outputs), 3 * params
 
 
 def check_step_memory(arch: str, width: float, size: int, num_classes: int, device: torch.device, batch: int,
@@ -94,11 +95,11 @@ def check_step_memory(arch: str, width: float, size: int, num_classes: int, devi
         return
     with torch.device("meta"):
         model = create_model(arch, num_classes=num_classes, width=width)
-    need = step_bytes(model, size, batch, training)
+    per_image, fixed = step_bytes(model, size, training)
+    need = batch * per_image + fixed
     if need <= free:
         return
-    per_image = max(1, step_bytes(model, size, 2, training) - step_bytes(model, size, 1, training))
-    fits = max(0, int((free - step_bytes(model, size, 0, training)) // per_image))
+    fits = max(0, (free - fixed) // max(1, per_image))
     raise ConfigError(f"--batch-size {batch_size}: {'a training' if training else 'an inference'} step of {arch} "
                       f"at {size} px needs ~{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on "
                       f"{device.type}" + (f": at most ~{fits} images per process fit" if fits else ""))

@@ -68,7 +68,7 @@ def stop(together: bool = False) -> None:
     an error no rank waits: a peer may never come."""
     if dist.is_initialized():
         if together:
-            dist.barrier()
+            barrier()
         gc.collect()
         dist.destroy_process_group()
 
@@ -93,11 +93,16 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
     return batch_size // world_size
 
 
+def _collective_tensor(values: list[int], device: torch.device) -> torch.Tensor:
+    """`values` where the backend's collectives take them: on the GPU for NCCL, the CPU for Gloo."""
+    return torch.tensor(values, dtype=torch.long, device=device if dist.get_backend() == "nccl" else "cpu")
+
+
 def from_rank0(values: list[int], device: torch.device) -> list[int]:
     """Rank 0's values on every rank."""
     if not dist.is_initialized():
         return values
-    t = torch.tensor(values, dtype=torch.long, device=device if dist.get_backend() == "nccl" else "cpu")
+    t = _collective_tensor(values, device)
     dist.broadcast(t, 0)
     return t.tolist()
 
@@ -106,7 +111,7 @@ def largest(value: int, device: torch.device) -> int:
     """The largest of every rank's `value` (a signal one rank received, 0 where none did)."""
     if not dist.is_initialized():
         return value
-    t = torch.tensor([value], dtype=torch.long, device=device if dist.get_backend() == "nccl" else "cpu")
+    t = _collective_tensor([value], device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
