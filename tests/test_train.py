@@ -343,6 +343,13 @@ def test_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
 
 
+def test_flat_cos_holds_the_peak_for_three_quarters_then_decays():
+    lrs = [TS.lr_at(s, 100, 10, 1.0, "flat-cos") for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[10:75] == [1.0] * 65  # warm-up, then flat to 3/4
+    assert lrs[76] < 1.0 and all(a > b for a, b in zip(lrs[75:], lrs[76:])) and lrs[-1] < 0.01
+    assert lrs[87] == pytest.approx(0.5, abs=0.05)  # a cosine: half way down half way through it
+
+
 def test_progressive_crop_sizes():
     sizes = [TS.crop_size_at(e, 20, 96, None) for e in range(20)]
     assert sizes[0] == 64 and sizes[-1] == 96 and sizes[-3:] == [96] * 3  # two thirds, then full

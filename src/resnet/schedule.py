@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import math
 
-from .constants import RAMP, SIZE_STEP, START_SIZE_FRACTION
+from .constants import FLAT_FRACTION, RAMP, SIZE_STEP, START_SIZE_FRACTION
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> float:
     """A linear warm-up over `warmup` steps, then `constant`; `step`: divided by 10 at half and
     three quarters of the run (the ResNet paper's 32k and 48k of 64k iterations); `onecycle` /
-    `cosine`: cosine decay."""
+    `cosine`: cosine decay; `flat-cos`: the peak until `FLAT_FRACTION` of the run, then cosine."""
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant":
         return peak
     if schedule == "step":
         return peak * (0.1 ** ((step >= total // 2) + (step >= total * 3 // 4)))
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    start = max(warmup, int(total * FLAT_FRACTION)) if schedule == "flat-cos" else warmup
+    if step < start:
+        return peak
+    progress = min(1.0, (step - start) / max(1, total - start))
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
