@@ -47,11 +47,26 @@ def test_photos_of_180_px_never_train_or_evaluate_above_what_they_hold():
     a budget may grow it only to sizes whose evaluation crop (crop x 1.15) fits in 180 px — 128 px
     at most (147 px scored); 160 px would be scored at 184, up-sampled."""
     recipe = plan_recipe(stats(180, images=8000, classes=2))
-    assert recipe.kind == "photos" and recipe.values == {"in_memory": False}
+    assert recipe.kind == "photos" and recipe.values == {"in_memory": False, "schedule": "flat-cos"}
     assert recipe.ladder == ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128))
     assert eval_size_for(128) <= 180 < eval_size_for(160)
     assert "sizes up to 128 px: larger ones would be up-sampled from 180 px" in recipe.reasons[-1][1]
     assert recipe.enough_epochs == EPOCHS_TO_GROW
+
+
+def test_photos_hold_the_peak_learning_rate_unless_a_schedule_is_given(tmp_path):
+    """flat-cos for photos (measured there), one-cycle for small images (flat-cos lost on CIFAR-10),
+    and a --schedule given is kept, its plan line not shown."""
+    def planned(short: int, **given) -> tuple[str, list[str]]:
+        cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), **given)
+        planned_cfg, _, lines = TP.apply_recipe(cfg, stats(short, images=2000))
+        return planned_cfg.schedule, lines
+
+    schedule, lines = planned(224)
+    assert schedule == "flat-cos" and any("flat-cos" in line for line in lines)
+    assert planned(32)[0] == "onecycle"
+    schedule, lines = planned(224, schedule="onecycle")
+    assert schedule == "onecycle" and not any("flat-cos" in line for line in lines)
 
 
 def test_large_photos_may_grow_to_torchvisions_224():

@@ -68,8 +68,8 @@ def add_train_recipe(t: Parser) -> None:
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--label-smoothing", type=float)
     t.add_argument("--schedule", choices=SCHEDULES,
-                   help="onecycle (warm-up then cosine, the default), cosine, flat-cos (the peak for 3/4 of the run, then "
-                        "cosine), step (/10 at 1/2 and 3/4), constant")
+                   help="onecycle (warm-up then cosine), cosine, flat-cos (the peak for 3/4 of the run, then cosine: "
+                        "planned for photos), step (/10 at 1/2 and 3/4), constant (default: onecycle, or as planned)")
     t.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="start each block's last BatchNorm at zero, so each block starts as the identity "
                         "(default: off, measured to stall short runs)")

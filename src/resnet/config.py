@@ -52,7 +52,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-5
-    schedule: str = "onecycle"            # options.SCHEDULES: onecycle (warm-up + cosine), cosine, step, constant
+    schedule: str = "onecycle"            # options.SCHEDULES (onecycle: warm-up + cosine); photos plan flat-cos
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
     scale_min: float = 0.25               # RandomResizedCrop's lower area bound

@@ -10,7 +10,8 @@ Two kinds, after the recipes that hold the records for each:
   pad-and-crop augmentation (2 px mirrored), batches of 128, label smoothing 0.2 and weight decay
   5e-4 as in Page's and Jordan's CIFAR-10 recipes, and the in-memory loader where the pixels fit;
 - photos: the ImageNet-stem ResNet-18 at half width with random-resized crops growing 64 -> 96 px
-  (docs/training.md), never trained or evaluated above the resolution the photos hold.
+  (docs/training.md), never trained or evaluated above the resolution the photos hold, the
+  learning rate held at its peak for three quarters of the run (fastai's flat-cos).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import TrainConfig, flag
-from .constants import (EPOCHS_TO_GROW, EVAL_SCALE, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
-                        SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS, WHITEN_IMAGES)
+from .constants import (EPOCHS_TO_GROW, EVAL_SCALE, FLAT_FRACTION, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP,
+                        SMALL_EPOCHS_TO_GROW, SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS, WHITEN_IMAGES)
 from .data.stats import DataStats
 from .options import MIN_IMG_SIZE
 
@@ -87,8 +88,10 @@ def _photos(stats: DataStats) -> Recipe:
     ladder = tuple(r for r in SIZE_LADDER if eval_size_for(r[1]) <= stats.short_side)
     reasons = [(("arch", "img_size"), f"photos (median shorter side {stats.short_side} px): ResNet-18 at half "
                                       "width with random-resized crops growing to the final size (the dogs-vs-cats "
-                                      "recipe)")]
-    values: dict[str, Any] = {"in_memory": False}
+                                      "recipe)"),
+               (("schedule",), f"the peak learning rate for {FLAT_FRACTION:.0%} of the run, then a cosine to zero "
+                               "(fastai's flat-cos: +1.4 points on imagenette-3k at 67 epochs, 4 seeds)")]
+    values: dict[str, Any] = {"in_memory": False, "schedule": "flat-cos"}
     if not ladder:
         size = max(MIN_IMG_SIZE, int(stats.short_side / EVAL_SCALE) // SIZE_STEP * SIZE_STEP)
         ladder = ((SIZE_LADDER[0][0], size),)
