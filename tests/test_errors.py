@@ -16,6 +16,7 @@ from resnet import data as D
 from resnet import config as TC, run as TR
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.cli import main
+from resnet.errors import ConfigError
 from resnet.transforms import EvalTransform
 
 
@@ -502,6 +503,24 @@ def test_an_impossible_batch_is_capped_or_refused_before_the_first_step(tiny_fol
     need = float(err.split("needs ~")[1].split()[0]) * 2**30
     fit = int(err.split("at most ~")[1].split()[0])
     assert 1 <= fit < 16 and abs(fit - 16 * 512 * 2**20 / need) <= 1  # the batch that fits, about linearly
+
+
+def test_the_memory_check_takes_a_network_whose_last_map_is_one_pixel(tiny_folder, tmp_path, monkeypatch):
+    """ResNet-18 at 32 px ends on a 1x1 map: the check's shape pass once fed it one image, which a
+    training-mode BatchNorm refuses (a traceback before any step). The batch that fits is still
+    worked out per image: 4 images' worth of memory free, so at most 4 fit."""
+    from resnet import create_model
+    from resnet import device as dev
+
+    assert main(small_run(tiny_folder, tmp_path / "run", "--arch", "resnet18", "--width", "0.25", "--img-size", "32",
+                          "--epochs", "1", "--val-split", "0.25")) == 0
+    with torch.device("meta"):
+        model = create_model("resnet18", num_classes=2, width=0.25)
+    per_image, fixed = dev.step_bytes(model, 32)
+    assert per_image > 0 and fixed == 3 * sum(p.numel() * 4 for p in model.parameters())
+    monkeypatch.setattr(dev, "available_bytes", lambda device: fixed + 4 * per_image)
+    with pytest.raises(ConfigError, match="at most ~4 images per process fit"):
+        dev.check_step_memory("resnet18", 0.25, 32, 2, torch.device("cpu"), 8, 8)
 
 
 @pytest.mark.parametrize("task", ["train", "infer"])

@@ -69,13 +69,15 @@ def step_bytes(model: nn.Module, size: int, training: bool = True) -> tuple[int,
     (2x the activations), plus weights, their gradients and the optimiser's momentum (3x the
     parameters). Inference: the largest output and the one it is computed from, plus the weights.
     From shapes alone: the model is moved to the meta device (build it there), so nothing is
-    computed or allocated."""
+    computed or allocated. Two images go through it, not one: a training-mode BatchNorm refuses a
+    single value per channel (ResNet-18's last map at 32 px is 1x1); every output is linear in the
+    batch, so half of each is one image's."""
     outputs = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: outputs.append(out.numel() * out.element_size()))
+    hooks = [m.register_forward_hook(lambda mod, args, out: outputs.append(out.numel() * out.element_size() // 2))
              for m in model.modules() if not list(m.children())]
     try:
         with torch.device("meta"):
-            model.to("meta")(torch.empty(1, 3, size, size))
+            model.to("meta")(torch.empty(2, 3, size, size))
     finally:
         for h in hooks:
             h.remove()
