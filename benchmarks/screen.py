@@ -2,9 +2,9 @@
 the first candidate's (today's default), at the same fixed epochs and seeds, scored on the same
 held-out images; the accuracy at fixed epochs does not depend on the CPU, only the time does.
 Runs one at a time, or `--parallel N` at a time where the device has room (a GPU trains these
-small networks far below its capacity); finished ones are read back, so an interrupted screen goes
-on. Then prints each candidate's accuracy per seed, its mean and its gain over the first. A
-candidate's flags come last, so `--epochs` among them overrides the screen's (to compare sizes at
+small networks far below its capacity); finished ones are read back and a run cut or stopped
+part-way resumes from its last.pt, so an interrupted screen goes on. Then prints each candidate's
+accuracy per seed, its mean and its gain over the first. A candidate's flags come last, so `--epochs` among them overrides the screen's (to compare sizes at
 equal compute: fewer epochs of a larger network). `--stop-after S` ends runs still going after S
 seconds; they are reported with the epochs they had done, marked as cut.
 
@@ -30,13 +30,14 @@ def train(data: str, out: Path, epochs: int, seed: int, flags: list[str], extra:
           deadline: float) -> dict:
     """One run (or the one already there): the held-out accuracy of its final weights (not of the
     best epoch's, which choosing on the same images flatters), its seconds and epochs, and whether
-    `deadline` (a `time.monotonic()`) cut it."""
+    `deadline` (a `time.monotonic()`) cut it. A run cut before goes on from its last.pt."""
     log_file = out.parent / f"{out.name}.log"  # not with_suffix: names hold dots ("w0.75-s0")
-    cut = not (out / "evaluation.json").is_file() and time.monotonic() >= deadline  # not even started
-    if not (out / "evaluation.json").is_file() and not cut:
+    done = (out / "evaluation.json").is_file()
+    cut = not done and time.monotonic() >= deadline  # not (or no further) started
+    if not done and not cut:
         cmd = [sys.executable, "-m", "resnet", "train", data, "--epochs", str(epochs), "--seed", str(seed),
-               "--amp", "off", *extra, *flags, "--out", str(out)]
-        with open(log_file, "w") as log:
+               "--amp", "off", *extra, *flags, "--out", str(out), "--resume", "auto"]
+        with open(log_file, "a") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             try:
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
