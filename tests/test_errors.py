@@ -287,6 +287,7 @@ def crafted(run_a: Path, tmp_path: Path, **changes) -> Path:
     ({"model_options": {"width": 1000.0}}, "width=1000.0 is outside"),
     ({"model_options": {"width": 1.0, "pool_first": True}}, "resnet20 has no option pool_first"),
     ({"tta": "yes"}, "tta must be true or false"),
+    ({"tta_shift": 99}, "tta_shift must be a whole number of pixels"),
 ])
 def test_checkpoints_that_read_but_do_not_fit(run_a, tiny_folder, tmp_path, capsys, changes, needle):
     path = crafted(run_a, tmp_path, **changes)

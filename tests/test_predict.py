@@ -89,6 +89,28 @@ def test_tta_averages_with_the_mirror_image(clf):
     assert torch.allclose(tta, (plain + logits(asymmetric.flip(-1), False)) / 2, atol=1e-5)
 
 
+def test_shifted_views_count_half_as_airbench_scores_them(clf):
+    """TTA with a shift: the mirror pair counts half, the pair moved `shift` px down-right and
+    up-left (edges mirrored, as numpy's reflect pads) a quarter each. A wrong direction, weight or
+    padding gives other logits: the image is random, the network's receptive field covers it."""
+    from resnet import runtime
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8, generator=g)
+    padded = torch.from_numpy(np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect"))
+
+    def pair(batch: torch.Tensor) -> torch.Tensor:
+        return runtime.logits(clf.net, batch.contiguous(), clf.mean, clf.std, True)
+
+    expected = pair(x) / 2 + (pair(padded[..., :24, :24]) + pair(padded[..., 4:, 4:])) / 4
+    shifted = runtime.logits(clf.net, x, clf.mean, clf.std, True, shift=2)
+    assert torch.allclose(shifted, expected, atol=1e-5)
+    assert not torch.allclose(shifted, pair(x), atol=1e-3)
+    assert torch.equal(runtime.logits(clf.net, x, clf.mean, clf.std, False, shift=2),
+                       runtime.logits(clf.net, x, clf.mean, clf.std, False))  # no TTA: one view
+    assert runtime.tta_views(True, 2) == 6 and runtime.tta_views(True, 0) == 2 and runtime.tta_views(False, 2) == 1
+
+
 def test_import_resnet_does_not_load_the_training_loop():
     code = "import sys, resnet; print(sorted(m for m in sys.modules if m in ('resnet.train', 'tqdm', 'numba')))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -269,7 +291,7 @@ def test_a_model_trained_to_be_scored_with_tta_is_so_everywhere(trained, tmp_pat
 
     root, run = trained
     state = read_checkpoint(run / "best.pt")
-    state["tta"] = True
+    state["tta"], state["tta_shift"] = True, 1
     save_checkpoint(tmp_path / "tta.pt", state)
     files = [str(p) for p in sorted(root.rglob("*.png"))][:6]
     for name in ("tta.pt", "w.safetensors", "m.onnx"):
@@ -278,7 +300,7 @@ def test_a_model_trained_to_be_scored_with_tta_is_so_everywhere(trained, tmp_pat
             assert main(["export", str(tmp_path / "tta.pt"), "--format", name.split(".")[1],
                          "--output", str(path)]) == 0
         clf = Classifier.load(path, device="cpu")
-        assert clf.describe()["tta"], name  # what serve's /info shows
+        assert clf.describe()["tta"] and clf.describe()["tta_shift"] == 1, name  # what serve's /info shows
         probs = [r["probability"] for r in clf.predict(files)]
         assert probs == [r["probability"] for r in clf.predict(files, tta=True)], name
         assert probs != [r["probability"] for r in clf.predict(files, tta=False)], name

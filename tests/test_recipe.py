@@ -44,8 +44,8 @@ def test_small_images_too_many_for_memory_go_through_the_cache():
 
 def test_photos_of_180_px_never_train_or_evaluate_above_what_they_hold():
     """Kaggle's dogs vs. cats at 180 px: the preset's network (nothing planned but the loader), and
-    a budget may grow it only to sizes whose evaluation crop (crop x 1.15) fits in 180 px — 128 px
-    at most (147 px scored); 160 px would be scored at 184, up-sampled."""
+    a budget may grow it only to sizes whose evaluation crop (crop x 1.25) fits in 180 px — 128 px
+    at most (160 px scored); 160 px would be scored at 200, up-sampled."""
     recipe = plan_recipe(stats(180, images=8000, classes=2))
     assert recipe.kind == "photos" and recipe.values == {"in_memory": False, "schedule": "flat-cos"}
     assert recipe.ladder == ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128))
@@ -67,6 +67,23 @@ def test_photos_hold_the_peak_learning_rate_unless_a_schedule_is_given(tmp_path)
     assert planned(32)[0] == "onecycle"
     schedule, lines = planned(224, schedule="onecycle")
     assert schedule == "onecycle" and not any("flat-cos" in line for line in lines)
+
+
+def test_small_images_add_the_shifted_views_only_for_fixed_epochs(tmp_path):
+    """The shifted views triple validation's forward passes: with fixed epochs that is seconds,
+    on a time budget it would be epochs. Not for photos; a --tta-shift given wins either way."""
+    def planned(short: int, **given) -> tuple[int, list[str]]:
+        cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), **given)
+        planned_cfg, _, lines = TP.apply_recipe(cfg, stats(short))
+        return planned_cfg.tta_shift, lines
+
+    shift, lines = planned(32)
+    assert shift == 1 and any("shifted 1 px" in line for line in lines)
+    shift, lines = planned(32, max_minutes=10)
+    assert shift == 0 and not any("shifted" in line for line in lines)
+    assert planned(32, max_minutes=10, tta_shift=1)[0] == 1 and planned(32, tta_shift=0)[0] == 0
+    assert planned(224)[0] == 0
+    assert planned(32, hflip=False)[0] == 0  # no mirror images, no TTA at all
 
 
 def test_large_photos_may_grow_to_torchvisions_224():

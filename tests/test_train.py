@@ -294,7 +294,7 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
         return 1.5e-6 * sum(p.numel() for p in model.parameters()) * (min(sizes) / 24) ** 2, 2.0
 
     monkeypatch.setattr(TB, "compute_time_by_size", fake_compute)
-    monkeypatch.setattr(TP, "plan_recipe", lambda stats: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5))
+    monkeypatch.setattr(TP, "plan_recipe", lambda stats, budget: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5))
     cfg = TC.make_config("default", data=str(tiny_folder), arch="resnet20", batch_size=8, workers=0,
                         out=str(tmp_path / "run"), seed=3, val_split=0.25, max_minutes=0.1)
     TL.train(cfg)
@@ -366,20 +366,22 @@ def test_no_weight_decay_on_batchnorm_and_biases():
     assert no_decay["weight_decay"] == 0
 
 
-@pytest.mark.parametrize("cache,tta", [(False, False), (True, False), (False, True)])
-def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path, cache, tta):
-    """With the decoded cache or without it, with flip TTA or without, the validation figures in
-    metrics.csv are those that `evaluate` computes by default for the same weights on the same
-    images: the saved model is scored as it was validated."""
+@pytest.mark.parametrize("cache,tta,shift", [(False, False, 0), (True, False, 0), (False, True, 0), (False, True, 1)])
+def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path, cache, tta, shift):
+    """With the decoded cache or without it, with flip TTA (and shifted views) or without, the
+    validation figures in metrics.csv are those that `evaluate` computes by default for the same
+    weights on the same images: the saved model is scored as it was validated."""
     from resnet.evaluate import evaluate
 
     out = tmp_path / "run"
-    TL.train(quick(tiny_folder, out, epochs=1, cache=cache, cache_dir=str(tmp_path / "cache"), tta=tta))
+    TL.train(quick(tiny_folder, out, epochs=1, cache=cache, cache_dir=str(tmp_path / "cache"), tta=tta,
+                   tta_shift=shift))
     assert (tmp_path / "cache").exists() == cache
     row = read_checkpoint(out / "last.pt")["metrics"]
     result, _, _ = evaluate(out / "last.pt", out / "val.csv", workers=0, device="cpu")
     assert result["accuracy"] == pytest.approx(row["val_acc"]) and result["num_images"] == 8
     assert result["loss"] == pytest.approx(row["val_loss"], rel=1e-5) and result["tta"] == tta
+    assert result["tta_shift"] == shift
     other, _, _ = evaluate(out / "last.pt", out / "val.csv", tta=not tta, workers=0, device="cpu")
     assert other["loss"] != pytest.approx(row["val_loss"], rel=1e-5)  # the two ways differ on these images
 

@@ -86,6 +86,10 @@ def add_train_recipe(t: Parser) -> None:
     t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="validate with each image averaged with its mirror, and save the model to be scored so "
                         "(default: planned, on for small images)")
+    t.add_argument("--tta-shift", type=int, metavar="PX",
+                   help="with --tta: also the image and its mirror shifted PX pixels down-right and up-left, "
+                        "edges mirrored (airbench's translate TTA; default: planned, 1 for small images trained "
+                        "for fixed epochs, otherwise 0)")
     t.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
                    help="start the first convolution as the training patches' whitening, frozen "
                         "(default: planned, on for small images)")

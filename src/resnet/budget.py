@@ -26,7 +26,7 @@ from .constants import BUDGET_RESERVE, GROW_MARGIN, MIN_TAIL, REFIT_WINDOW, VAL_
 from .data import DataSplit
 from .models import create_model
 from .recipe import Recipe, eval_size_for
-from .runtime import autocast, fastest_seconds, memory_format
+from .runtime import autocast, fastest_seconds, memory_format, tta_views
 from .schedule import crop_size_at
 
 T = TypeVar("T")
@@ -237,7 +237,7 @@ def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch
 
 def val_forwards(cfg: TrainConfig, split: DataSplit, world: int) -> int:
     """Images one rank's validation pass puts through the network: what it costs the budget."""
-    return math.ceil(len(split.val) / world) * (2 if cfg.tta else 1)
+    return math.ceil(len(split.val) / world) * tta_views(cfg.tta, cfg.tta_shift)
 
 
 def size_for_budget(cfg: TrainConfig, recipe: Recipe, split: DataSplit, device: torch.device, batch: int,

@@ -24,17 +24,19 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and
 # safetensors metadata as JSON strings, read back by `Classifier.load`. `tta`: the model is
-# scored averaged with the mirror image unless told otherwise (absent: it is not).
-CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean", "std", "tta")
+# scored averaged with the mirror image unless told otherwise (absent: it is not); `tta_shift`:
+# and with that pair shifted this many pixels (absent: 0; `runtime.logits`).
+CARD_KEYS = ("arch", "model_options", "classes", "eval_size", "crop_pct", "mean", "std", "tta", "tta_shift")
 
 
 def model_card(arch: str, model_options: dict[str, Any], classes: list[str], eval_size: int, crop_pct: float,
-               tta: bool) -> dict[str, Any]:
+               tta: bool, tta_shift: int = 0) -> dict[str, Any]:
     """What a stored model says about itself (`CARD_KEYS`), with ImageNet's normalisation: built
     once per run, so that its validation preprocesses (`eval_transform(card)`) as every later use
     of the saved model will."""
     return {"arch": arch, "model_options": model_options, "classes": list(classes), "eval_size": eval_size,
-            "crop_pct": crop_pct, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "tta": tta}
+            "crop_pct": crop_pct, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "tta": tta,
+            "tta_shift": tta_shift}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -172,6 +174,9 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
         raise bad(f"crop_pct must be in (0, 1], not {crop_pct!r}")
     if not isinstance(state.get("tta", False), bool):
         raise bad(f"tta must be true or false, not {state['tta']!r}")
+    shift = state.get("tta_shift", 0)
+    if not isinstance(shift, int) or isinstance(shift, bool) or not 0 <= shift <= size // 4:
+        raise bad(f"tta_shift must be a whole number of pixels from 0 to {size // 4}, not {shift!r}")
     for key in ("mean", "std"):
         v = state[key]
         if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):

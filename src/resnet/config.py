@@ -63,6 +63,7 @@ class TrainConfig:
     hflip: bool = True
     crop_pct: float = CROP_PCT            # evaluation: resize to eval_size / crop_pct, centre-crop
     tta: bool = False                     # validate, and have the saved model scored, with the mirror image too
+    tta_shift: int = 0                    # with tta: and with the pair shifted this many px (`runtime.logits`)
     train_like_eval: bool = False         # the tutorial trains on its eval preprocessing
     zero_init_residual: bool = False      # measured: on short schedules it stalls learning
     whiten: bool = False                  # the stem starts as the patches' whitening, frozen (models.whiten_conv)
@@ -108,6 +109,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "schedule": (lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
     "augment": (lambda v: v in AUGMENTS, ", ".join(AUGMENTS)),
     "padding": (lambda v: v >= 0, "0 or more"),
+    "tta_shift": (lambda v: 0 <= v <= MIN_IMG_SIZE // 4, f"0 to {MIN_IMG_SIZE // 4} pixels"),
     "padding_mode": (lambda v: v in PADDING_MODES, ", ".join(PADDING_MODES)),
     "cutout": (lambda v: v >= 0, "0 (off) or more pixels"),
     "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),

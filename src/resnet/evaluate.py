@@ -61,6 +61,7 @@ def evaluate(model: str | Path | Classifier, data: str | Path, tta: bool | None 
         raise D.DataError(f"none of the {total} images of {data} could be read{first}")
     result = compute_metrics(logits, labels, clf.classes)
     result["tta"] = tta
+    result["tta_shift"] = clf.tta_shift if tta else 0
     result["checkpoint"] = clf.source
     result["precision"], result["precision_reason"] = clf.precision.name, clf.precision.reason
     result["engine"], result["engine_reason"] = clf.engine.name, clf.engine.reason
@@ -167,7 +168,8 @@ def write_report(out: str | Path, result: dict[str, Any], samples: Sequence[D.Sa
     shown = plot_mistakes(samples, probs, classes, out / "mistakes.png")
     lines = [f"# Evaluation of `{result.get('checkpoint', '')}`", "",
              f"- accuracy: **{result['accuracy']:.2%}** on {result['num_images']} images"
-             + (" (flip TTA)" if result.get("tta") else ""),
+             + (" (flip TTA" + (f", shifted {result['tta_shift']} px" if result.get("tta_shift") else "") + ")"
+                if result.get("tta") else ""),
              f"- loss: {result['loss']:.4f}"]
     if "top5_accuracy" in result:
         lines.append(f"- top-5 accuracy: {result['top5_accuracy']:.2%}")

@@ -152,7 +152,8 @@ def validate(run: Run, progress: RunState) -> tuple[float, float]:
     # The saved model as `evaluate` runs it: a copy with its BatchNorms folded, in the run's
     # precision (in bf16 the folded weights round otherwise than the unfolded ones).
     net = TorchNet.prepare(copy.deepcopy(run.model), run.device, run.dtype, run.cfg.channels_last)
-    logits, labels, _, failures = run_eval(net, run.val_loader, run.card["mean"], run.card["std"], run.cfg.tta)
+    logits, labels, _, failures = run_eval(net, run.val_loader, run.card["mean"], run.card["std"], run.cfg.tta,
+                                           run.cfg.tta_shift)
     mine = ValSums(F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
                    (logits.argmax(1) == labels).sum().item(), len(labels), failures)
     parts: list[ValSums] = ddp.gather(mine)

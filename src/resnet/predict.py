@@ -67,6 +67,7 @@ class Classifier:
         self.classes: list[str] = [str(c) for c in card["classes"]]
         self.mean, self.std = tuple(card["mean"]), tuple(card["std"])
         self.tta = bool(card.get("tta", False))  # how the model was scored when it trained
+        self.tta_shift = int(card.get("tta_shift", 0))  # ... and with which shifted views (`runtime.logits`)
         self.transform = eval_transform(card)
         self.source = source
 
@@ -138,15 +139,16 @@ class Classifier:
                 "arch": self.card.get("arch"), "source": self.source, "device": self.net.device.type,
                 "precision": self.precision.name, "precision_reason": self.precision.reason,
                 "engine": self.engine.name, "engine_reason": self.engine.reason,
-                "tta": self.tta, "explain": self.model is not None}
+                "tta": self.tta, "tta_shift": self.tta_shift, "explain": self.model is not None}
 
     # -- inference -------------------------------------------------------------------------
 
     def logits(self, images: Sequence[Image.Image | np.ndarray], tta: bool | None = None) -> torch.Tensor:
         """float32 logits of already-decoded RGB images (what `read_images` returns), one batch.
-        `tta` None: as the model was scored when it trained (its card's `tta`)."""
+        `tta` None: as the model was scored when it trained (its card's `tta`); with TTA, the card's
+        shifted views too."""
         batch = D.collate([D.Item(self.transform(img), 0, i) for i, img in enumerate(images)])
-        return runtime.logits(self.net, batch.images, self.mean, self.std, self.with_tta(tta))
+        return runtime.logits(self.net, batch.images, self.mean, self.std, self.with_tta(tta), self.tta_shift)
 
     def score(self, samples: Sequence[D.Sample], tta: bool | None = None, batch_size: int = 64,
               workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
@@ -155,7 +157,7 @@ class Classifier:
         same `runtime.logits` as `logits`: what `evaluate` reports."""
         loader = D.make_loader(D.ImageDataset(samples, self.transform), batch_size, False,
                                D.default_workers(self.net.device.type) if workers is None else workers)
-        return runtime.run_eval(self.net, loader, self.mean, self.std, self.with_tta(tta))
+        return runtime.run_eval(self.net, loader, self.mean, self.std, self.with_tta(tta), self.tta_shift)
 
     def with_tta(self, tta: bool | None) -> bool:
         """Whether to average with the mirror image: as asked, or (None) as the model was scored

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import TrainConfig, flag
 from .constants import (EPOCHS_TO_GROW, EVAL_SCALE, FLAT_FRACTION, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP,
-                        SMALL_EPOCHS_TO_GROW, SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS, WHITEN_IMAGES)
+                        SMALL_EPOCHS_TO_GROW, SMALL_IMAGE_MAX, SMALL_RECIPE, SMALL_WIDTHS, TTA_SHIFT, WHITEN_IMAGES)
 from .data.stats import DataStats
 from .options import MIN_IMG_SIZE
 
@@ -43,18 +43,19 @@ def eval_size_for(img_size: int) -> int:
     return max(SIZE_STEP, int(round(img_size * EVAL_SCALE / SIZE_STEP)) * SIZE_STEP)
 
 
-def plan_recipe(stats: DataStats) -> Recipe:
-    """The recipe for data like `stats` describes."""
+def plan_recipe(stats: DataStats, budget: bool = False) -> Recipe:
+    """The recipe for data like `stats` describes, for a run of fixed epochs or (`budget`) minutes."""
     if stats.short_side <= SMALL_IMAGE_MAX:
-        return _small_images(stats)
+        return _small_images(stats, budget)
     return _photos(stats)
 
 
-def _small_images(stats: DataStats) -> Recipe:
+def _small_images(stats: DataStats, budget: bool) -> Recipe:
     size = max(MIN_IMG_SIZE, stats.short_side)
     fits = stats.images * size * size * 3 <= IN_MEMORY_BYTES
+    shift = 0 if budget else TTA_SHIFT
     values = {**SMALL_RECIPE, "img_size": size, "min_img_size": size, "eval_size": size, "crop_pct": 1.0,
-              "in_memory": fits}
+              "in_memory": fits, "tta_shift": shift}
     pixels = stats.images * size * size * 3
     reasons = [
         (("arch", "img_size"), f"small images (median shorter side {stats.short_side} px <= {SMALL_IMAGE_MAX}): "
@@ -65,8 +66,11 @@ def _small_images(stats: DataStats) -> Recipe:
          "run of minutes)"),
         (("whiten",), f"the first layer starts as the whitening of {min(stats.images, WHITEN_IMAGES)} training "
                       "images' patches, frozen (airbench's start)"),
-        (("tta",), "scored with flip TTA, each image averaged with its mirror (+0.6 to +0.9 points on CIFAR-10 for "
-                   "one more forward pass of a small image); the saved model keeps it (--no-tta)"),
+        (("tta", "tta_shift"), "scored with flip TTA, each image averaged with its mirror (+0.6 to +0.9 points on "
+                               "CIFAR-10 for one more forward pass of a small image)"
+                               + (f", and with that pair shifted {shift} px each way (airbench's translate TTA: +0.27 "
+                                  "at 10 epochs; 3x validation's passes, which a time budget would pay in epochs)"
+                                  if shift else "") + "; the saved model keeps it (--no-tta)"),
         (("label_smoothing", "weight_decay", "batch_size", "lr"),
          f"label smoothing {SMALL_RECIPE['label_smoothing']}, weight decay {SMALL_RECIPE['weight_decay']:g}, "
          f"batch {SMALL_RECIPE['batch_size']}, lr {SMALL_RECIPE['lr']} per 256 (the CIFAR-10 records' recipe, "
@@ -113,7 +117,7 @@ def recipe_applies(cfg: TrainConfig) -> bool:
 def apply_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, Recipe, list[str]]:
     """(the configuration with the recipe planned from the training data's `stats` in every option
     the user left out, the recipe, what was seen and chosen, a line each)."""
-    recipe = plan_recipe(stats)
+    recipe = plan_recipe(stats, budget=bool(cfg.max_minutes))
     planned = {k: v for k, v in recipe.values.items() if k not in cfg.given}
     if "img_size" in cfg.given:  # the other sizes follow the one given, as the recipe has them follow its own
         for key in ("min_img_size", "eval_size"):
@@ -124,7 +128,9 @@ def apply_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, Recip
     unplanned = set(cfg.given)
     if not cfg.hflip and planned.get("tta"):  # trained without mirror images (digits): not scored on them
         planned["tta"] = False
-        unplanned.add("tta")
+        if "tta_shift" in planned:
+            planned["tta_shift"] = 0
+        unplanned.update(("tta", "tta_shift"))
     kept = sorted(k for k in recipe.values if k in cfg.given and recipe.values[k] != getattr(cfg, k))
     lines = [f"data: {stats.line()}", *(why for keys, why in recipe.reasons if set(keys) - unplanned)]
     if kept:

@@ -265,7 +265,7 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     # A resumed run rebuilds the network its checkpoint describes, options older files lack included.
     options = state["model_options"] if resuming else {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
     card = model_card(cfg.arch, options, split.classes, cfg.eval_size or eval_size_for(cfg.img_size), cfg.crop_pct,
-                      cfg.tta)
+                      cfg.tta, cfg.tta_shift)
     train_loader, val_loader, workers = make_loaders(cfg, split, eval_transform(card), device, rank, world, local_rank)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .transforms import normalize
@@ -133,26 +134,43 @@ class TorchNet:
         return precision_name(self.dtype)
 
 
+def tta_views(tta: bool, shift: int) -> int:
+    """Forward passes `logits` makes per image: what a validation costs."""
+    return (6 if shift else 2) if tta else 1
+
+
 def logits(net: Net, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-           tta: bool = False) -> torch.Tensor:
+           tta: bool = False, shift: int = 0) -> torch.Tensor:
     """The one inference function: a uint8 NCHW batch -> float32 logits on the CPU. With `tta`,
-    the logits of each image and its mirror image are averaged."""
+    the logits of each image and its mirror image are averaged; with a `shift` too, that pair
+    counts half and the same pair moved `shift` px down-right and up-left (edges mirrored) a
+    quarter each: airbench's translate TTA, for images trained with pad-and-crop shifts."""
     x = normalize(images, tuple(mean), tuple(std), net.device, net.channels_last)
-    out = net(x).float()
-    if tta:
-        out = (out + net(x.flip(-1)).float()) / 2
+    if not tta:
+        return net(x).float().cpu()
+    out = _with_mirror(net, x)
+    if shift:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (shift,) * 4, mode="reflect")
+        moved = [padded[..., :h, :w], padded[..., 2 * shift:, 2 * shift:]]
+        out = out / 2 + sum(_with_mirror(net, v.contiguous(memory_format=memory_format(net.channels_last)))
+                            for v in moved) / 4
     return out.cpu()
 
 
+def _with_mirror(net: Net, x: torch.Tensor) -> torch.Tensor:
+    return (net(x).float() + net(x.flip(-1)).float()) / 2
+
+
 def run_eval(net: Net, batches: Iterable[Batch], mean: Sequence[float], std: Sequence[float],
-             tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+             tta: bool = False, shift: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
     """(logits, labels, dataset indices, failures) over a loader's batches, through `logits`."""
     outs, labels, indices, failures = [], [], [], []
     for batch in batches:
         failures += batch.failures
         if len(batch.labels) == 0:
             continue
-        outs.append(logits(net, batch.images, mean, std, tta))
+        outs.append(logits(net, batch.images, mean, std, tta, shift))
         labels.append(batch.labels)
         indices.append(batch.indices)
     if not outs:
