@@ -286,6 +286,8 @@ def crafted(run_a: Path, tmp_path: Path, **changes) -> Path:
     ({"model_options": {"width": 1.0, "depth": 3}}, "unknown model options ['depth']"),
     ({"model_options": {"width": 1000.0}}, "width=1000.0 is outside"),
     ({"model_options": {"width": 1.0, "pool_first": True}}, "resnet20 has no option pool_first"),
+    ({"model_options": {"width": 1.0, "act": "swish"}}, "act='swish' is not one of relu, gelu"),
+    ({"model_options": {"width": 1.0, "act": "gelu"}}, "resnet20 has no option act"),
     ({"tta": "yes"}, "tta must be true or false"),
     ({"tta_shift": 99}, "tta_shift must be a whole number of pixels"),
 ])

@@ -169,32 +169,41 @@ def test_resnet9_is_pages_network():
     assert half.conv1.out_channels == 32 and half.fc.in_features == 256
 
 
-def test_resnet9_pools_first_and_older_checkpoints_load_pooling_last(tmp_path):
-    """ResNet-9 now pools before BN and ReLU. A checkpoint written before records no `pool_first`:
-    it must load pooling last, as it was trained, or its BatchNorms (statistics of the unpooled
-    map, some scales negative) would run after the pool and give other answers for the same
-    weights; a new checkpoint records the option, so it keeps loading as trained."""
+def test_resnet9_older_checkpoints_load_as_they_were_trained(tmp_path):
+    """ResNet-9 now pools before BN and then applies GELU. A checkpoint written before records
+    neither `pool_first` nor `act`, one written between the two changes no `act`: each must load
+    as it was trained (pooling last and ReLU; pooling first and ReLU), or the same weights would
+    give other answers (BN statistics of the unpooled map, some scales negative; GELU lets
+    negative values through); a new checkpoint records both, so it keeps loading as trained."""
     from resnet.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
-    old = create_model("resnet9", num_classes=3, width=0.25, pool_first=False).eval()
-    for m in old.modules():  # statistics a trained model would have, scales of either sign
+    oldest = create_model("resnet9", num_classes=3, width=0.25, pool_first=False, act="relu").eval()
+    for m in oldest.modules():  # statistics a trained model would have, scales of either sign
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(-1.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    older = create_model("resnet9", num_classes=3, width=0.25, act="relu").eval()
     new = create_model("resnet9", num_classes=3, width=0.25).eval()
-    new.load_state_dict(old.state_dict())
+    older.load_state_dict(oldest.state_dict()), new.load_state_dict(oldest.state_dict())
     assert [n for n, _ in new.layer1[0].named_children()] == ["conv", "pool", "bn", "relu"]  # as they run
+    assert isinstance(new.layer3[1].relu, nn.GELU) and isinstance(older.layer3[1].relu, nn.ReLU)
     x = torch.randn(4, 3, 32, 32)
     card = {"arch": "resnet9", "classes": ["a", "b", "c"], "eval_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
-    torch.save({**card, "model": old.state_dict(), "model_options": {"width": 0.25}}, tmp_path / "old.pt")
-    save_checkpoint(tmp_path / "new.pt", {**card, "model": new.state_dict(), "model_options": {"width": 0.25}})
-    assert torch.load(tmp_path / "new.pt", weights_only=True)["model_options"] == {"width": 0.25, "pool_first": True}
+    weights = oldest.state_dict()
+    torch.save({**card, "model": weights, "model_options": {"width": 0.25}}, tmp_path / "oldest.pt")
+    torch.save({**card, "model": weights, "model_options": {"width": 0.25, "pool_first": True}}, tmp_path / "older.pt")
+    save_checkpoint(tmp_path / "new.pt", {**card, "model": weights, "model_options": {"width": 0.25}})
+    recorded = torch.load(tmp_path / "new.pt", weights_only=True)["model_options"]
+    assert recorded == {"width": 0.25, "pool_first": True, "act": "gelu"}
     with torch.no_grad():
-        assert (old(x) - new(x)).abs().max() > 1e-2  # the two orders are different networks
-        for path, model in (("old.pt", old), ("new.pt", new)):
+        outputs = [m(x) for m in (oldest, older, new)]
+        for a, b in ((0, 1), (1, 2)):  # three different networks
+            assert (outputs[a] - outputs[b]).abs().max() > 1e-2
+        for path, model in (("oldest.pt", oldest), ("older.pt", older), ("new.pt", new)):
             loaded, meta = load_checkpoint(tmp_path / path)
             assert meta["model_options"]["pool_first"] is model.layer1[0].pool_first
+            assert type(loaded.layer1[1].relu) is type(model.layer1[1].relu)
             assert torch.allclose(loaded(x), model(x), atol=1e-6)
 
 

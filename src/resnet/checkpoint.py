@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, ConfigError, MachineError, first_line
-from .models import (ResNet, clean_state_dict, create_model, model_spec, options_of_file,
+from .models import (ACTIVATIONS, ResNet, clean_state_dict, create_model, model_spec, options_of_file,
                      recorded_options)
 from .options import CROP_PCT, MAX_WIDTH, MIN_IMG_SIZE, PRECISIONS
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
@@ -152,7 +152,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 
 
 # What a checkpoint may set, where its architecture takes it.
-MODEL_OPTIONS = {"width": (int, float), "zero_init_residual": bool, "pool_first": bool}
+MODEL_OPTIONS = {"width": (int, float), "zero_init_residual": bool, "pool_first": bool, "act": str}
 MAX_CLASSES = 100_000
 MAX_EVAL_SIZE = 4096
 
@@ -187,6 +187,8 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
     for key, value in options.items():
         if not isinstance(value, MODEL_OPTIONS[key]):
             raise bad(f"model option {key}={value!r} has the wrong type")
+    if options.get("act", "relu") not in ACTIVATIONS:
+        raise bad(f"model option act={options['act']!r} is not one of {', '.join(ACTIVATIONS)}")
     if not 0 < options.get("width", 1.0) <= MAX_WIDTH:
         raise bad(f"model option width={options['width']} is outside (0, {MAX_WIDTH}]")
     precision = state.get("precision")

@@ -62,6 +62,19 @@ def whiten_conv(conv: nn.Conv2d, images: Tensor, eps: float, floor: float) -> No
         conv.weight[: 2 * k] = torch.cat([filters, -filters]).to(conv.weight.device)
 
 
+# The nonlinearities a block may apply, by the name a checkpoint records (model option `act`):
+# ReLU, the paper's, or GELU (airbench's; ResNet-9's since it was measured, constants.py). Neither
+# has weights: a state_dict is the same with either.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": partial(nn.ReLU, inplace=True), "gelu": nn.GELU}
+
+
+def activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}: {' or '.join(ACTIVATIONS)}") from None
+
+
 class PadShortcut(nn.Module):
     """The paper's option A: subsample spatially, zero-pad the new channels; no parameters, so the
     CIFAR nets keep the paper's sizes (0.27M for ResNet-20)."""
@@ -82,13 +95,13 @@ class BasicBlock(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 residual: bool = True):
+                 residual: bool = True, act: str = "relu"):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = activation(act)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
@@ -243,14 +256,14 @@ class ConvPool(nn.Module):
     Modules are registered in the order they run, so that BatchNorm folding (which folds a BN into
     the convolution registered just before it) leaves a BN behind a pool unfolded."""
 
-    def __init__(self, inplanes: int, planes: int, pool_first: bool = True):
+    def __init__(self, inplanes: int, planes: int, pool_first: bool = True, act: str = "relu"):
         super().__init__()
         self.pool_first = pool_first
         self.conv = conv3x3(inplanes, planes)
         if pool_first:
             self.pool = nn.MaxPool2d(2)
         self.bn = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = activation(act)
         if not pool_first:
             self.pool = nn.MaxPool2d(2)
 
@@ -267,21 +280,24 @@ class ResNet9(nn.Module):
     the first and the last, global max-pooling and a linear classifier whose logits are scaled by
     1/8 (Page's scale: it keeps early softmax outputs soft at high learning rates). Wide and
     shallow: at 32 px it is ~9 layers of large matrix products, where the paper's ResNet-56 is 56
-    thin ones, which suits a CPU's vector units and short budgets."""
+    thin ones, which suits a CPU's vector units and short budgets. `act`: GELU after every BN, as
+    airbench has it (Page's ReLU for files written before; the figures are in constants.py)."""
 
     LOGIT_SCALE = 0.125
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (64, 128, 256, 512),
-                 zero_init_residual: bool = False, pool_first: bool = True):
+                 zero_init_residual: bool = False, pool_first: bool = True, act: str = "gelu"):
         super().__init__()
         if len(widths) != 4:
             raise ValueError("ResNet-9 takes 4 widths: the stem's and one per stage")
         self.conv1 = conv3x3(3, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(ConvPool(widths[0], widths[1], pool_first), BasicBlock(widths[1], widths[1]))
-        self.layer2 = nn.Sequential(ConvPool(widths[1], widths[2], pool_first))
-        self.layer3 = nn.Sequential(ConvPool(widths[2], widths[3], pool_first), BasicBlock(widths[3], widths[3]))
+        self.relu = activation(act)
+        self.layer1 = nn.Sequential(ConvPool(widths[0], widths[1], pool_first, act),
+                                    BasicBlock(widths[1], widths[1], act=act))
+        self.layer2 = nn.Sequential(ConvPool(widths[1], widths[2], pool_first, act))
+        self.layer3 = nn.Sequential(ConvPool(widths[2], widths[3], pool_first, act),
+                                    BasicBlock(widths[3], widths[3], act=act))
         self.num_stages = 3
         self.pool = nn.AdaptiveMaxPool2d((1, 1))
         self.num_features = widths[3]
@@ -371,7 +387,7 @@ for _depth in CIFAR_DEPTHS:
 _register("resnet18_seed", BasicBlock, [2, 2, 2, 2], 224, 2, stem="cifar")
 _register("plain_resnet18_seed", BasicBlock, [2, 2, 2, 2], 224, 2, stem="cifar", residual=False)
 _REGISTRY["resnet9"] = ModelSpec("resnet9", ResNet9, 32, 10, options={"widths": (64, 128, 256, 512)},
-                                 changed={"pool_first": False})
+                                 changed={"pool_first": False, "act": "relu"})
 
 
 def list_models() -> list[str]:
