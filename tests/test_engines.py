@@ -218,3 +218,23 @@ def test_int8_calibrates_on_the_runs_own_images_and_records_its_check(trained, t
     err = capsys.readouterr().err
     assert "give --calib DIR" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "moved" / "best.int8.onnx").exists()
+
+
+def test_a_blurred_network_runs_alike_on_every_engine(tmp_path):
+    """resnetblur's mirrored padding and per-channel filter (`BlurPool`) survive the export: the
+    ONNX file gives PyTorch's logits on onnxruntime and on OpenVINO (at an odd size, where a
+    padding off by one would show)."""
+    from resnet import create_model
+    from resnet.runtime import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = create_model("resnetblur18", num_classes=5, width=0.25)
+    model(torch.randn(8, 3, 75, 75))  # running statistics that are not the identity
+    model = fold_batchnorm(model.eval())
+    path = X.write_onnx(model, {"eval_size": 75, "classes": list("abcde")}, tmp_path / "blur.onnx")
+    x = torch.randn(3, 3, 75, 75)
+    with torch.no_grad():
+        expected = model(x)
+    for engine in ("onnxruntime", "openvino"):
+        got = engines.open_onnx(path, engine)(x)
+        assert (got - expected).abs().max() < 1e-4 * expected.abs().max(), engine

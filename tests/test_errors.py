@@ -432,7 +432,8 @@ def test_the_package_has_no_import_circle():
         visit(module, [])
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "resnet20", "plain_resnet34", "resnet50d"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "resnet20", "plain_resnet34", "resnet50d",
+                                  "resnetblur50d"])
 def test_flops_without_a_forward_pass_equal_torchs_counter(name):
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from resnet import create_model, list_models
-from resnet.models import BasicBlock, Bottleneck, PadShortcut, WeightsError, count_params, load_pretrained
+from resnet.models import BasicBlock, BlurPool, Bottleneck, PadShortcut, WeightsError, count_params, load_pretrained
 
 # torchvision's exact state_dict layouts (key, shape, order), a copy of the shared fixture kept here
 # so that the contract is checked on a fresh clone too.
@@ -212,7 +212,7 @@ def test_registry_lists_every_family():
     for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
               "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnet20", "resnet32",
               "resnet44", "resnet56", "resnet110", "resnet18_seed", "plain_resnet18", "plain20", "plain110",
-              "resnet9", "resnet18d", "resnet50d"]:
+              "resnet9", "resnet18d", "resnet50d", "resnetblur18", "resnetblur50", "resnetblur50d"]:
         assert n in names
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet19")
@@ -262,6 +262,55 @@ def test_resnet_d_folds_every_batchnorm_and_keeps_its_logits():
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert torch.allclose(folded(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_blur_pool_is_a_mirrored_binomial_filter_then_every_second_pixel():
+    """Zhang's / timm's filter, written out: each output pixel is the [1 2 1] x [1 2 1] / 16 weighted
+    sum of the 3x3 neighbourhood of every second input pixel, edges mirrored (not zero: a border
+    would darken), each channel on its own."""
+    import numpy as np
+
+    x = torch.randn(2, 3, 7, 6)
+    taps = np.array([1.0, 2.0, 1.0]) / 4
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    expected = sum(taps[i] * taps[j] * padded[:, :, i:i + 7, j:j + 6]
+                   for i in range(3) for j in range(3))[:, :, ::2, ::2]
+    got = BlurPool(3, 2)(x)
+    assert got.shape == (2, 3, 4, 3)
+    assert np.allclose(got.numpy(), expected, atol=1e-6)
+    one_pixel = torch.randn(2, 3, 1, 1)  # nothing to mirror: the pixel is kept as it is
+    assert torch.allclose(BlurPool(3, 2)(one_pixel), one_pixel)
+
+
+@pytest.mark.parametrize("name,base", [("resnetblur18", "resnet18"), ("resnetblur50", "resnet50"),
+                                       ("resnetblur18d", "resnet18d")])
+def test_resnetblur_is_its_base_network_with_every_downsampling_blurred(name, base):
+    """timm's resnetblur18...: the same weights by name as the network without blur (torchvision's
+    file loads strictly), a BlurPool behind the stem's max-pool and in the first block of each
+    strided stage, whose convolutions then all run at stride 1 (the shortcut keeps its stride);
+    the same output shapes at an odd size, other logits, and BatchNorm folding still exact."""
+    from resnet.runtime import fold_batchnorm
+
+    torch.manual_seed(0)
+    plain = create_model(base, num_classes=10, width=0.25)
+    model = create_model(name, num_classes=10, width=0.25)
+    model.load_state_dict(plain.state_dict(), strict=True)
+    blurs = [n for n, m in model.named_modules() if isinstance(m, BlurPool)]
+    assert blurs == ["maxpool.1"] + [f"layer{i}.0.aa" for i in (2, 3, 4)]
+    assert model.maxpool[0].stride == 1
+    for i in (2, 3, 4):
+        block = getattr(model, f"layer{i}")[0]
+        assert all(c.stride == (1, 1) for c in block.modules() if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3))
+        assert getattr(block.downsample, "0").stride in ((2, 2), 2)  # strided conv, or ResNet-D's pool
+    model.eval(), plain.eval()
+    x = torch.randn(2, 3, 97, 97)
+    with torch.no_grad():
+        expected = model(x)
+        assert model.forward_features(x).shape == plain.forward_features(x).shape
+        assert not torch.allclose(expected, plain(x), atol=1e-3)
+        folded = fold_batchnorm(model)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        assert torch.allclose(folded(x), expected, rtol=1e-4, atol=1e-5)
 
 
 # ----- weights ------------------------------------------------------------------------------

@@ -97,6 +97,11 @@ SIZE_LADDER = ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128), (1.0, 160), (1.0,
 # today's recipe 77.26 / 78.26 %, CutMix (alpha 1) 77.93 / 76.42 %, mixup (alpha 0.2) 78.26 / 78.26 %,
 # `resnet18d` 78.09 / 78.09 % at 1.15x the step time; an average of the weights (EMA 0.99-0.999) -0.34
 # to -0.17 on today's, 0 to +1.17 on resnet18d's. None taken: within one run's noise.
+# Anti-aliased downsampling (`resnetblur18`, Zhang 2019; the same 67 epochs, final weights at 160 px,
+# seeds 0 / 1; today's 78.26 / 78.93 %): 79.77 / 76.76 %, and 1.9x the bf16 step time here (1.3x in
+# fp32: a per-channel filter and mirrored padding have no fast bf16 kernels); at the 36 epochs of
+# the same compute, 76.76 % (seed 0). Blurring only the stem's max-pool (fastai's MaxBlurPool):
+# 77.76 % (seed 0) at 1.15x. Not taken.
 
 # A larger size is taken only while it still gets this many epochs in the budget (as estimated
 # before the run, from timed forward + backward: ~15 % above the epochs the run then gets, whose
@@ -161,6 +166,10 @@ TTA_SHIFT = 1
 # step), uniformly (width 0.5625) 90.24 / 90.50 or in the middle as airbench has it (widths 32,
 # 64, 256, 256: 2.0M parameters, the peer's 1.97M) 90.54 / 90.74: less than GELU's gain for 1.4x
 # the compute, which a time budget would pay in epochs.
+# Airbench's alternating flips (each image mirrored in every other epoch, its first mirroring drawn
+# once, instead of a fresh coin each epoch; Jordan 2024), on top of GELU, screened the same way
+# where they had been at 2 epochs (below): seed 0 89.96 / 90.28 %, seed 1 90.50 / 90.72 %, against
+# GELU's 90.46 / 90.62 and 90.34 / 90.74: -0.18 on average, not kept.
 SMALL_RECIPE = dict(arch="resnet9", width=0.5, augment="pad-crop", padding=2, padding_mode="reflect",
                     batch_size=128, lr=0.8, momentum=0.9, nesterov=True, weight_decay=5e-4, label_smoothing=0.2,
                     warmup_epochs=2.0, tta=True, whiten=True)

@@ -75,6 +75,28 @@ def activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}: {' or '.join(ACTIVATIONS)}") from None
 
 
+class BlurPool(nn.Module):
+    """Anti-aliased downsampling (Zhang 2019, "Making Convolutional Networks Shift-Invariant
+    Again"): a fixed binomial low-pass filter, [1 2 1] x [1 2 1] / 16, before every second pixel is
+    kept, so that a one-pixel shift of the input no longer decides which features survive a
+    stride. timm's `BlurPool2d` (mirrored edges, filter size 3); no weights, so a network's
+    state_dict is the same with it or without."""
+
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__()
+        self.channels, self.stride = channels, stride
+        taps = torch.tensor([1.0, 2.0, 1.0]) / 4
+        self.register_buffer("filt", (taps[:, None] * taps[None, :]).expand(channels, 1, 3, 3).clone(),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # A map one pixel across (a small image deep in the network) has no neighbour to mirror,
+        # and F.pad would fail: its edges are repeated instead (a single pixel is then kept as is).
+        mode = "reflect" if min(x.shape[-2:]) > 1 else "replicate"
+        x = nn.functional.pad(x, (1, 1, 1, 1), mode=mode)
+        return nn.functional.conv2d(x, self.filt, stride=self.stride, groups=self.channels)
+
+
 class PadShortcut(nn.Module):
     """The paper's option A: subsample spatially, zero-pad the new channels; no parameters, so the
     CIFAR nets keep the paper's sizes (0.27M for ResNet-20)."""
@@ -95,13 +117,15 @@ class BasicBlock(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 residual: bool = True, act: str = "relu"):
+                 residual: bool = True, act: str = "relu", blur: bool = False):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
-        self.conv1 = conv3x3(inplanes, planes, stride)
+        blur = blur and stride > 1  # `blur`: the stride taken by a `BlurPool` after the first conv
+        self.conv1 = conv3x3(inplanes, planes, 1 if blur else stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = activation(act)
+        self.aa = BlurPool(planes, stride) if blur else None
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
@@ -109,6 +133,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
+        if self.aa is not None:
+            out = self.aa(out)
         out = self.bn2(self.conv2(out))
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
@@ -124,13 +150,15 @@ class Bottleneck(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None, groups: int = 1, base_width: int = 64,
-                 residual: bool = True):
+                 residual: bool = True, blur: bool = False):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
+        blur = blur and stride > 1  # as in BasicBlock, after the 3x3 convolution that had the stride
         self.conv1 = conv1x1(inplanes, width)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride, groups)
+        self.conv2 = conv3x3(width, width, 1 if blur else stride, groups)
         self.bn2 = nn.BatchNorm2d(width)
+        self.aa = BlurPool(width, stride) if blur else None
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
@@ -140,6 +168,8 @@ class Bottleneck(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
+        if self.aa is not None:
+            out = self.aa(out)
         out = self.bn3(self.conv3(out))
         if self.residual:
             out = out + (x if self.downsample is None else self.downsample(x))
@@ -162,12 +192,17 @@ class ResNet(nn.Module):
     avg_down: shortcut B's stride taken by a 2x2 average pool before a stride-1 1x1 conv, which then
     sees every input pixel instead of a quarter of them (ResNet-D, ibid.; timm's `avg_down`).
     State-dict names are timm's for its `resnet18d`...: `conv1.0/.1/.3/.4/.6`, `downsample.1/.2`.
+    blur: anti-aliased downsampling (`BlurPool`) wherever the residual branch and the stem halve
+    the resolution: the strided 3x3 convolution runs at stride 1 and is blurred and subsampled
+    after its ReLU; the stem's max-pool runs at stride 1 and is blurred and subsampled (timm's
+    `aa_layer=BlurPool2d`, its resnetblur18...). The shortcut keeps its strided 1x1 convolution.
+    No weights are added: the state_dict is the network's without it.
     """
 
     def __init__(self, block: Block, layers: list[int], num_classes: int = 1000,
                  stem: str = "imagenet", widths: tuple[int, ...] = (64, 128, 256, 512),
                  shortcut: str = "B", residual: bool = True, zero_init_residual: bool = False,
-                 groups: int = 1, width_per_group: int = 64, avg_down: bool = False):
+                 groups: int = 1, width_per_group: int = 64, avg_down: bool = False, blur: bool = False):
         super().__init__()
         if stem not in ("imagenet", "deep", "cifar"):
             raise ValueError(f"stem must be 'imagenet', 'deep' or 'cifar', not {stem!r}")
@@ -176,7 +211,7 @@ class ResNet(nn.Module):
         if len(widths) != len(layers):
             raise ValueError("one width per stage is needed")
         self.groups, self.base_width = groups, width_per_group
-        self.shortcut, self.residual, self.avg_down = shortcut, residual, avg_down
+        self.shortcut, self.residual, self.avg_down, self.blur = shortcut, residual, avg_down, blur
         self.inplanes = widths[0]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
@@ -189,7 +224,12 @@ class ResNet(nn.Module):
             self.conv1 = conv3x3(3, self.inplanes)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem != "cifar" else nn.Identity()
+        if stem == "cifar":
+            self.maxpool = nn.Identity()
+        elif blur:
+            self.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool(self.inplanes, 2))
+        else:
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         for i, (width, blocks) in enumerate(zip(widths, layers)):
             stage = self._make_layer(block, width, blocks, stride=1 if i == 0 else 2)
             setattr(self, f"layer{i + 1}", stage)
@@ -225,7 +265,7 @@ class ResNet(nn.Module):
                                            nn.BatchNorm2d(out_planes))
             else:
                 downsample = PadShortcut(stride, out_planes - self.inplanes)
-        opts = dict(groups=self.groups, base_width=self.base_width, residual=self.residual)
+        opts = dict(groups=self.groups, base_width=self.base_width, residual=self.residual, blur=self.blur)
         layers = [block(self.inplanes, planes, stride, downsample, **opts)]
         self.inplanes = out_planes
         layers += [block(self.inplanes, planes, **opts) for _ in range(1, blocks)]
@@ -373,11 +413,16 @@ def _register(name: str, block: Block, layers: list[int], input_size: int, class
 for _name, (_block, _layers, _opts) in _IMAGENET_NETS.items():
     _register(_name, _block, _layers, 224, 1000, _IMAGENET_URLS[_name], **_opts)
     _register("plain_" + _name, _block, _layers, 224, 1000, residual=False, **_opts)
-# ResNet-D (He et al. 2019, "Bag of Tricks"): the deep stem and the average-pooled downsampling
-# shortcut, as timm builds its resnet18d... (same state-dict names; no torchvision weights).
+# timm's variants, under its names and with its state-dict names (no torchvision weights): ResNet-D
+# (He et al. 2019, "Bag of Tricks": the deep stem and the average-pooled downsampling shortcut),
+# resnet18d...; anti-aliased downsampling (Zhang 2019), resnetblur18..., whose weights are the
+# network's without it; and both, resnetblur18d...
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
     _block, _layers, _opts = _IMAGENET_NETS[_name]
+    _blur = "resnetblur" + _name[len("resnet"):]
     _register(_name + "d", _block, _layers, 224, 1000, stem="deep", avg_down=True, **_opts)
+    _register(_blur, _block, _layers, 224, 1000, blur=True, **_opts)
+    _register(_blur + "d", _block, _layers, 224, 1000, stem="deep", avg_down=True, blur=True, **_opts)
 for _depth in CIFAR_DEPTHS:
     _n = (_depth - 2) // 6  # 6n+2 layers: 3 stages of n blocks of 2 convs, the stem and fc
     _cifar = dict(stem="cifar", widths=(16, 32, 64), shortcut="A")
@@ -543,10 +588,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_flops(name: str, img_size: int | None = None) -> tuple[int, float]:
-    """(parameters, GFLOPs) of one image at the native size: every convolution and the classifier,
-    counted from the shapes they produce in a forward pass on the meta device (what torch's
-    FlopCounterMode counts, without computing anything). A multiply-add counts as 2 FLOPs
-    (torchvision's tables count it as 1)."""
+    """(parameters, GFLOPs) of one image at the native size: every convolution (a `BlurPool`'s
+    filter too) and the classifier, counted from the shapes they produce in a forward pass on the
+    meta device (what torch's FlopCounterMode counts, without computing anything). A multiply-add
+    counts as 2 FLOPs (torchvision's tables count it as 1)."""
     size = img_size or model_spec(name).input_size
     with torch.device("meta"):
         model = create_model(name)
@@ -556,10 +601,12 @@ def count_flops(name: str, img_size: int | None = None) -> tuple[int, float]:
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
             flops.append(2 * out[0].numel() * module.in_channels // module.groups * kh * kw)
+        elif isinstance(module, BlurPool):  # a 3x3 filter per channel
+            flops.append(2 * out[0].numel() * 9)
         else:
             flops.append(2 * module.in_features * module.out_features)
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, BlurPool))]
     model.eval()(torch.empty(1, 3, size, size, device="meta"))
     for hook in hooks:
         hook.remove()
