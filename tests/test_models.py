@@ -301,7 +301,7 @@ def test_resnetblur_is_its_base_network_with_every_downsampling_blurred(name, ba
     for i in (2, 3, 4):
         block = getattr(model, f"layer{i}")[0]
         assert all(c.stride == (1, 1) for c in block.modules() if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3))
-        assert getattr(block.downsample, "0").stride in ((2, 2), 2)  # strided conv, or ResNet-D's pool
+        assert block.downsample[0].stride in ((2, 2), 2)  # strided conv, or ResNet-D's pool
     model.eval(), plain.eval()
     x = torch.randn(2, 3, 97, 97)
     with torch.no_grad():
