@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import DATASETS, needs_datasets, photo, write_broken, write_odd
 from resnet import data as D
-from resnet.transforms import EvalTransform, TrainTransform, normalize, resized_crop
+from resnet.transforms import (TA_OPS, EvalTransform, PadCropTransform, TrainTransform, normalize, resized_crop,
+                               ta_apply, trivial_augment)
 
 
 def test_every_odd_image_is_read_and_every_broken_one_skipped_with_its_reason(tmp_path):
@@ -228,6 +229,48 @@ def test_random_resized_crop_follows_torchvisions_sampling():
     if torch.rand(1, generator=g).item() < 0.5:
         ref = ref.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     assert torch.equal(a, torch.from_numpy(np.array(ref)).permute(2, 0, 1))
+
+
+TA_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "trivial_augment_torchvision.npz"
+
+
+def test_trivial_augment_gives_torchvisions_pixels_and_draws():
+    """Against torchvision's own TrivialAugmentWide (fixtures/make_trivial_augment.py): every
+    operation at two strengths and both signs, pixel for pixel, and whole draws from the same seeds
+    (the operation, its bin and its sign drawn in torchvision's order)."""
+    ref = np.load(TA_FIXTURE)
+    img = Image.fromarray(ref["image"])
+    ops = {key.split("|")[0] for key in ref.files if "|" in key and not key.startswith("draw")}
+    assert ops == set(TA_OPS)
+    for key in (k for k in ref.files if "|" in k):
+        name, arg, *sign = key.split("|")
+        if name == "draw":
+            got = trivial_augment(ref["image"].copy(), torch.Generator().manual_seed(int(arg)))
+        else:
+            magnitudes = TA_OPS[name][0]
+            got = np.asarray(ta_apply(img, name, 0.0 if magnitudes is None else float(magnitudes[int(arg)]) * int(sign[0])))
+        assert np.array_equal(got, ref[key]), key
+    changed = sum(not np.array_equal(ref[k], ref["image"]) for k in ref.files if k.startswith("draw"))
+    assert changed >= 20  # the draws are not mostly the identity
+
+
+@pytest.mark.parametrize("tf", [TrainTransform(24, scale=(0.5, 1.0), trivial_augment=True),
+                                PadCropTransform(24, 2, "reflect", trivial_augment=True)])
+def test_trivial_augment_follows_the_crop_and_flip_on_the_same_seed(tf):
+    """The crop and flip as without it, then TrivialAugment on the next draws of the same
+    generator: a sample's augmentation stays fixed by its seed (exact resume, any worker count)."""
+    src = photo(40, 30) if isinstance(tf, TrainTransform) else photo(24, 24)
+    plain = TrainTransform(24, scale=(0.5, 1.0)) if isinstance(tf, TrainTransform) else PadCropTransform(24, 2, "reflect")
+    differ = 0
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        base = plain(src, g).permute(1, 2, 0).numpy().copy()
+        expected = trivial_augment(base, g)
+        got = tf(src, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(expected)).permute(2, 0, 1))
+        assert torch.equal(got, tf(src, torch.Generator().manual_seed(seed)))
+        differ += not np.array_equal(expected, base)
+    assert differ >= 6
 
 
 # ----- sampler, loader, cache -------------------------------------------------------------------

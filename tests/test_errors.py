@@ -258,9 +258,16 @@ def test_out_of_range_options_are_refused_before_anything_is_written(tiny_folder
     assert not (tmp_path / "run").exists() and not (tmp_path / "xdg-cache").exists()
 
 
-def test_cutout_is_refused_with_the_seed_preset_which_trains_on_centre_crops(tiny_folder, tmp_path, capsys):
-    fails(capsys, small_run(tiny_folder, tmp_path / "run", "--preset", "seed", "--cutout", "4"),
-          "--cutout", "not with the seed preset")
+@pytest.mark.parametrize("extra, needles", [
+    (("--preset", "seed", "--cutout", "4"), ("--cutout", "not with the seed preset")),
+    (("--preset", "seed", "--auto-augment", "ta_wide"), ("--auto-augment", "not with the seed preset")),
+    (("--augment", "pad-crop", "--in-memory", "--auto-augment", "ta_wide"), ("--auto-augment ta_wide", "--in-memory")),
+])
+def test_crop_changes_are_refused_where_no_crop_is_augmented_image_by_image(tiny_folder, tmp_path, capsys, extra,
+                                                                              needles):
+    """The seed preset trains on the evaluation's centre crops; the in-memory path augments whole
+    batches as tensors, where Pillow's operations cannot run."""
+    fails(capsys, small_run(tiny_folder, tmp_path / "run", *extra), *needles)
     assert not (tmp_path / "run").exists()
 
 

@@ -12,7 +12,8 @@ from resnet import checkpoint as TCk, config as TC, loop as TL, recipe as TP
 from resnet.data.stats import DataStats
 from resnet.recipe import eval_size_for, plan_recipe
 from resnet.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
-from resnet.constants import EPOCHS_TO_GROW, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX
+from resnet.constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, EPOCHS_TO_GROW, IN_MEMORY_BYTES,
+                              SIZE_LADDER, SMALL_IMAGE_MAX)
 
 from conftest import killed_before_epoch, photo
 
@@ -47,7 +48,8 @@ def test_photos_of_180_px_never_train_or_evaluate_above_what_they_hold():
     a budget may grow it only to sizes whose evaluation crop (crop x 1.25) fits in 180 px — 128 px
     at most (160 px scored); 160 px would be scored at 200, up-sampled."""
     recipe = plan_recipe(stats(180, images=8000, classes=2))
-    assert recipe.kind == "photos" and recipe.values == {"in_memory": False, "schedule": "flat-cos"}
+    assert recipe.kind == "photos"
+    assert recipe.values == {"in_memory": False, "schedule": "flat-cos", "auto_augment": "none"}  # 4,000 a class
     assert recipe.ladder == ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128))
     assert eval_size_for(128) <= 180 < eval_size_for(160)
     assert "sizes up to 128 px: larger ones would be up-sampled from 180 px" in recipe.reasons[-1][1]
@@ -67,6 +69,34 @@ def test_photos_hold_the_peak_learning_rate_unless_a_schedule_is_given(tmp_path)
     assert planned(32)[0] == "onecycle"
     schedule, lines = planned(224, schedule="onecycle")
     assert schedule == "onecycle" and not any("flat-cos" in line for line in lines)
+
+
+def test_trivial_augment_for_photos_with_few_images_a_class_trained_long_enough_unless_given(tmp_path):
+    """TrivialAugment Wide for photo sets that over-fit: few images a class (imagenette-3k's 239,
+    where it paid at 67 epochs), not with more a class (dogs vs. cats' 4,000, where nothing was
+    over-fit), not for fixed epochs too few to over-fit (it lost at 20), nor for small images
+    (32 px translations would empty a 32 px image); a budget, whose epochs are not known yet, plans
+    it by the images alone; a choice given is kept and its line not shown."""
+    def planned(short: int, images: int = 2000, **given) -> tuple[str, list[str]]:
+        given = given or {"epochs": AUTO_AUGMENT_MIN_EPOCHS}
+        cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), **given)
+        planned_cfg, _, lines = TP.apply_recipe(cfg, stats(short, images=images))
+        return planned_cfg.auto_augment, lines
+
+    policy, lines = planned(224, images=10 * AUTO_AUGMENT_MAX_PER_CLASS)  # both bounds themselves
+    assert policy == "ta_wide" and any("TrivialAugment Wide after each crop: 1000 images a class" in l for l in lines)
+    policy, lines = planned(224, images=10 * AUTO_AUGMENT_MAX_PER_CLASS + 10)
+    assert policy == "none" and any("no TrivialAugment: 1001 images a class" in line for line in lines)
+    policy, lines = planned(224, epochs=AUTO_AUGMENT_MIN_EPOCHS - 1)
+    assert policy == "none" and any(f"no TrivialAugment: {AUTO_AUGMENT_MIN_EPOCHS - 1} epochs" in l for l in lines)
+    assert planned(224, epochs=1, max_minutes=1.0)[0] == "ta_wide"  # a budget's epochs are its own
+    assert planned(32)[0] == "none"
+    policy, lines = planned(224, auto_augment="none")
+    assert policy == "none" and not any("TrivialAugment" in line for line in lines)
+    cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), auto_augment="ta_wide")
+    small, _, lines = TP.apply_recipe(cfg, stats(32, images=2000))  # Pillow's operations: image by image
+    assert (small.auto_augment, small.in_memory) == ("ta_wide", False)
+    assert not any("in memory" in line for line in lines)
 
 
 def test_small_images_add_the_shifted_views_only_for_fixed_epochs(tmp_path):

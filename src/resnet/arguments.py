@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (AMP_CHOICES, AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, PADDING_MODES, PRESETS,
+from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, PADDING_MODES, PRESETS,
                       QUANTIZE, SCHEDULES)
 
 
@@ -83,6 +83,10 @@ def add_train_recipe(t: Parser) -> None:
                    help="pad-crop: constant (zeros, the paper's) or reflect (default: planned, reflect for small images)")
     t.add_argument("--cutout", type=int, help="fill a square of this side, anywhere in each training crop, with the mean "
                                                "pixel (cutout, DeVries & Taylor; default 0: off)")
+    t.add_argument("--auto-augment", choices=AUTO_AUGMENTS,
+                   help="after the crop and flip: ta_wide, TrivialAugment Wide (one of 14 operations at a random "
+                        "strength per image, torchvision's TrivialAugmentWide), or none (default: planned, ta_wide for "
+                        "photos)")
     t.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="validate with each image averaged with its mirror, and save the model to be scored so "
                         "(default: planned, on for small images)")

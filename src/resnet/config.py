@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, ConfigError
-from .options import (AMP_CHOICES, AUGMENTS, CROP_PCT, DEVICES, MAX_WIDTH, MIN_IMG_SIZE, PADDING_MODES, PRESETS,
-                      SCHEDULES)
+from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, CROP_PCT, DEVICES, MAX_WIDTH, MIN_IMG_SIZE,
+                      PADDING_MODES, PRESETS, SCHEDULES)
 from .outputs import check_output_dir
 
 
@@ -60,6 +60,7 @@ class TrainConfig:
     padding: int = 4                      # pad-crop: pixels added on each side (the paper's 4)
     padding_mode: str = "constant"        # options.PADDING_MODES: zeros (the paper's) or the mirrored edge
     cutout: int = 0                       # a square of this side of each training crop filled with the mean pixel
+    auto_augment: str = "none"            # options.AUTO_AUGMENTS; photos plan ta_wide (transforms.trivial_augment)
     hflip: bool = True
     crop_pct: float = CROP_PCT            # evaluation: resize to eval_size / crop_pct, centre-crop
     tta: bool = False                     # validate, and have the saved model scored, with the mirror image too
@@ -112,6 +113,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "tta_shift": (lambda v: 0 <= v <= MIN_IMG_SIZE // 4, f"0 to {MIN_IMG_SIZE // 4} pixels"),
     "padding_mode": (lambda v: v in PADDING_MODES, ", ".join(PADDING_MODES)),
     "cutout": (lambda v: v >= 0, "0 (off) or more pixels"),
+    "auto_augment": (lambda v: v in AUTO_AUGMENTS, ", ".join(AUTO_AUGMENTS)),
     "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "amp": (lambda v: v in AMP_CHOICES, ", ".join(AMP_CHOICES)),
     "device": (lambda v: v in DEVICES, ", ".join(DEVICES)),
@@ -148,9 +150,13 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.augment == "pad-crop" and cfg.padding_mode == "reflect" and cfg.padding >= cfg.img_size:
         raise ConfigError(f"--padding-mode reflect mirrors the image inside its edges: --padding must be less than "
                           f"the image's {cfg.img_size} px, not {cfg.padding}")
-    if cfg.cutout and cfg.train_like_eval:
-        raise ConfigError("--cutout hides part of each augmented training crop: not with the seed preset, which "
-                          "trains on the evaluation's centre crops")
+    for name, on in (("--cutout", cfg.cutout), ("--auto-augment", cfg.auto_augment != "none")):
+        if on and cfg.train_like_eval:
+            raise ConfigError(f"{name} changes each augmented training crop: not with the seed preset, which "
+                              "trains on the evaluation's centre crops")
+    if cfg.in_memory and cfg.auto_augment != "none":
+        raise ConfigError(f"--auto-augment {cfg.auto_augment} works on each image as Pillow does: not with --in-memory, "
+                          "which augments whole batches as tensor operations")
     if cfg.whiten and model_spec(cfg.arch).options.get("stem") == "deep":
         raise ConfigError(f"--whiten sets a single first convolution from the training images: {cfg.arch}'s deep stem "
                           "has three")

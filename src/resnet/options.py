@@ -14,6 +14,9 @@ ONNX_ENGINES = ("onnxruntime", "openvino")  # the engines that run an ONNX expor
 ENGINES = ("auto", "torch", *ONNX_ENGINES)
 SCHEDULES = ("onecycle", "cosine", "flat-cos", "step", "constant")
 AUGMENTS = ("random-resized-crop", "pad-crop")
+# Augmentation policies after the crop, named as torchvision's reference scripts name them
+# (`--auto-augment ta_wide`: TrivialAugment Wide).
+AUTO_AUGMENTS = ("none", "ta_wide")
 PADDING_MODES = ("constant", "reflect")  # pad-crop's, named as torchvision's RandomCrop names them
 EXPORT_FORMATS = ("onnx", "safetensors")
 QUANTIZE = ("int8",)

@@ -153,12 +153,14 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_tf: EvalTransform, d
     into the cache first when it is on (by default: when the decoded copy is small; always for the
     in-memory loader, which reads its pixels from it): the first process of each machine decodes,
     the others wait for it and read its cache."""
+    ta = cfg.auto_augment == "ta_wide"
     if cfg.train_like_eval:
         train_tf = EvalTransform.for_size(cfg.img_size, cfg.crop_pct)
     elif cfg.augment == "pad-crop":
-        train_tf = PadCropTransform(cfg.img_size, cfg.padding, cfg.padding_mode, cfg.hflip, cfg.cutout)
+        train_tf = PadCropTransform(cfg.img_size, cfg.padding, cfg.padding_mode, cfg.hflip, cfg.cutout, ta)
     else:
-        train_tf = TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip, cutout=cfg.cutout)
+        train_tf = TrainTransform(cfg.img_size, scale=(cfg.scale_min, 1.0), hflip=cfg.hflip, cutout=cfg.cutout,
+                                  trivial_augment=ta)
     # In memory, every image is stored at the training size (a centre crop of the shorter side),
     # padded crops need the images at the training size, the others a little larger.
     square = EvalTransform.for_size(cfg.img_size, 1.0) if cfg.in_memory else None

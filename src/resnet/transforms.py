@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import PIL
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 
 from .options import CROP_PCT
 
@@ -41,6 +41,83 @@ def cut_out(a: np.ndarray, size: int, g: torch.Generator) -> np.ndarray:
         top, left = cy - size // 2, cx - size // 2
         a[max(0, top):top + size, max(0, left):left + size] = MEAN_PIXEL  # a stop past the edge clips
     return a
+
+
+# TrivialAugment Wide (Müller & Hutter 2021; torchvision's `TrivialAugmentWide()`, which its
+# reference scripts train with): one operation drawn uniformly per image, at a magnitude drawn
+# uniformly from its 31 bins and, where signed, a random sign. Each entry: (the magnitudes, or None
+# for an operation without one; signed). Pixels as torchvision's PIL path computes them:
+# nearest-neighbour geometry with a black fill, Pillow's ImageEnhance and ImageOps for the rest.
+TA_BINS = 31
+
+
+def _bins(start: float, end: float) -> torch.Tensor:
+    return torch.linspace(start, end, TA_BINS)
+
+
+TA_OPS: dict[str, tuple[torch.Tensor | None, bool]] = {
+    "Identity": (None, False), "ShearX": (_bins(0.0, 0.99), True), "ShearY": (_bins(0.0, 0.99), True),
+    "TranslateX": (_bins(0.0, 32.0), True), "TranslateY": (_bins(0.0, 32.0), True),
+    "Rotate": (_bins(0.0, 135.0), True), "Brightness": (_bins(0.0, 0.99), True),
+    "Color": (_bins(0.0, 0.99), True), "Contrast": (_bins(0.0, 0.99), True), "Sharpness": (_bins(0.0, 0.99), True),
+    "Posterize": (8 - (torch.arange(TA_BINS) / ((TA_BINS - 1) / 6)).round().int(), False),  # 8 bits down to 2
+    "Solarize": (_bins(255.0, 0.0), False), "AutoContrast": (None, False), "Equalize": (None, False),
+}
+_ENHANCE = {"Brightness": ImageEnhance.Brightness, "Color": ImageEnhance.Color,
+            "Contrast": ImageEnhance.Contrast, "Sharpness": ImageEnhance.Sharpness}
+_UNARY = {"Identity": lambda img: img, "AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize}
+
+
+def _inverse_affine(center: tuple[float, float], translate: tuple[float, float],
+                    shear: tuple[float, float]) -> list[float]:
+    """torchvision's `_get_inverse_affine_matrix` without rotation or scale: output -> input
+    coordinates, as Pillow's `Image.transform` wants them."""
+    sx, sy = math.radians(shear[0]), math.radians(shear[1])
+    a = math.cos(-sy) / math.cos(sy)
+    b = -math.cos(-sy) * math.tan(sx) / math.cos(sy)
+    c = math.sin(-sy) / math.cos(sy)
+    d = -math.sin(-sy) * math.tan(sx) / math.cos(sy) + 1.0
+    m = [d, -b, 0.0, -c, a, 0.0]
+    (cx, cy), (tx, ty) = center, translate
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty) + cx
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty) + cy
+    return m
+
+
+def ta_apply(img: Image.Image, name: str, magnitude: float) -> Image.Image:
+    """One TrivialAugment operation, as torchvision's `_apply_op` does it to a PIL image."""
+    fill = {"fillcolor": (0,) * len(img.getbands())}
+    if name.startswith(("Shear", "Translate")):
+        w, h = img.size
+        shear = math.degrees(math.atan(magnitude))
+        center, translate, shears = {  # shears about the top-left corner, translations whole pixels
+            "ShearX": ((0.0, 0.0), (0.0, 0.0), (shear, 0.0)),
+            "ShearY": ((0.0, 0.0), (0.0, 0.0), (0.0, shear)),
+            "TranslateX": ((w * 0.5, h * 0.5), (float(int(magnitude)), 0.0), (0.0, 0.0)),
+            "TranslateY": ((w * 0.5, h * 0.5), (0.0, float(int(magnitude))), (0.0, 0.0)),
+        }[name]
+        return img.transform(img.size, Image.AFFINE, _inverse_affine(center, translate, shears), Image.NEAREST,
+                             **fill)
+    if name == "Rotate":
+        return img.rotate(magnitude, Image.NEAREST, **fill)
+    if name in _ENHANCE:
+        return _ENHANCE[name](img).enhance(1.0 + magnitude)
+    if name == "Posterize":
+        return ImageOps.posterize(img, int(magnitude))
+    if name == "Solarize":
+        return ImageOps.solarize(img, magnitude)
+    return _UNARY[name](img)
+
+
+def trivial_augment(a: np.ndarray, g: torch.Generator) -> np.ndarray:
+    """TrivialAugment Wide on an HWC uint8 image, drawing from `g` in torchvision's order (the
+    operation, its magnitude's bin, its sign): a writable HWC uint8 array."""
+    name = list(TA_OPS)[int(torch.randint(len(TA_OPS), (1,), generator=g).item())]
+    magnitudes, signed = TA_OPS[name]
+    magnitude = 0.0 if magnitudes is None else float(magnitudes[torch.randint(TA_BINS, (1,), generator=g)].item())
+    if signed and torch.randint(2, (1,), generator=g).item():
+        magnitude = -magnitude
+    return a if name == "Identity" else np.array(ta_apply(Image.fromarray(a), name, magnitude))
 
 
 def resize_size_for(img_size: int, crop_pct: float = CROP_PCT) -> int:
@@ -246,6 +323,7 @@ class TrainTransform:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
     cutout: int = 0
+    trivial_augment: bool = False
 
     def crop_box(self, w: int, h: int, g: torch.Generator) -> tuple[int, int, int, int]:
         area = w * h
@@ -276,6 +354,8 @@ class TrainTransform:
         out = resized_crop(a, box, (self.img_size, self.img_size))
         if self.hflip and torch.rand(1, generator=g).item() < 0.5:
             out = np.ascontiguousarray(out[:, ::-1])  # flipped in HWC, so the batch stays NHWC
+        if self.trivial_augment:
+            out = trivial_augment(out, g)
         return to_tensor_uint8(cut_out(out, self.cutout, g))
 
 
@@ -293,6 +373,7 @@ class PadCropTransform:
     mode: str = "constant"
     hflip: bool = True
     cutout: int = 0
+    trivial_augment: bool = False
 
     def __call__(self, img: Image.Image | np.ndarray, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
@@ -310,7 +391,10 @@ class PadCropTransform:
         out = padded[top:top + s, left:left + s]
         if self.hflip and torch.rand(1, generator=g).item() < 0.5:
             out = out[:, ::-1]
-        return to_tensor_uint8(cut_out(np.ascontiguousarray(out), self.cutout, g))
+        out = np.ascontiguousarray(out)
+        if self.trivial_augment:
+            out = trivial_augment(out, g)
+        return to_tensor_uint8(cut_out(out, self.cutout, g))
 
 
 def normalize(batch: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
