@@ -120,7 +120,7 @@ if os.environ.get("RESNET_TEST_SIGTERM_AT_STEP") and RANK == 1 and ATTEMPT == 0:
 if os.environ.get("RESNET_TEST_UNEVEN_TIMING"):
     StepClock().install()  # the budget's time passes with the steps, not the wall clock
     TB.compute_time_by_size = uneven_compute
-    TP.plan_recipe = lambda stats, budget: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5)
+    TP.plan_recipe = lambda stats, budget, epochs: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

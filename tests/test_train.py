@@ -294,7 +294,7 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
         return 1.5e-6 * sum(p.numel() for p in model.parameters()) * (min(sizes) / 24) ** 2, 2.0
 
     monkeypatch.setattr(TB, "compute_time_by_size", fake_compute)
-    monkeypatch.setattr(TP, "plan_recipe", lambda stats, budget: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5))
+    monkeypatch.setattr(TP, "plan_recipe", lambda stats, budget, epochs: Recipe("photos", {}, ((0.5, 24), (0.5, 32), (1.0, 32)), 5))
     cfg = TC.make_config("default", data=str(tiny_folder), arch="resnet20", batch_size=8, workers=0,
                         out=str(tmp_path / "run"), seed=3, val_split=0.25, max_minutes=0.1)
     TL.train(cfg)
