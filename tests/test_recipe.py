@@ -56,19 +56,22 @@ def test_photos_of_180_px_never_train_or_evaluate_above_what_they_hold():
     assert recipe.enough_epochs == EPOCHS_TO_GROW
 
 
+def planned(tmp_path, short: int, images: int = 2000, **given) -> tuple[TC.TrainConfig, list[str]]:
+    """The configuration the default preset plans for data of this shorter side and size, with the
+    options `given`, and its plan lines."""
+    cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), **given)
+    planned_cfg, _, lines = TP.apply_recipe(cfg, stats(short, images=images))
+    return planned_cfg, lines
+
+
 def test_photos_hold_the_peak_learning_rate_unless_a_schedule_is_given(tmp_path):
     """flat-cos for photos (measured there), one-cycle for small images (flat-cos lost on CIFAR-10),
     and a --schedule given is kept, its plan line not shown."""
-    def planned(short: int, **given) -> tuple[str, list[str]]:
-        cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), **given)
-        planned_cfg, _, lines = TP.apply_recipe(cfg, stats(short, images=2000))
-        return planned_cfg.schedule, lines
-
-    schedule, lines = planned(224)
-    assert schedule == "flat-cos" and any("flat-cos" in line for line in lines)
-    assert planned(32)[0] == "onecycle"
-    schedule, lines = planned(224, schedule="onecycle")
-    assert schedule == "onecycle" and not any("flat-cos" in line for line in lines)
+    cfg, lines = planned(tmp_path, 224)
+    assert cfg.schedule == "flat-cos" and any("flat-cos" in line for line in lines)
+    assert planned(tmp_path, 32)[0].schedule == "onecycle"
+    cfg, lines = planned(tmp_path, 224, schedule="onecycle")
+    assert cfg.schedule == "onecycle" and not any("flat-cos" in line for line in lines)
 
 
 def test_trivial_augment_for_photos_with_few_images_a_class_trained_long_enough_unless_given(tmp_path):
@@ -77,24 +80,21 @@ def test_trivial_augment_for_photos_with_few_images_a_class_trained_long_enough_
     over-fit), not for fixed epochs too few to over-fit (it lost at 20), nor for small images
     (32 px translations would empty a 32 px image); a budget, whose epochs are not known yet, plans
     it by the images alone; a choice given is kept and its line not shown."""
-    def planned(short: int, images: int = 2000, **given) -> tuple[str, list[str]]:
-        given = given or {"epochs": AUTO_AUGMENT_MIN_EPOCHS}
-        cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), **given)
-        planned_cfg, _, lines = TP.apply_recipe(cfg, stats(short, images=images))
-        return planned_cfg.auto_augment, lines
+    def policy(short: int, images: int = 2000, **given) -> tuple[str, list[str]]:
+        cfg, lines = planned(tmp_path, short, images, **{"epochs": AUTO_AUGMENT_MIN_EPOCHS, **given})
+        return cfg.auto_augment, lines
 
-    policy, lines = planned(224, images=10 * AUTO_AUGMENT_MAX_PER_CLASS)  # both bounds themselves
-    assert policy == "ta_wide" and any("TrivialAugment Wide after each crop: 1000 images a class" in l for l in lines)
-    policy, lines = planned(224, images=10 * AUTO_AUGMENT_MAX_PER_CLASS + 10)
-    assert policy == "none" and any("no TrivialAugment: 1001 images a class" in line for line in lines)
-    policy, lines = planned(224, epochs=AUTO_AUGMENT_MIN_EPOCHS - 1)
-    assert policy == "none" and any(f"no TrivialAugment: {AUTO_AUGMENT_MIN_EPOCHS - 1} epochs" in l for l in lines)
-    assert planned(224, epochs=1, max_minutes=1.0)[0] == "ta_wide"  # a budget's epochs are its own
-    assert planned(32)[0] == "none"
-    policy, lines = planned(224, auto_augment="none")
-    assert policy == "none" and not any("TrivialAugment" in line for line in lines)
-    cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), auto_augment="ta_wide")
-    small, _, lines = TP.apply_recipe(cfg, stats(32, images=2000))  # Pillow's operations: image by image
+    chosen, lines = policy(224, images=10 * AUTO_AUGMENT_MAX_PER_CLASS)  # both bounds themselves
+    assert chosen == "ta_wide" and any("TrivialAugment Wide after each crop: 1000 images a class" in l for l in lines)
+    chosen, lines = policy(224, images=10 * AUTO_AUGMENT_MAX_PER_CLASS + 10)
+    assert chosen == "none" and any("no TrivialAugment: 1001 images a class" in line for line in lines)
+    chosen, lines = policy(224, epochs=AUTO_AUGMENT_MIN_EPOCHS - 1)
+    assert chosen == "none" and any(f"no TrivialAugment: {AUTO_AUGMENT_MIN_EPOCHS - 1} epochs" in l for l in lines)
+    assert policy(224, epochs=1, max_minutes=1.0)[0] == "ta_wide"  # a budget's epochs are its own
+    assert policy(32)[0] == "none"
+    chosen, lines = policy(224, auto_augment="none")  # where the plan would have taken it
+    assert chosen == "none" and not any("TrivialAugment" in line for line in lines)
+    small, lines = planned(tmp_path, 32, auto_augment="ta_wide")  # Pillow's operations: image by image
     assert (small.auto_augment, small.in_memory) == ("ta_wide", False)
     assert not any("in memory" in line for line in lines)
 
@@ -102,18 +102,17 @@ def test_trivial_augment_for_photos_with_few_images_a_class_trained_long_enough_
 def test_small_images_add_the_shifted_views_only_for_fixed_epochs(tmp_path):
     """The shifted views triple validation's forward passes: with fixed epochs that is seconds,
     on a time budget it would be epochs. Not for photos; a --tta-shift given wins either way."""
-    def planned(short: int, **given) -> tuple[int, list[str]]:
-        cfg = TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"), **given)
-        planned_cfg, _, lines = TP.apply_recipe(cfg, stats(short))
-        return planned_cfg.tta_shift, lines
+    def shift(short: int, **given) -> tuple[int, list[str]]:
+        cfg, lines = planned(tmp_path, short, 50_000, **given)
+        return cfg.tta_shift, lines
 
-    shift, lines = planned(32)
-    assert shift == 1 and any("shifted 1 px" in line for line in lines)
-    shift, lines = planned(32, max_minutes=10)
-    assert shift == 0 and not any("shifted" in line for line in lines)
-    assert planned(32, max_minutes=10, tta_shift=1)[0] == 1 and planned(32, tta_shift=0)[0] == 0
-    assert planned(224)[0] == 0
-    assert planned(32, hflip=False)[0] == 0  # no mirror images, no TTA at all
+    px, lines = shift(32)
+    assert px == 1 and any("shifted 1 px" in line for line in lines)
+    px, lines = shift(32, max_minutes=10)
+    assert px == 0 and not any("shifted" in line for line in lines)
+    assert shift(32, max_minutes=10, tta_shift=1)[0] == 1 and shift(32, tta_shift=0)[0] == 0
+    assert shift(224)[0] == 0
+    assert shift(32, hflip=False)[0] == 0  # no mirror images, no TTA at all
 
 
 def test_large_photos_may_grow_to_torchvisions_224():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS, PADDING_MODES, PRESETS,
-                      QUANTIZE, SCHEDULES)
+from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS,
+                      PADDING_MODES, PRESETS, QUANTIZE, SCHEDULES)
 
 
 class Parser(argparse.ArgumentParser):
