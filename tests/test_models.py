@@ -50,7 +50,7 @@ def test_option_a_shortcut_subsamples_and_zero_pads():
 
 @pytest.mark.parametrize("name,size", [("resnet18", 224), ("resnet50", 224), ("resnet18_seed", 32),
                                        ("resnet20", 32), ("plain20", 32), ("resnext50_32x4d", 64),
-                                       ("resnet9", 32), ("resnet9", 16)])
+                                       ("resnet9", 32), ("resnet9", 16), ("resnet9m", 32)])
 @pytest.mark.parametrize("batch", [1, 4])
 def test_output_shapes(name, size, batch):
     model = create_model(name, num_classes=7).eval()
@@ -169,6 +169,30 @@ def test_resnet9_is_pages_network():
     assert half.conv1.out_channels == 32 and half.fc.in_features == 256
 
 
+def test_resnet9m_is_resnet9_with_airbench94s_middle_heavy_widths(tmp_path):
+    """resnet9m: ResNet-9 whose second stage is as wide as its third (32, 64, 256, 256 at half
+    width, airbench94's 1.97M parameters within 2 %), under ResNet-9's state_dict names; its files
+    record the options a later default change would otherwise alter, and load as trained."""
+    from resnet.checkpoint import load_checkpoint, save_checkpoint
+    from resnet.models import ResNet9
+
+    half = create_model("resnet9m", width=0.5).eval()
+    assert isinstance(half, ResNet9)
+    assert [half.conv1.out_channels, half.layer1[0].conv.out_channels, half.layer2[0].conv.out_channels,
+            half.layer3[0].conv.out_channels] == [32, 64, 256, 256]
+    assert count_params(half) == 2_015_018
+    assert list(half.state_dict()) == list(create_model("resnet9", width=0.5).state_dict())
+    card = {"arch": "resnet9m", "classes": ["a", "b"], "eval_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    model = create_model("resnet9m", num_classes=2, width=0.25).eval()
+    save_checkpoint(tmp_path / "m.pt", {**card, "model": model.state_dict(), "model_options": {"width": 0.25}})
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["model_options"] == \
+        {"width": 0.25, "pool_first": True, "act": "gelu"}
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_resnet9_older_checkpoints_load_as_they_were_trained(tmp_path):
     """ResNet-9 now pools before BN and then applies GELU. A checkpoint written before records
     neither `pool_first` nor `act`, one written between the two changes no `act`: each must load
@@ -212,7 +236,7 @@ def test_registry_lists_every_family():
     for n in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
               "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnet20", "resnet32",
               "resnet44", "resnet56", "resnet110", "resnet18_seed", "plain_resnet18", "plain20", "plain110",
-              "resnet9", "resnet18d", "resnet50d", "resnetblur18", "resnetblur50", "resnetblur50d"]:
+              "resnet9", "resnet9m", "resnet18d", "resnet50d", "resnetblur18", "resnetblur50", "resnetblur50d"]:
         assert n in names
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet19")

@@ -28,7 +28,8 @@ def test_small_images_never_get_a_crop_above_their_size_nor_an_imagenet_stem(sho
     recipe = plan_recipe(stats(short))
     v = recipe.values
     size = max(16, short)  # the smallest input the networks take
-    assert v["arch"] == "resnet9" and v["augment"] == "pad-crop"
+    assert v["arch"] == "resnet9m" and v["augment"] == "pad-crop"  # fixed epochs: airbench94's widths
+    assert plan_recipe(stats(short), budget=True).values["arch"] == "resnet9"  # a budget: the cheapest epochs
     assert v["img_size"] == v["min_img_size"] == v["eval_size"] == size and v["crop_pct"] == 1.0
     assert {s for _, s in recipe.ladder} == {size}  # the budget may only widen, never up-sample
     assert v["in_memory"] and recipe.kind == "small images"
@@ -303,7 +304,7 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
     straight = TL.train(TC.make_config("default", out=str(tmp_path / "straight"), **opts))
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert (config["arch"], config["img_size"], config["eval_size"], config["augment"], config["in_memory"]) == \
-        ("resnet9", 32, 32, "pad-crop", True)
+        ("resnet9m", 32, 32, "pad-crop", True)
     assert config["plan"][0].startswith("data: 32 images, 2 classes (balanced), shorter side 32 px")  # the training part
     assert TCk.read_checkpoint(tmp_path / "straight" / "best.pt")["plan"] == config["plan"]
     assert straight["epochs"] == 2
@@ -317,9 +318,10 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
     # through both epochs: training would have broken the pairs.
     stem = a["conv1.weight"]
     assert config["whiten"] and torch.equal(stem[16:32], -stem[:16])
-    # A run saved before ResNet-9 pooled first records no `pool_first`: resumed, it goes on
+    # A ResNet-9 run saved before it pooled first records no `pool_first`: resumed, it goes on
     # pooling last, as it was trained, and says so in the checkpoint it writes.
-    old = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    TL.train(TC.make_config("default", out=str(tmp_path / "resnet9"), arch="resnet9", **opts))
+    old = torch.load(tmp_path / "resnet9" / "last.pt", weights_only=True)
     assert old["model_options"]["pool_first"] is True
     del old["model_options"]["pool_first"]
     (tmp_path / "older").mkdir()
