@@ -435,7 +435,7 @@ _REGISTRY["resnet9"] = ModelSpec("resnet9", ResNet9, 32, 10, options={"widths": 
                                  changed={"pool_first": False, "act": "relu"})
 # ResNet-9 with its capacity in the middle, as airbench94 (Jordan 2024) places it: the second
 # stage as wide as the third (32, 64, 256, 256 at half width: 2.0M parameters, airbench94's 1.97M,
-# 1.4x half-width ResNet-9's step). What the small-image recipe trains for fixed epochs. No file
+# 1.33-1.35x half-width ResNet-9's bf16 step). What the small-image recipe trains for fixed epochs. No file
 # predates it, so every one records `pool_first` and `act` at today's values: they keep loading as
 # trained after ResNet9's next change of default.
 _M_WIDTHS = (64, 128, 512, 512)

@@ -63,6 +63,7 @@ TA_OPS: dict[str, tuple[torch.Tensor | None, bool]] = {
     "Posterize": (8 - (torch.arange(TA_BINS) / ((TA_BINS - 1) / 6)).round().int(), False),  # 8 bits down to 2
     "Solarize": (_bins(255.0, 0.0), False), "AutoContrast": (None, False), "Equalize": (None, False),
 }
+_TA_NAMES = tuple(TA_OPS)  # drawn from by index, in torchvision's order
 _ENHANCE = {"Brightness": ImageEnhance.Brightness, "Color": ImageEnhance.Color,
             "Contrast": ImageEnhance.Contrast, "Sharpness": ImageEnhance.Sharpness}
 _UNARY = {"Identity": lambda img: img, "AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize}
@@ -112,12 +113,24 @@ def ta_apply(img: Image.Image, name: str, magnitude: float) -> Image.Image:
 def trivial_augment(a: np.ndarray, g: torch.Generator) -> np.ndarray:
     """TrivialAugment Wide on an HWC uint8 image, drawing from `g` in torchvision's order (the
     operation, its magnitude's bin, its sign): a writable HWC uint8 array."""
-    name = list(TA_OPS)[int(torch.randint(len(TA_OPS), (1,), generator=g).item())]
+    name = _TA_NAMES[int(torch.randint(len(_TA_NAMES), (1,), generator=g).item())]
     magnitudes, signed = TA_OPS[name]
     magnitude = 0.0 if magnitudes is None else float(magnitudes[torch.randint(TA_BINS, (1,), generator=g)].item())
     if signed and torch.randint(2, (1,), generator=g).item():
         magnitude = -magnitude
     return a if name == "Identity" else np.array(ta_apply(Image.fromarray(a), name, magnitude))
+
+
+def after_crop(out: np.ndarray, hflip: bool, trivial: bool, cutout: int, g: torch.Generator) -> torch.Tensor:
+    """What every training crop goes through, in torchvision's order and from the sample's one
+    generator: the mirror flip, TrivialAugment, cutout; then the CHW tensor. Flipped in HWC and
+    made contiguous there, so the batch stays NHWC."""
+    if hflip and torch.rand(1, generator=g).item() < 0.5:
+        out = out[:, ::-1]
+    out = np.ascontiguousarray(out)
+    if trivial:
+        out = trivial_augment(out, g)
+    return to_tensor_uint8(cut_out(out, cutout, g))
 
 
 def resize_size_for(img_size: int, crop_pct: float = CROP_PCT) -> int:
@@ -352,11 +365,7 @@ class TrainTransform:
         a = pixels(img)
         box = self.crop_box(a.shape[1], a.shape[0], g)
         out = resized_crop(a, box, (self.img_size, self.img_size))
-        if self.hflip and torch.rand(1, generator=g).item() < 0.5:
-            out = np.ascontiguousarray(out[:, ::-1])  # flipped in HWC, so the batch stays NHWC
-        if self.trivial_augment:
-            out = trivial_augment(out, g)
-        return to_tensor_uint8(cut_out(out, self.cutout, g))
+        return after_crop(out, self.hflip, self.trivial_augment, self.cutout, g)
 
 
 @dataclass(frozen=True)
@@ -388,13 +397,7 @@ class PadCropTransform:
             raise ValueError(f"a {a.shape[1]}x{a.shape[0]} image padded by {p} is smaller than the crop {s}")
         top = int(torch.randint(0, padded.shape[0] - s + 1, (1,), generator=g).item())
         left = int(torch.randint(0, padded.shape[1] - s + 1, (1,), generator=g).item())
-        out = padded[top:top + s, left:left + s]
-        if self.hflip and torch.rand(1, generator=g).item() < 0.5:
-            out = out[:, ::-1]
-        out = np.ascontiguousarray(out)
-        if self.trivial_augment:
-            out = trivial_augment(out, g)
-        return to_tensor_uint8(cut_out(out, self.cutout, g))
+        return after_crop(padded[top:top + s, left:left + s], self.hflip, self.trivial_augment, self.cutout, g)
 
 
 def normalize(batch: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
