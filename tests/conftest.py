@@ -189,6 +189,19 @@ def step_clock(monkeypatch) -> StepClock:
     return StepClock().install(monkeypatch.setattr)
 
 
+@pytest.fixture
+def engine_clock(monkeypatch):
+    """`pin(name)`: `--engine auto` finds engine `name` the fastest (fake timings, no clock), so
+    that what a test sees never depends on which engine a loaded machine happened to time faster
+    (int8 kernels of onnxruntime and OpenVINO round differently)."""
+    from resnet import policy
+
+    def pin(name: str) -> None:
+        monkeypatch.setattr(policy, "net_seconds", lambda net, *a: 0.1 if getattr(net, "name", "torch") == name else 0.2)
+
+    return pin
+
+
 def needs_datasets():
     return pytest.mark.skipif(not (DATASETS / "catsdogs").is_dir(), reason="../shared/datasets is absent")
 

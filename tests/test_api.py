@@ -59,3 +59,53 @@ def test_pretrained_weights_pick_finetune_and_training_starts_from_them(tiny_fol
     for name, tensor in source.state_dict().items():
         if name.endswith("conv1.weight") or name == "fc.weight":
             assert torch.allclose(trained[name], tensor, atol=1e-6), name
+
+
+@pytest.mark.parametrize("options, needle", [
+    (dict(epochs="ten"), "--epochs must be a whole number, not 'ten'"),
+    (dict(img_size=32.5), "--img-size must be a whole number, not 32.5"),
+    (dict(epochs=True), "--epochs must be a whole number, not True"),
+    (dict(lr="0.1"), "--lr must be a number, not '0.1'"),
+    (dict(hflip="no"), "--hflip must be True or False, not 'no'"),
+    (dict(val_split=[0.2]), "--val-split must be a number or None"),
+    (dict(out=3), "--out must be a string or a Path, not 3"),
+    (dict(bogus=1), "unknown training options: bogus"),
+])
+def test_train_checks_each_keyword_as_the_command_line_checks_its_flag(tiny_folder, tmp_path, options, needle):
+    """A keyword of the wrong type is refused as its flag would be, naming the option and what it
+    takes, before any folder is made (a torch TypeError, or one that named no option, was what
+    `epochs="ten"` and `img_size=32.5` gave)."""
+    with pytest.raises(ConfigError) as e:
+        resnet.train(tiny_folder, **{"out": str(tmp_path / "run"), **options})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+    resnet.train(tiny_folder, out=tmp_path / "as_path", **OPTIONS, report=False)  # a Path is a path
+    assert (tmp_path / "as_path" / "last.pt").is_file()
+
+
+def test_export_refuses_a_format_or_quantization_it_does_not_write(trained, tmp_path):
+    """`quantize="int4"` once wrote an int8 file without a word, `format="tflite"` raised a
+    KeyError: each is refused naming what is allowed, and nothing is written."""
+    _, run = trained
+    for kwargs, needle in ((dict(quantize="int4"), "--quantize must be one of int8, not 'int4'"),
+                           (dict(format="tflite"), "--format must be one of onnx, safetensors, not 'tflite'")):
+        with pytest.raises(ConfigError, match=needle):
+            resnet.export(run / "best.pt", output=tmp_path / "m.onnx", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_single_image_given_where_a_list_is_expected_is_one_image(trained):
+    """`predict("photo.jpg")` iterated the string's characters (one "file not found" row each); a
+    path, a Pillow image or an array given alone is one input, and a batch array N inputs."""
+    import numpy as np
+    from PIL import Image
+
+    data, run = trained
+    path = sorted(data.rglob("*.png"))[0]
+    clf = resnet.Classifier.load(run / "best.pt")
+    [row] = clf.predict(str(path))
+    assert row["path"] == str(path) and "label" in row
+    with Image.open(path) as im:
+        image = np.asarray(im.convert("RGB"))
+    assert [r["label"] for r in clf.predict(path)] == [r["label"] for r in clf.predict(image)] == [row["label"]]
+    assert len(clf.predict(np.stack([image, image]))) == 2

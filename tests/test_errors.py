@@ -546,3 +546,73 @@ def test_a_benchmark_batch_that_cannot_fit_is_refused_before_any_tensor(task, mo
     fails(capsys, ["benchmark", task, "--arch", "resnet18", "--batch-size", "100000", "--device", "cpu"],
           "--batch-size 100000", f"{'a training' if task == 'train' else 'an inference'} step of resnet18 at 224 px",
           "GiB free on cpu")
+
+
+def test_a_damaged_model_card_in_an_onnx_file_is_one_line_naming_the_field(run_a, tmp_path, capsys):
+    """An export whose card was damaged or hand-edited is checked as a checkpoint's card is:
+    one line naming the field (it was a JSONDecodeError, a TypeError or onnxruntime's traceback)."""
+    import onnx
+
+    from resnet.exports import export_onnx
+
+    good = export_onnx(run_a / "best.pt", tmp_path / "good.onnx")
+    photo(40, 40).save(tmp_path / "p.png")
+    for key, value, needle in (("classes", "not json{", "its classes is not JSON"),
+                               ("classes", "3", "classes must be a list"),
+                               ("eval_size", "0", "eval_size must be a whole number"),
+                               ("mean", '"x"', "mean must be 3 numbers"),
+                               ("trained_precision", '{"dtype": "q"}', "trained_precision must record a dtype")):
+        model = onnx.load(str(good))
+        for prop in model.metadata_props:
+            if prop.key == key:
+                prop.value = value
+        bad = tmp_path / f"bad_{key}.onnx"
+        onnx.save(model, str(bad))
+        fails(capsys, ["predict", bad, tmp_path / "p.png"], f"{bad} is not a usable resnet export", needle)
+
+
+def test_what_the_plan_chooses_is_held_to_the_network_as_a_typed_flag_is(tmp_path, capsys):
+    """Small images plan the whitened stem, which a deep stem (resnet18d) cannot take: typed, it
+    is refused; planned, it is left out (it was an AttributeError after the data was read), and
+    the run trains. `--zero-init-residual` on a plain network would zero every block with no
+    shortcut to carry the signal (a dead network, loss at chance): refused in one line."""
+    from resnet import config as TC
+    from resnet.data import DataStats
+    from resnet.recipe import apply_recipe
+
+    stats = DataStats(images=64, classes=2, short_side=16, short_side_p10=16, short_side_p90=16, grey=0.0,
+                      smallest_class=32, largest_class=32)
+    cfg, _, lines = apply_recipe(TC.make_config(data=str(tmp_path), arch="resnet18d", img_size=16,
+                                                out=str(tmp_path / "o")), stats)
+    assert cfg.whiten is False and not any("whitening" in line for line in lines)
+    assert apply_recipe(TC.make_config(data=str(tmp_path), out=str(tmp_path / "o")), stats)[0].whiten is True
+    data = tmp_path / "data"
+    for c, bright in (("a", False), ("b", True)):
+        (data / c).mkdir(parents=True)
+        for i in range(8):
+            photo(16, 16, seed=i, bright=bright).save(data / c / f"{i}.png")
+    args = ["train", data, "--img-size", "16", "--epochs", "1", "--workers", "0", "--batch-size", "8"]
+    assert main([str(a) for a in [*args, "--arch", "resnet18d", "--out", tmp_path / "deep"]]) == 0
+    fails(capsys, [*args, "--arch", "resnet18d", "--whiten", "--out", tmp_path / "typed"], "--whiten", "deep stem")
+    fails(capsys, [*args, "--arch", "plain20", "--zero-init-residual", "--out", tmp_path / "plain"],
+          "--zero-init-residual", "plain20 is a plain network")
+    assert not (tmp_path / "typed").exists() and not (tmp_path / "plain").exists()
+
+
+def test_hints_name_what_is_there(run_a, tmp_path, capsys, monkeypatch):
+    """A run folder whose best.pt was deleted: the hint names the checkpoint that is there, not
+    best.pt. `serve --host 0.0.0.0` says in one line that the page is open to the network."""
+    from resnet import serve as S
+
+    run = tmp_path / "run"
+    shutil.copytree(run_a, run)
+    (run / "best.pt").unlink()
+    err = fails(capsys, ["evaluate", run, run_a.parent / "data"], "is a folder", str(run / "last.pt"))
+    assert "best.pt" not in err
+    err = fails(capsys, ["evaluate", run / "best.pt", run_a.parent / "data"], "not found", str(run / "last.pt"))
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: None)
+    clf = S.Classifier.load(run / "last.pt")
+    for host, warned in (("0.0.0.0", True), ("127.0.0.1", False), ("localhost", False), ("::1", False)):
+        S.serve(clf, host, 8000)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == warned and (not warned or "reachable from the network, without authentication" in lines[0])

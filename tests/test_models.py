@@ -131,7 +131,7 @@ def test_whitened_stem_decorrelates_its_patches_in_opposite_pairs():
     images = images + torch.tensor([0.5, -0.2, 0.1]).view(1, 3, 1, 1) * torch.randn(200, 1, 12, 12, generator=g)
     conv = torch.nn.Conv2d(3, 64, 3, padding=1, bias=False)
     rest = conv.weight[54:].detach().clone()
-    whiten_conv(conv, images, eps=1e-9, floor=0.0)
+    whiten_conv(conv, images, eps=1e-9, floor=0.0, chunk_bytes=2**20)
     with torch.no_grad():
         out = torch.nn.functional.conv2d(images, conv.weight[:27])  # the patches the statistics saw
         responses = out.transpose(0, 1).reshape(27, -1)

@@ -12,11 +12,12 @@ from typing import Any
 from . import exports as X
 from . import loop
 from .checkpoint import check_checkpoint_file, load_checkpoint
-from .config import TrainConfig, make_config, resume_config
+from .config import TrainConfig, check_options, make_config, resume_config
 from .constants import CALIBRATION_IMAGES, PROBE_BATCH
 from .errors import ConfigError
+from .options import EXPORT_FORMATS, QUANTIZE
 from .evaluate import evaluate, write_json, write_report
-from .outputs import check_output_file
+from .outputs import check_output_dir, check_output_file, sole_writer
 from .predict import Classifier, compare, verify_images
 from .runtime import net_seconds
 
@@ -37,27 +38,33 @@ def train(data: str | Path | None = None, *, preset: str | None = None, resume: 
 
     Returns the run's summary: `best_acc`, `best_epoch`, `final_acc`, `epochs`, `out`, `classes`,
     `model` (the final weights), and `evaluation` / `report` where scored."""
-    last = Path(options.get("out") or TrainConfig.out) / "last.pt"
-    if resume == "auto":
-        resume = last if last.is_file() else None
-    if resume:
-        cfg, state = resume_config(resume, {**options, "data": data, "preset": preset})
-    elif data is None:
-        raise ConfigError("train needs DATA (or --resume OUT/last.pt)")
-    elif last.is_file():
-        raise ConfigError(f"--out {last.parent} already holds a run: continue it with --resume {last}, or give "
-                          "another --out (delete the folder to start over)")
+    check_options({k: v for k, v in {"data": data, "preset": preset, **options}.items() if v is not None})
+    if resume and resume != "auto":
+        folder = check_checkpoint_file(resume).resolve().parent  # a resumed run goes on in its own folder
     else:
-        cfg, state = make_config(preset or ("finetune" if options.get("pretrained") else "default"),
-                                 data=str(data), **options), None
-    summary = loop.train(cfg, state)
-    out = Path(summary["out"])
-    if report and summary["main_process"] and summary["validated"] and (out / "best.pt").is_file():
-        result, samples, probs = evaluate(out / "best.pt", out / "val.csv", workers=cfg.workers, device=cfg.device)
-        write_json(out / "evaluation.json", result)
-        summary["evaluation"] = result
-        summary["report"] = write_report(out / "report", result, samples, probs, out / "metrics.csv")
-    return summary
+        folder = check_output_dir("--out", options.get("out") or TrainConfig.out, [p for p in (data, options.get("val")) if p])
+    last = Path(folder) / "last.pt"
+    with sole_writer(folder):  # before any file is read or written: one writer per run folder
+        if resume == "auto":
+            resume = last if last.is_file() else None
+        if resume:
+            cfg, state = resume_config(resume, {**options, "data": data, "preset": preset})
+        elif data is None:
+            raise ConfigError("train needs DATA (or --resume OUT/last.pt)")
+        elif last.is_file():
+            raise ConfigError(f"--out {last.parent} already holds a run: continue it with --resume {last}, or give "
+                              "another --out (delete the folder to start over)")
+        else:
+            cfg, state = make_config(preset or ("finetune" if options.get("pretrained") else "default"),
+                                     data=str(data), **options), None
+        summary = loop.train(cfg, state)
+        out = Path(summary["out"])
+        if report and summary["main_process"] and summary["validated"] and (out / "best.pt").is_file():
+            result, samples, probs = evaluate(out / "best.pt", out / "val.csv", workers=cfg.workers, device=cfg.device)
+            write_json(out / "evaluation.json", result)
+            summary["evaluation"] = result
+            summary["report"] = write_report(out / "report", result, samples, probs, out / "metrics.csv")
+        return summary
 
 
 def export(checkpoint: str | Path, format: str = "onnx", output: str | Path | None = None,
@@ -73,6 +80,10 @@ def export(checkpoint: str | Path, format: str = "onnx", output: str | Path | No
     `verify`: compare the export's logits with fp32 PyTorch's, on images of that folder (True: on
     random images). Returns `output`, `bytes`, and `verify` / `int8_check` where done."""
     check_checkpoint_file(checkpoint)
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, not {quantize!r}")
     if opset not in (None, X.OPSET):  # torch's exporter writes its own; onnx's converter fails on ResNets
         raise ConfigError(f"--opset {opset}: exports are opset {X.OPSET} (onnxruntime 1.14 and later run it); "
                           "no other is written")

@@ -110,9 +110,13 @@ def check_checkpoint_file(path: str | Path) -> Path:
     checked before any work, with a message that says what it is instead."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder: give a checkpoint file in it (e.g. {path / 'best.pt'})")
+        found = stored_models(path)
+        raise CheckpointError(f"{path} is a folder: give a checkpoint file in it"
+                              + (f" ({', '.join(str(f) for f in found)})" if found else ", and it holds none"))
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        found = stored_models(path.parent) if path.parent.is_dir() else []
+        raise CheckpointError(f"checkpoint not found: {path}" + (f" (there: {', '.join(str(f) for f in found)})"
+                                                                  if found else ""))
     if path.suffix.lower() == ".onnx":
         raise CheckpointError(f"{path} is an ONNX export, not a checkpoint: this command takes the .pt it came from")
     with open(path, "rb") as f:
@@ -120,6 +124,14 @@ def check_checkpoint_file(path: str | Path) -> Path:
     if path.suffix != ".safetensors" and not magic.startswith((b"PK\x03\x04", b"\x80")):
         raise CheckpointError(f"{path} is not a resnet checkpoint (not a file torch.save wrote)")
     return path
+
+
+def stored_models(folder: Path, shown: int = 3) -> list[Path]:
+    """The checkpoints in `folder` a command could take instead, best.pt and last.pt first."""
+    order = {"best.pt": 0, "last.pt": 1}
+    files = [f for f in folder.iterdir() if f.is_file() and f.suffix in (".pt", ".pth", ".safetensors")
+             and not f.name.startswith(".")]
+    return sorted(files, key=lambda f: (order.get(f.name, 2), f.name))[:shown]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -158,10 +170,12 @@ MAX_EVAL_SIZE = 4096
 
 
 def check_card(path: str | Path, state: dict[str, Any]) -> None:
-    """A checkpoint's description of its model, checked before anything is built from it: a file
-    that reads safely can still ask for absurd things (a 1000x wide model takes ~24 GB)."""
+    """A checkpoint's (or an ONNX export's) description of its model, checked before anything is
+    built from it: a file that reads safely can still ask for absurd things (a 1000x wide model
+    takes ~24 GB)."""
     def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path} is not a usable resnet checkpoint: {what}")
+        kind = "export" if str(path).lower().endswith(".onnx") else "checkpoint"
+        return CheckpointError(f"{path} is not a usable resnet {kind}: {what}")
 
     classes, size, options = state["classes"], state["eval_size"], state.get("model_options", {})
     if (not isinstance(classes, (list, tuple)) or not 1 <= len(classes) <= MAX_CLASSES
@@ -194,6 +208,8 @@ def check_card(path: str | Path, state: dict[str, Any]) -> None:
     precision = state.get("precision")
     if precision is not None and not (isinstance(precision, dict) and precision.get("dtype") in PRECISIONS):
         raise bad(f"precision must record a dtype of {', '.join(PRECISIONS)}, not {precision!r}")
+    if "arch" not in state:  # an ONNX file of ours says which network it is; the graph runs without it
+        return
     try:
         spec = model_spec(state["arch"])
     except ConfigError as e:
@@ -228,5 +244,14 @@ def eval_transform(card: dict[str, Any]) -> EvalTransform:
     return EvalTransform.for_size(int(card["eval_size"]), float(card.get("crop_pct", CROP_PCT)))
 
 
-def card_from_strings(meta: dict[str, str]) -> dict[str, Any]:
-    return {k: json.loads(meta[k]) for k in CARD_KEYS if k in meta}
+def card_from_strings(meta: dict[str, str], source: str | Path = "") -> dict[str, Any]:
+    """The model card from an export's metadata strings: each field JSON, or a `CheckpointError`
+    naming the field (a damaged or hand-edited file)."""
+    card = {}
+    for key in (k for k in CARD_KEYS if k in meta):
+        try:
+            card[key] = json.loads(meta[key])
+        except (json.JSONDecodeError, TypeError):
+            raise CheckpointError(f"{source} is not a usable resnet export: its {key} is not JSON "
+                                  f"({str(meta[key])[:60]!r})") from None
+    return card

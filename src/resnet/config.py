@@ -130,9 +130,36 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# What each annotation of `TrainConfig` admits: a path may be given as a `Path`; a float as a whole
+# number; `bool` is no number here (Python's `True == 1` would pass `epochs=True`).
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "a whole number"), "float": ((int, float), "a number"), "bool": ((bool,), "True or False"),
+    "str": ((str, os.PathLike), "a string or a Path"), "None": ((type(None),), "None"), "list[str]": ((list,), "a list"),
+}
+
+
+def check_options(values: dict[str, Any]) -> None:
+    """Every option named is one of `TrainConfig`'s and of its type: the check the command line's
+    parser makes of a flag, made of a keyword argument too (`resnet.train(epochs="ten")`), so
+    that either is refused in one line naming the option and what it takes."""
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = set(values) - set(types)
+    if unknown:
+        raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
+    for name, value in values.items():
+        kinds = [_TYPES[t.strip()] for t in types[name].split("|")]
+        ok = any(isinstance(value, allowed) for allowed, _ in kinds)
+        if isinstance(value, bool) and not any(bool in allowed for allowed, _ in kinds):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{flag(name)} must be {' or '.join(what for _, what in kinds)}, not {value!r}")
+
+
 def check_config(cfg: TrainConfig) -> None:
-    """Every value in its range and --out a folder it can write, before anything is read or
-    written: a `ConfigError` naming the option, its value and what is allowed."""
+    """Every value of its type and in its range and --out a folder it can write, before anything
+    is read or written: a `ConfigError` naming the option, its value and what is allowed; and
+    nothing the network cannot take, whether typed or planned (`check_for_arch`)."""
+    check_options({f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
     for name, (ok, allowed) in _RANGES.items():
         value = getattr(cfg, name)
         if not ok(value):
@@ -157,13 +184,30 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.in_memory and cfg.auto_augment != "none":
         raise ConfigError(f"--auto-augment {cfg.auto_augment} works on each image as Pillow does: not with --in-memory, "
                           "which augments whole batches as tensor operations")
-    if cfg.whiten and model_spec(cfg.arch).options.get("stem") == "deep":
-        raise ConfigError(f"--whiten sets a single first convolution from the training images: {cfg.arch}'s deep stem "
-                          "has three")
+    check_for_arch(cfg)
     if cfg.whiten and cfg.pretrained:
         raise ConfigError("--whiten starts the first layer from the training images: not with --pretrained, "
                           "whose first layer is already trained")
     check_output_dir("--out", cfg.out, [p for p in (cfg.data, cfg.val) if p])
+
+
+def whitens(arch: str) -> bool:
+    """Whether `arch` has a single first convolution that `--whiten` can set (a deep stem has three)."""
+    from .models import model_spec
+
+    return model_spec(arch).options.get("stem") != "deep"
+
+
+def check_for_arch(cfg: TrainConfig) -> None:
+    """Options the network cannot take: refused whether the user typed them or the plan chose them."""
+    from .models import model_spec
+
+    if cfg.whiten and not whitens(cfg.arch):
+        raise ConfigError(f"--whiten sets a single first convolution from the training images: {cfg.arch}'s deep stem "
+                          "has three")
+    if cfg.zero_init_residual and model_spec(cfg.arch).options.get("residual", True) is False:
+        raise ConfigError(f"--zero-init-residual starts each residual block as its shortcut: {cfg.arch} is a plain "
+                          "network (no shortcuts), so every block would start at zero and nothing would train")
 
 
 def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
@@ -173,10 +217,7 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(given) - known
-    if unknown:
-        raise ConfigError(f"unknown training options: {', '.join(sorted(unknown))}")
+    check_options(given)
     values = dict(PRESETS[preset])
     if "img_size" in given:
         for key in ("min_img_size", "eval_size"):
@@ -189,7 +230,7 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
         "pretrained") and not SIZE_OPTIONS & given.keys())
     for key in PATH_OPTIONS:
         if values.get(key):
-            values[key] = os.path.abspath(values[key])
+            values[key] = os.path.abspath(values[key])  # a str, whether given as one or as a Path
     cfg = TrainConfig(preset=preset, given=sorted(given), **values)
     check_config(cfg)
     return cfg

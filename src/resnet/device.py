@@ -6,12 +6,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import platform
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .constants import HEAP_KEEP_BYTES
-from .errors import ConfigError
+from .errors import ConfigError, MachineError, first_line
 from .models import create_model
 
 
@@ -51,16 +53,55 @@ def keep_freed_memory() -> bool:
 
 
 def available_bytes(device: torch.device) -> int | None:
-    """The memory a new allocation can take now: the GPU's free memory, or the kernel's
-    MemAvailable (None where neither tells)."""
+    """The memory a new allocation can take now: the GPU's free memory; on the CPU the least of
+    the kernel's MemAvailable and what is left under the limits this process really has — its
+    address space (`ulimit -v`, RLIMIT_AS) and its container's memory (cgroup v2 `memory.max`,
+    v1 `memory.limit_in_bytes`), which a machine's free memory says nothing of (None where
+    nothing tells)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    known = [v for v in (_proc_kib("/proc/meminfo", "MemAvailable"), _address_space_left(), _cgroup_left())
+             if v is not None]
+    return min(known) if known else None
+
+
+def _proc_kib(path: str, field: str) -> int | None:
+    """A `field: N kB` line of a /proc file, in bytes."""
     try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
+        with open(path) as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields[field].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
         return None
+
+
+def _address_space_left() -> int | None:
+    """RLIMIT_AS less the address space this process already maps (VmSize)."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    used = _proc_kib("/proc/self/status", "VmSize")
+    if limit == resource.RLIM_INFINITY or used is None:
+        return None
+    return max(0, limit - used)
+
+
+# (limit, usage) files of this process's memory cgroup, as a container sees its own at the root.
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a page-rounded 2**63 - 1
+
+
+def _cgroup_left() -> int | None:
+    for limit_file, usage_file in CGROUP_FILES:
+        try:
+            limit, usage = (Path(limit_file).read_text().strip(), Path(usage_file).read_text().strip())
+        except OSError:
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= UNLIMITED or not usage.isdigit():
+            return None
+        return max(0, int(limit) - int(usage))
+    return None
 
 
 def step_bytes(model: nn.Module, size: int, training: bool = True) -> tuple[int, int]:
@@ -105,3 +146,23 @@ def check_step_memory(arch: str, width: float, size: int, num_classes: int, devi
     raise ConfigError(f"--batch-size {batch_size}: {'a training' if training else 'an inference'} step of {arch} "
                       f"at {size} px needs ~{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on "
                       f"{device.type}" + (f": at most ~{fits} images per process fit" if fits else ""))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """An allocation the device refused: CUDA's `OutOfMemoryError`, or the CPU allocator's."""
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+def out_of_memory(e: BaseException, cfg: Any, device: torch.device, world: int) -> MachineError:
+    """An allocation that failed in spite of `check_step_memory` (another process took memory, or
+    the estimate fell short) as one line, with the batch (`cfg.batch_size` over `world`
+    processes) that fits in the memory free now by `step_bytes`' estimate."""
+    free = available_bytes(device)
+    with torch.device("meta"):
+        model = create_model(cfg.arch, num_classes=2, width=cfg.width)
+    per_image, fixed = step_bytes(model, cfg.img_size)
+    batch = max(1, cfg.batch_size // world)
+    fits = (free - fixed) // max(1, per_image) if free is not None else batch // 2
+    return MachineError(f"out of memory with --batch-size {cfg.batch_size} ({cfg.arch} at {cfg.img_size} px on "
+                        f"{device.type}: {first_line(e)[:100]}): try --batch-size {max(1, min(batch - 1, fits)) * world} "
+                        "or less; last.pt, if any, holds the run as last saved")

@@ -12,18 +12,20 @@ otherwise than on every other path.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import card_from_strings
+from .checkpoint import card_from_strings, check_card
 from .errors import CheckpointError
+from .options import PRECISIONS
 
 
 def read_card(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     """(the model card, the raw metadata strings) of an ONNX export, read without building a
-    session. The strings hold what the card does not: the file's `precision` (fp32 or int8), the
+    session, its card checked as a checkpoint's is. The strings hold what the card does not: the file's `precision` (fp32 or int8), the
     precision the model trained in (`trained_precision`), and int8's measured accuracy."""
     import onnx
 
@@ -34,7 +36,28 @@ def read_card(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     except Exception as e:  # noqa: BLE001 - protobuf raises its own, unrelated types
         raise CheckpointError(f"cannot read ONNX model {path}: {e}") from e
     meta = {p.key: p.value for p in model.metadata_props}
-    return card_from_strings(meta), meta
+    card = card_from_strings(meta, path)
+    missing = [k for k in ("classes", "eval_size", "mean", "std") if k not in card]
+    if missing:
+        raise CheckpointError(f"{path}: ONNX file without resnet metadata (missing: {', '.join(missing)})")
+    check_card(path, card)  # as a checkpoint's card is checked: one line naming the field
+    return card, meta
+
+
+def trained_precision(path: str | Path, meta: dict[str, str]) -> dict[str, str]:
+    """The precision record of the model an export was made from; a file that records none (an
+    older export) is what it holds, fp32."""
+    raw = meta.get("trained_precision", "null")
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError:
+        record = raw
+    if record is None:
+        return {"dtype": "fp32", "reason": "not recorded"}
+    if not (isinstance(record, dict) and record.get("dtype") in PRECISIONS):
+        raise CheckpointError(f"{path} is not a usable resnet export: trained_precision must record a dtype of "
+                              f"{', '.join(PRECISIONS)}, not {str(raw)[:60]!r}")
+    return record
 
 
 class OnnxNet:
@@ -90,8 +113,13 @@ class OpenVinoNet:
 
     @property
     def inference_precision(self) -> str:
-        """The precision OpenVINO actually computes in: "bf16" or "f32" (its own names)."""
-        return self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        """The precision the compiled model's floating-point layers run in, read from its runtime
+        model (what the CPU plugin chose for each layer, not the hint it was given): "bf16" where
+        any runs in bf16, else "f32" (OpenVINO's names; a QDQ file's int8 layers aside)."""
+        ran = {str(op.get_rt_info()["runtimePrecision"].astype(str))
+               for op in self.compiled.get_runtime_model().get_ordered_ops()
+               if str(op.get_rt_info()["layerType"].astype(str)) in ("Convolution", "FullyConnected", "MatMul")}
+        return "bf16" if "bf16" in ran else "f32"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to("cpu", memory_format=torch.contiguous_format)

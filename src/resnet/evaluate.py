@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
+from .outputs import write_text_atomically
 from .predict import Classifier
 
 
@@ -72,8 +73,7 @@ def evaluate(model: str | Path | Classifier, data: str | Path, tta: bool | None 
 
 
 def write_json(path: str | Path, result: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=2))
+    write_text_atomically(path, json.dumps(result, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EP
 from .errors import ConfigError
 from .loop import begin, end_epoch, train_epoch, validate
 from .models import CIFAR_DEPTHS
+from .outputs import sole_writer
 from .records import record_epoch
 from .run import Run, RunState, set_up
 
@@ -166,27 +167,28 @@ def degradation(data: str | Path, out: str | Path, val: str | Path | None = None
     summary. With `max_minutes` the plan fits the whole experiment, set-up included, in it."""
     if (epochs is None) == (max_minutes is None):
         raise ConfigError("give --epochs N or --max-minutes M (one of them)")
-    started = time.monotonic()
-    out, archs = Path(out), networks(depths)
-    split = D.discover(data, val, 0.1 if val is None else None, seed)
-    batch = batch_size or EXPERIMENT_RECIPE["batch_size"]
-    step_s = timed_steps(archs, batch, device) if max_minutes else None
-    budget_s = max_minutes * 60 if max_minutes else None
-    plan = design_experiment(len(split.train), len(split.val),
-                           budget_s - (time.monotonic() - started) if budget_s else None, step_s,
-                           batch_size, epochs, train_images, test_images, lr, warmup_epochs)
-    for line in plan.reasons:
-        tqdm.write(f"plan: {line}")
-    train_csv, test_csv = subset(split, plan.train_images, plan.test_images, seed, out)
-    runs = {}
-    for arch in archs:
-        cfg = make_config("cifar-paper", data=train_csv, val=test_csv, arch=arch, epochs=plan.epochs,
-                          out=str(out / arch), seed=seed, workers=workers, batch_size=plan.batch_size, lr=plan.lr,
-                          warmup_epochs=plan.warmup_epochs, in_memory=True, device=device)
-        run = set_up(cfg, None)
-        runs[arch] = (run, begin(run, None, started)[0])
-    round_s = side_by_side(runs, plan.epochs, budget_s, started)
-    return report(runs, plan, round_s, step_s, out)
+    with sole_writer(out):  # one experiment writes a folder at a time
+        started = time.monotonic()
+        out, archs = Path(out), networks(depths)
+        split = D.discover(data, val, 0.1 if val is None else None, seed)
+        batch = batch_size or EXPERIMENT_RECIPE["batch_size"]
+        step_s = timed_steps(archs, batch, device) if max_minutes else None
+        budget_s = max_minutes * 60 if max_minutes else None
+        plan = design_experiment(len(split.train), len(split.val),
+                                 budget_s - (time.monotonic() - started) if budget_s else None, step_s,
+                                 batch_size, epochs, train_images, test_images, lr, warmup_epochs)
+        for line in plan.reasons:
+            tqdm.write(f"plan: {line}")
+        train_csv, test_csv = subset(split, plan.train_images, plan.test_images, seed, out)
+        runs = {}
+        for arch in archs:
+            cfg = make_config("cifar-paper", data=train_csv, val=test_csv, arch=arch, epochs=plan.epochs,
+                              out=str(out / arch), seed=seed, workers=workers, batch_size=plan.batch_size, lr=plan.lr,
+                              warmup_epochs=plan.warmup_epochs, in_memory=True, device=device)
+            run = set_up(cfg, None)
+            runs[arch] = (run, begin(run, None, started)[0])
+        round_s = side_by_side(runs, plan.epochs, budget_s, started)
+        return report(runs, plan, round_s, step_s, out)
 
 
 def side_by_side(runs: dict[str, tuple[Run, RunState]], planned: int, budget_s: float | None,

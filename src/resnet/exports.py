@@ -14,20 +14,21 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import data as D
 from .checkpoint import card_strings, eval_transform, load_checkpoint
 from .constants import ONNX_CACHE_KEEP
 from .engines import read_card
 from .options import CROP_PCT
+from .outputs import replace_atomically
 from .transforms import normalize
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
@@ -35,22 +36,6 @@ OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs
 
 # ---------------------------------------------------------------------------------------------
 # Writing
-
-
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """`write` to a temporary file beside `path`, then rename: never a half-written export."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~umask)  # as any file written here would be (mkstemp makes it private)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def _set_metadata(model, card: dict[str, Any], precision: str, extra: dict[str, str] | None = None) -> None:
@@ -88,9 +73,11 @@ def write_onnx(model: torch.nn.Module, meta: dict[str, Any], output: str | Path)
                                     verbose=False)
     proto = program.model_proto
     # The precision it trained in goes with it: the engines that can run it so (OpenVINO in bf16) do.
-    trained = {"trained_precision": json.dumps(meta["precision"])} if "precision" in meta else {}
-    _set_metadata(proto, meta, "fp32", trained)
-    return _replace_atomically(Path(output), lambda tmp: onnx.save_model(proto, str(tmp)))
+    extra = {"trained_precision": json.dumps(meta["precision"])} if "precision" in meta else {}
+    if CACHE_KEY in meta:
+        extra[CACHE_KEY] = meta[CACHE_KEY]
+    _set_metadata(proto, meta, "fp32", extra)
+    return replace_atomically(Path(output), lambda tmp: onnx.save_model(proto, str(tmp)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,15 +124,41 @@ def clear_onnx_cache(cache_dir: str | Path | None = None, keep: int = 0) -> list
 def cached_onnx(model: torch.nn.Module, meta: dict[str, Any], key: str, cache_dir: str | Path | None = None
                 ) -> Path:
     """The fp32 ONNX export of the loaded `model` (its card in `meta`) kept under `key`, made now
-    when it is not there — from the model in memory, not its file read again; the least recently
-    used beyond `ONNX_CACHE_KEEP` are dropped."""
+    when it is not there or is damaged (`cache_damage`: said in one line, then made again) — from
+    the model in memory, not its file read again; the least recently used beyond
+    `ONNX_CACHE_KEEP` are dropped. Written under a temporary name and renamed, so two processes
+    filling the cache at once leave one whole file."""
     path = onnx_cache_path(key, cache_dir)
     if path.is_file():
-        path.touch()  # used now: the last to be dropped
-        return path
-    write_onnx(model, meta, path)
+        damage = cache_damage(path, key)
+        if damage is None:
+            path.touch()  # used now: the last to be dropped
+            return path
+        tqdm.write(f"cached export {path}: {damage}: exporting it again")
+    write_onnx(model, {**meta, CACHE_KEY: key}, path)
     clear_onnx_cache(path.parent, keep=ONNX_CACHE_KEEP)
     return path
+
+
+# The metadata entry that names a cached export's key: a file that parses, carries its model card
+# and names its own key was written whole by `cached_onnx` (the card and the key come last in the
+# file, after the graph and its weights, so a cut file has neither).
+CACHE_KEY = "cache_key"
+
+
+def cache_damage(path: Path, key: str) -> str | None:
+    """Why the cached export at `path` cannot be used (None: it can): it must parse as ONNX and
+    carry the card and the key it was written under."""
+    import onnx
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf raises its own, unrelated types
+        return "not a readable ONNX file"
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get(CACHE_KEY) != key or "classes" not in meta or not len(model.graph.node):
+        return "incomplete"
+    return None
 
 
 @contextlib.contextmanager
@@ -243,7 +256,7 @@ def quantize_onnx(fp32: str | Path, output: str | Path, calib: Sequence[str],
         _set_metadata(model, card, "int8", {**carried, **(extra or {})})
         onnx.save_model(model, str(tmp))
 
-    return _replace_atomically(Path(output), write)
+    return replace_atomically(Path(output), write)
 
 
 def add_metadata(path: str | Path, extra: dict[str, str]) -> Path:
@@ -254,7 +267,7 @@ def add_metadata(path: str | Path, extra: dict[str, str]) -> Path:
     for key, value in extra.items():
         prop = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add()
         prop.key, prop.value = key, value
-    return _replace_atomically(Path(path), lambda tmp: onnx.save_model(model, str(tmp)))
+    return replace_atomically(Path(path), lambda tmp: onnx.save_model(model, str(tmp)))
 
 
 def export_safetensors(checkpoint: str | Path, output: str | Path) -> Path:
@@ -266,4 +279,4 @@ def export_safetensors(checkpoint: str | Path, output: str | Path) -> Path:
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     # The precision it was trained in goes with it: it runs in that precision wherever it is loaded.
     metadata = {**card_strings(meta), **({"precision": json.dumps(meta["precision"])} if "precision" in meta else {})}
-    return _replace_atomically(Path(output), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return replace_atomically(Path(output), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -22,8 +22,10 @@ from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size, now, val_forwards
 from .checkpoint import restore_run
 from .config import TrainConfig
+from .device import is_out_of_memory, out_of_memory, pick_device
 from .constants import FIRST_FIT_STEPS, UNTIMED_STEPS
 from .errors import Interrupted, TrainingError
+from .outputs import write_text_atomically
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
 from .run import Run, RunState, set_up
 from .runtime import TorchNet, autocast, run_eval
@@ -226,7 +228,7 @@ def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[RunSt
         D.write_samples(run.out / "train.csv", run.split.train, run.split.classes)
         if run.split.val:
             D.write_samples(run.out / "val.csv", run.split.val, run.split.classes)
-        (run.out / "config.json").write_text(json.dumps(
+        write_text_atomically(run.out / "config.json", json.dumps(
             {**asdict(run.cfg), "precision": run.precision.record(), "plan": run.plan_lines, "size_reason": run.size_reason},
             indent=2))
         announce(run, progress)
@@ -283,8 +285,10 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
     try:
         run = set_up(cfg, state)  # its cfg has the width and crop size the budget chose, where it chose them
         progress, budget = begin(run, state, started)
-    except BaseException:
+    except BaseException as e:
         ddp.stop()
+        if isinstance(e, RuntimeError) and is_out_of_memory(e):  # the whitened stem's statistics, say
+            raise out_of_memory(e, cfg, pick_device(cfg.device), 1) from None
         raise
     board = tensorboard_writer(run.out) if run.main else None
     with stop_at_a_step() as signals:  # to the end of the teardown: a signal then is noted, not fatal
@@ -297,6 +301,10 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
         except Interrupted:
             together = True
             raise
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            raise out_of_memory(e, run.cfg, run.device, run.world) from None
         finally:
             if board is not None:
                 board.close()

@@ -37,7 +37,7 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
-def whiten_conv(conv: nn.Conv2d, images: Tensor, eps: float, floor: float) -> None:
+def whiten_conv(conv: nn.Conv2d, images: Tensor, eps: float, floor: float, chunk_bytes: int) -> None:
     """Sets a first convolution's filters to the principal directions of its input patches, each
     scaled to unit variance, in pairs of opposite sign (so the ReLU after it passes both halves of
     each direction); directions with less than `floor` times the strongest one's variance are left
@@ -45,13 +45,15 @@ def whiten_conv(conv: nn.Conv2d, images: Tensor, eps: float, floor: float) -> No
     they carry), and the filters not used keep their random values. From tysam-code's hlb-CIFAR10
     and Keller Jordan's airbench (2024), where this patch-whitening start, kept frozen, is one of
     the largest gains of a short CIFAR-10 run: the first layer begins decorrelated instead of
-    having to learn it. `images`: normalised NCHW training images."""
+    having to learn it. `images`: normalised NCHW training images, unfolded into patches
+    `chunk_bytes` at a time (a fixed count of images would be ~7 GB of patches at 224 px)."""
     k_h, k_w = conv.kernel_size
     dim = conv.in_channels * k_h * k_w
     covariance = torch.zeros(dim, dim, dtype=torch.float64)
     count = 0
     with torch.no_grad():
-        for chunk in images.split(256):  # 256 images of 32 px: 230,000 patches at a time
+        per_image = dim * (images.shape[2] - k_h + 1) * (images.shape[3] - k_w + 1) * 12  # float + double
+        for chunk in images.split(max(1, chunk_bytes // per_image)):
             patches = nn.functional.unfold(chunk.float().cpu(), (k_h, k_w)).transpose(1, 2).reshape(-1, dim)
             covariance += patches.T.double() @ patches.double()
             count += len(patches)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ConfigError
 
@@ -67,6 +68,70 @@ def check_output_dir(flag: str, path: str | Path, inputs: Iterable[str | Path] =
             raise ConfigError(f"{flag} {path} is an input of this command: name another folder")
     _writable_place(flag, path)
     return path
+
+
+def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """`write` to a temporary file of this writer's own beside `path`, then rename: a reader sees
+    the old file or the new, never half of one, and two writers never share a temporary name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask)  # as any file written here would be (mkstemp makes it private)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    return replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+# The file in a run folder whose lock says "a run writes here" (and which holds the writer's pid).
+WRITER_LOCK = ".writer.lock"
+
+
+@contextlib.contextmanager
+def sole_writer(folder: str | Path, flag: str = "--out") -> Iterator[None]:
+    """Hold `folder` as its one writer while the block runs: a POSIX record lock (`lockf`) on its
+    `WRITER_LOCK`, which the kernel drops however the process ends (`kill -9` leaves no stale
+    lock) and which forked DataLoader workers do not inherit (a `flock` they would hold on past
+    the run). A second writer (a new run, `--resume`, `resnet.train` from a notebook) is refused in
+    one line naming the process that holds it, before it writes anything. Under torchrun, rank 0
+    alone writes and holds it. A folder made here and left holding nothing but the lock (the run
+    failed before its first file) is removed again."""
+    folder = Path(folder)
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / WRITER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise ConfigError(f"{flag} {folder}: cannot write there ({e.strerror or e})") from None
+    held = False
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EACCES or EAGAIN: another process holds it
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise ConfigError(f"{folder} is being written by another run (process {holder or 'unknown'}): wait "
+                              f"for it to end, or write elsewhere (another {flag})") from None
+        held = True
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if held and made and {p.name for p in folder.iterdir()} <= {WRITER_LOCK}:
+            (folder / WRITER_LOCK).unlink(missing_ok=True)
+            folder.rmdir()
+        os.close(fd)  # and with it the lock
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ exception.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,8 +25,8 @@ from . import data as D
 from . import policy, runtime
 from .checkpoint import CARD_KEYS, eval_transform, load_checkpoint
 from .device import pick_device
-from .engines import open_onnx, read_card
-from .errors import CheckpointError, ConfigError
+from .engines import open_onnx, read_card, trained_precision
+from .errors import ConfigError
 from .exports import cached_onnx, onnx_cache_path, onnx_key, sample_images
 from .transforms import normalize
 
@@ -109,12 +108,7 @@ class Classifier:
         faster here of those that compute it in the model's own precision, the one it trained in,
         as for a checkpoint)."""
         card, meta = read_card(path)
-        missing = [k for k in ("classes", "eval_size", "mean", "std") if k not in card]
-        if missing:
-            raise CheckpointError(f"{path}: ONNX file without resnet metadata (missing: {', '.join(missing)})")
-        # An export that records no training precision (an older file) is what it holds: fp32.
-        trained = json.loads(meta.get("trained_precision", "null")) or {"dtype": "fp32", "reason": "not recorded"}
-        precision = policy.model_precision(amp, torch.device("cpu"), trained)
+        precision = policy.model_precision(amp, torch.device("cpu"), trained_precision(path, meta))
         precision = replace(precision, int8=meta.get("precision") == "int8")
 
         def make_net(name: str) -> runtime.Net:
@@ -164,13 +158,14 @@ class Classifier:
         when it trained."""
         return self.tta if tta is None else tta
 
-    def predict(self, images: Sequence[D.ImageInput], top_k: int = 1, tta: bool | None = None,
+    def predict(self, images: D.ImageInput | Sequence[D.ImageInput], top_k: int = 1, tta: bool | None = None,
                 batch_size: int = 32, progress: Callable[[Iterable], Iterable] = iter
                 ) -> list[dict[str, Any]]:
-        """One dict per input, in order: `path`, `label`, `probability`, `top_k`
-        [(label, probability)...], or `path` and `error`. `progress` wraps the batches (a bar)."""
+        """One dict per input, in order (a single path or image is one input): `path`, `label`,
+        `probability`, `top_k` [(label, probability)...], or `path` and `error`. `progress` wraps
+        the batches (a bar)."""
         results: list[dict[str, Any]] = []
-        for chunk in progress(runtime.chunks(images, batch_size)):
+        for chunk in progress(runtime.chunks(D.as_items(images), batch_size)):
             decoded = D.read_images(chunk)
             rows = [{"path": _name(item)} for item in chunk]
             good = [i for i, img in enumerate(decoded) if not isinstance(img, str)]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import TrainConfig, flag
+from .config import TrainConfig, check_for_arch, flag, whitens
 from .constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, EPOCHS_TO_GROW, EVAL_SCALE,
                         FLAT_FRACTION, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW, SMALL_IMAGE_MAX,
                         SMALL_FIXED_EPOCHS_ARCH, SMALL_RECIPE, SMALL_WIDTHS, TTA_SHIFT, WHITEN_IMAGES)
@@ -153,6 +153,9 @@ def apply_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, Recip
     if (cfg.cache is False or cfg.auto_augment != "none") and planned.get("in_memory"):
         planned["in_memory"] = False
         unplanned.add("in_memory")
+    if planned.get("whiten") and not whitens(planned.get("arch", cfg.arch)):  # a deep stem: three first convolutions
+        planned["whiten"] = False
+        unplanned.add("whiten")
     if not cfg.hflip and planned.get("tta"):  # trained without mirror images (digits): not scored on them
         planned["tta"] = False
         if "tta_shift" in planned:
@@ -162,4 +165,6 @@ def apply_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, Recip
     lines = [f"data: {stats.line()}", *(why for keys, why in recipe.reasons if set(keys) - unplanned)]
     if kept:
         lines.append("as given: " + ", ".join(f"{flag(k)} {getattr(cfg, k)}" for k in kept))
-    return replace(cfg, **planned), recipe, lines
+    cfg = replace(cfg, **planned)
+    check_for_arch(cfg)  # the plan is held to what a typed flag is
+    return cfg, recipe, lines

@@ -5,7 +5,6 @@ lines, and the summary it returns."""
 from __future__ import annotations
 
 import csv
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from .budget import Budget, now
 from .checkpoint import run_state, save_checkpoint
 from .constants import LOG_EVERY_S
+from .outputs import replace_atomically
 from .run import Run, RunState
 
 
@@ -31,12 +31,13 @@ def tensorboard_writer(out: Path):
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    replace_atomically(path, write)
 
 
 def save(run: Run, path: Path, progress: RunState, budget: Budget | None, metrics: dict) -> None:

@@ -22,7 +22,8 @@ from . import distributed as ddp
 from .budget import size_for_budget, step_seconds
 from .checkpoint import eval_transform, model_card
 from .config import TrainConfig
-from .constants import AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES
+from .constants import (AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_CHUNK_BYTES, WHITEN_EPS,
+                        WHITEN_FLOOR, WHITEN_IMAGES)
 from .device import check_step_memory, pick_device
 from .errors import ConfigError
 from .models import create_model, fit_weights, load_pretrained, read_weights, whiten_conv
@@ -303,7 +304,7 @@ def build_model(cfg: TrainConfig, options: dict[str, Any], num_classes: int, wei
     if weights is not None:
         load_pretrained(model, weights, cfg.arch, source=cfg.pretrained)
     if whitening is not None:
-        whiten_conv(model.conv1, whitening, WHITEN_EPS, WHITEN_FLOOR)
+        whiten_conv(model.conv1, whitening, WHITEN_EPS, WHITEN_FLOOR, WHITEN_CHUNK_BYTES)
     if cfg.whiten:  # frozen, in a resumed run too (requires_grad is not in a state_dict)
         model.conv1.weight.requires_grad_(False)
     if cfg.sync_bn and world > 1:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -199,7 +200,22 @@ def serve(clf: Classifier, host: str = "127.0.0.1", port: int = 8000, max_upload
 
     print(f"serving {clf.source} on http://{host}:{port}/ ({len(clf.classes)} classes, "
           f"{clf.transform.img_size} px, {clf.describe()['precision']} on {clf.engine.name}, {clf.net.device.type})")
+    if not is_loopback(host):
+        print(f"warning: --host {host} makes the page and the API reachable from the network, without "
+              "authentication: anyone who can reach this machine can use them", file=sys.stderr)
     uvicorn.run(create_app(clf, max_upload_mb), host=host, port=port, log_level="warning")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is on this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+    import socket
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+    except (OSError, ValueError):
+        return False
 
 
 def check_listening(host: str, port: int, max_upload_mb: float) -> None:

@@ -13,7 +13,8 @@ its reason.
 from ..errors import DataError
 from .cache import (CACHE_FORMAT, CACHE_LIMIT_ENV, DecodedCache, build_cache, cache_bytes, cache_entries, cache_limit,
                     cache_size_for, default_cache_dir, prune)
-from .decode import NOT_FETCHED, ImageInput, UnreadableImage, decode, load_image, read_error, read_images, to_rgb
+from .decode import (NOT_FETCHED, ImageInput, UnreadableImage, as_items, decode, load_image, read_error, read_images,
+                     to_rgb)
 from .files import (IMG_EXTENSIONS, VAL_DIR_NAMES, DataSplit, Sample, Scan, check_header, check_label_pattern,
                     data_changed, discover, expand_paths, find_images, is_image_name, label_from_name, labelled_files,
                     read_listing, samples_for, scan, stratified_split, write_samples, write_skipped)
@@ -24,7 +25,7 @@ from .stats import DataStats, describe
 __all__ = ["NOT_FETCHED", "data_changed", "expand_paths", "read_listing",
            "CACHE_FORMAT", "CACHE_LIMIT_ENV", "DecodedCache", "build_cache", "cache_bytes", "cache_entries", "cache_limit",
            "cache_size_for", "default_cache_dir", "prune",
-           "ImageInput", "UnreadableImage", "decode", "load_image", "read_error", "read_images", "to_rgb",
+           "ImageInput", "UnreadableImage", "as_items", "decode", "load_image", "read_error", "read_images", "to_rgb",
            "IMG_EXTENSIONS", "VAL_DIR_NAMES", "DataSplit", "Sample", "Scan", "check_header", "check_label_pattern", "discover",
            "find_images", "is_image_name", "label_from_name", "labelled_files", "samples_for", "scan",
            "stratified_split", "write_samples", "write_skipped", "Batch", "Draw", "EpochSampler", "ImageDataset",

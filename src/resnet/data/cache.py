@@ -12,14 +12,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import PIL
 from PIL import Image
+from tqdm import tqdm
 
-from ..constants import CACHE_LIMIT_BYTES, CACHE_POLL_S
+from ..constants import CACHE_DIGEST_BLOCK_BYTES, CACHE_DIGEST_BLOCKS, CACHE_LIMIT_BYTES, CACHE_POLL_S
 from ..errors import ConfigError
+from ..outputs import write_text_atomically
 from ..transforms import EvalTransform, pixels, resize_size_for, resized_crop, shorter_side_size
 from .decode import UnreadableImage, read_images
 from .files import Sample
@@ -27,8 +29,8 @@ from .files import Sample
 
 # Part of every cache's key: bump it whenever the pixels a cache holds would change (decoding,
 # resampling, what is stored), so no run reads pixels made by older code. 2: evaluation crops are
-# decoded at full resolution (no JPEG draft).
-CACHE_FORMAT = 2
+# decoded at full resolution (no JPEG draft). 3: the index records the pixels' sampled digest.
+CACHE_FORMAT = 3
 
 # The decoded caches of a user are kept under this many GiB (default `constants.CACHE_LIMIT_BYTES`).
 CACHE_LIMIT_ENV = "RESNET_CACHE_LIMIT_GB"
@@ -53,14 +55,28 @@ class DecodedCache:
             [p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in paths]).encode()).hexdigest()[:16]
         self.dir = Path(root) / key
         self.index_file = self.dir / "index.json"
+        self.pixels_file = self.dir / "pixels.u8"
         self.paths = list(paths)
         self._array: np.ndarray | None = None
         self.entries: list[list] = []  # [offset, h, w] per path, or [-1, reason]
+        self.damage: str | None = None  # why the cache on disk cannot be read, when it cannot
         self.load_index()
 
     def load_index(self) -> None:
-        if self.index_file.exists():
-            self.entries = json.loads(self.index_file.read_text())["entries"]
+        """The index, when it is there and whole, with the pixels it describes (`damage`): a cache
+        is a copy, so a damaged one is decoded again, never read or blamed on the user."""
+        self.entries, self.damage = [], None
+        if not self.index_file.exists():
+            return
+        try:
+            index = json.loads(self.index_file.read_text())
+            entries, digest = index["entries"], index["digest"]
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            self.damage = f"its index cannot be read ({type(e).__name__})"
+            return
+        self.damage = _damage(entries, len(self.paths), self.pixels_file, digest)
+        if self.damage is None:
+            self.entries = entries
 
     @property
     def ready(self) -> bool:
@@ -90,11 +106,10 @@ class DecodedCache:
                 f.write(a.tobytes())
                 entries.append([offset, a.shape[0], a.shape[1]])
                 offset += a.size
-        os.replace(tmp, self.dir / "pixels.u8")
-        index_tmp = self.dir / f"index.{os.getpid()}.tmp"
-        index_tmp.write_text(json.dumps({"size": self.size, "entries": entries}))
-        os.replace(index_tmp, self.index_file)
-        self.entries = entries
+        digest = _sampled_digest(tmp)
+        os.replace(tmp, self.pixels_file)
+        write_text_atomically(self.index_file, json.dumps({"size": self.size, "entries": entries, "digest": digest}))
+        self.entries, self.damage = entries, None
 
     def get(self, i: int) -> np.ndarray:
         """The stored HWC uint8 pixels: a view of the (copy-on-write) memory map, no copy."""
@@ -103,12 +118,51 @@ class DecodedCache:
             raise UnreadableImage(entry[1])
         if self._array is None:  # opened lazily, so each DataLoader worker maps it itself
             # copy-on-write: torch accepts the views as writable; nothing writes, so nothing copies
-            self._array = np.memmap(self.dir / "pixels.u8", dtype=np.uint8, mode="c")
+            self._array = np.memmap(self.pixels_file, dtype=np.uint8, mode="c")
         offset, h, w = entry
         return self._array[offset:offset + h * w * 3].reshape(h, w, 3)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None}
+
+
+def _damage(entries: Any, count: int, pixels: Path, digest: Any) -> str | None:
+    """What is wrong with a cache whose index lists `entries` for `count` images (None: nothing):
+    an entry per image, each [offset, h, w] following the last or [-1, reason], the pixels file
+    as long as they add up to, and its sampled digest the one the index recorded."""
+    if not isinstance(entries, list) or len(entries) != count:
+        return "its index does not list every image"
+    end = 0
+    for e in entries:
+        if isinstance(e, list) and len(e) == 2 and e[0] == -1 and isinstance(e[1], str):
+            continue
+        if not (isinstance(e, list) and len(e) == 3 and all(isinstance(v, int) for v in e) and e[0] == end
+                and e[1] > 0 and e[2] > 0):
+            return "its index is inconsistent"
+        end += e[1] * e[2] * 3
+    try:
+        size = pixels.stat().st_size
+    except OSError:
+        return "its pixels file is missing"
+    if size != end:
+        return f"its pixels file holds {size} bytes, not the {end} its index lists"
+    if _sampled_digest(pixels) != digest:
+        return "its pixels differ from those it was written with"
+    return None
+
+
+def _sampled_digest(path: Path) -> str:
+    """A checksum of `CACHE_DIGEST_BLOCKS` blocks spread evenly over a pixels file, and of its
+    size: reading a few hundred KiB tells a file overwritten or zeroed in place from the one
+    written, where hashing every byte of a multi-GiB cache would cost seconds each run."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    digest.update(str(size).encode())
+    with open(path, "rb") as f:
+        for k in range(CACHE_DIGEST_BLOCKS):
+            f.seek(size * k // CACHE_DIGEST_BLOCKS)
+            digest.update(f.read(CACHE_DIGEST_BLOCK_BYTES))
+    return digest.hexdigest()
 
 
 def _decode_all(paths: Sequence[str], draft_size: int | None) -> Iterator[Image.Image | np.ndarray | str]:
@@ -126,6 +180,8 @@ def build_cache(samples: Sequence[Sample], cache_root: str | Path, size: int,
     cache = DecodedCache(cache_root, [s.path for s in samples], size, crop)
     hold(cache.dir)
     if not cache.ready and builder:
+        if cache.damage:
+            tqdm.write(f"decoded cache {cache.dir}: {cache.damage}: decoding it again")
         cache.build(progress)
     while not cache.ready:  # if the builder fails, torchrun stops us all
         time.sleep(CACHE_POLL_S)

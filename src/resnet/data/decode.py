@@ -85,6 +85,16 @@ def load_image(item: ImageInput, draft_size: int | None = None) -> Image.Image |
     return decode(item, draft_size)
 
 
+def as_items(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    """The inputs as a list: a single path, file, Pillow image or HxW(xC) array is one item, not
+    a sequence to iterate (a path's characters, an array's rows); an NxHxWxC array is N images."""
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (str, os.PathLike, Image.Image)) or hasattr(images, "read"):
+        return [images]
+    return list(images)
+
+
 # What a URL given as an image gets: nothing here reaches the network.
 NOT_FETCHED = "only files on this machine are read, URLs are not fetched (download it first)"
 

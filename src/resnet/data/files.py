@@ -15,6 +15,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..outputs import replace_atomically
 from .decode import check_header
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -216,15 +217,17 @@ def samples_for(files: Sequence[tuple[str, str]], classes: Sequence[str]) -> lis
 
 def write_samples(path: str | Path, samples: Sequence[Sample], classes: Sequence[str]) -> None:
     """A `path,label` CSV: itself a valid DATA source, so a run's split can be scored again."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label"])
-        w.writerows((os.path.abspath(s.path), classes[s.label]) for s in samples)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label"])
+            w.writerows((os.path.abspath(s.path), classes[s.label]) for s in samples)
+
+    replace_atomically(path, write)
 
 
 def write_skipped(path: str | Path, skipped: Sequence[tuple[str, str]]) -> None:
-    with open(path, "w") as f:
-        f.writelines(f"{p}\t{reason}\n" for p, reason in skipped)
+    replace_atomically(path, lambda tmp: tmp.write_text("".join(f"{p}\t{reason}\n" for p, reason in skipped)))
 
 
 def expand_paths(paths: list[str]) -> list[str]:
