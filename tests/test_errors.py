@@ -352,9 +352,14 @@ def test_flat_folder_without_labels(tmp_path, capsys):
     fails(capsys, small_run(root, tmp_path / "run"), "do not carry labels", "--label-pattern")
 
 
-def test_class_with_one_image_is_named(tmp_path, capsys):
-    fails(capsys, small_run(folder(tmp_path, {"cats": 6, "dogs": 6, "owls": 1}), tmp_path / "run"),
-          "owls (1)")
+def test_a_class_with_one_image_trains_and_is_named_in_the_plan(tmp_path, capsys):
+    """A class with a single photo does not stop the run (it was refused: "every class needs 2
+    images"): it trains, is not validated, and the plan says so by name."""
+    out = tmp_path / "run"
+    assert main([str(a) for a in small_run(folder(tmp_path, {"cats": 6, "dogs": 6, "owls": 1}), out)]) == 0
+    assert "plan: 1 class with a single image, trained on and not validated: owls" in capsys.readouterr().out
+    train, val = ((out / f).read_text() for f in ("train.csv", "val.csv"))
+    assert train.count(",owls") == 1 and ",owls" not in val and ",cats" in val and ",dogs" in val
 
 
 def test_csv_with_an_empty_label(tmp_path, capsys):

@@ -115,7 +115,7 @@ def test_best_pt_is_the_epoch_that_scored_best_not_the_last(tiny_folder, tmp_pat
     metrics row), last.pt epoch 3's, and the summary names epoch 2 (a run that saved best.pt on
     every epoch, or kept the first, would hold another)."""
     scores = iter([0.5, 0.9, 0.7])
-    monkeypatch.setattr(TL, "validate", lambda run, progress: (1.0, next(scores)))
+    monkeypatch.setattr(TL, "validate", lambda run, progress: TL.ValScores(1.0, next(scores), 0.5, 0.5))
     summary = TL.train(quick(tiny_folder, tmp_path / "run", epochs=3))
     best, last = read_checkpoint(tmp_path / "run" / "best.pt"), read_checkpoint(tmp_path / "run" / "last.pt")
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()

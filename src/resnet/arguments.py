@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, BENCHMARKS, DEVICES, ENGINES, EXPORT_FORMATS,
+from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, BENCHMARKS, CLASS_BALANCE, DEVICES, ENGINES, EXPORT_FORMATS,
                       PADDING_MODES, PRESETS, QUANTIZE, SCHEDULES)
 
 
@@ -73,6 +73,11 @@ def add_train_recipe(t: Parser) -> None:
     t.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="start each block's last BatchNorm at zero, so each block starts as the identity "
                         "(default: off, measured to stall short runs)")
+    t.add_argument("--class-balance", choices=CLASS_BALANCE,
+                   help="how imbalanced classes are trained: sampler (each class drawn equally often), reweight "
+                        "(each image's loss weighed by 1 / its class's share), logit-adjust (the log class "
+                        "priors added to the logits in the loss), none (default auto: sampler where the largest "
+                        "class has over 1.5x the smallest's images, else none)")
     t.add_argument("--warmup-epochs", type=float)
     t.add_argument("--scale-min", type=float, help="RandomResizedCrop's smallest area fraction")
     t.add_argument("--augment", choices=AUGMENTS,

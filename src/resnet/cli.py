@@ -22,6 +22,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     from .api import train
     from .config import TrainConfig
+    from .evaluate import headline_lines
 
     # Every training option the parser has: the rest keep the preset's (or TrainConfig's) value.
     opts = {f.name: getattr(a, f.name) for f in fields(TrainConfig)
@@ -32,10 +33,12 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(summary["out"])
     if "report" in summary:
         print(f"report: {summary['report']}")
+        print("best.pt on the validation images: " + "; ".join(headline_lines(summary["evaluation"])))
     if summary["skipped"]:
         print(f"skipped {summary['skipped']} unreadable files: {out / 'skipped.txt'}")
-    what = ("best validation accuracy" if summary["validated"]
-            else "no validation set (--val-split 0): best training accuracy")
+    what = ("no validation set (--val-split 0): best training accuracy" if not summary["validated"]
+            else "best validation balanced accuracy (the mean per-class recall: the classes are imbalanced)"
+            if summary["selected_by"] == "val_balanced_acc" else "best validation accuracy")
     final = f"; final weights: {summary['final_acc']:.4f} -> {out / 'last.pt'}" if summary["final_acc"] is not None else ""
     print(f"{what}: {summary['best_acc']:.4f} at epoch {summary['best_epoch']} of {summary['epochs']} "
           f"({summary['seconds'] / 60:.1f} min) -> {out / 'best.pt'}{final}")
@@ -43,7 +46,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import evaluate, write_json, write_report
+    from .evaluate import evaluate, headline_lines, write_json, write_report
 
     if a.json:
         check_output_file("--json", a.json, [a.checkpoint, a.data])
@@ -60,8 +63,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"skipped {len(result['skipped'])} unreadable files")
     print(f"inference: {result['precision']} ({result['precision_reason']}) on {result['engine']} "
           f"({result['engine_reason']})")
-    top5 = f"  top-5 {result['top5_accuracy']:.4f}" if "top5_accuracy" in result else ""
-    print(f"accuracy: {result['accuracy']:.4f} on {result['num_images']} images{top5}")
+    for line in headline_lines(result)[1:]:
+        print(line)
+    print(f"{headline_lines(result)[0]} on {result['num_images']} images")  # last: what scripts read
     return 0
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, ConfigError
-from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, CROP_PCT, DEVICES, MAX_WIDTH, MIN_IMG_SIZE,
-                      PADDING_MODES, PRESETS, SCHEDULES)
+from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, CLASS_BALANCE, CROP_PCT, DEVICES, MAX_WIDTH,
+                      MIN_IMG_SIZE, PADDING_MODES, PRESETS, SCHEDULES)
 from .outputs import check_output_dir
 
 
@@ -55,6 +55,7 @@ class TrainConfig:
     schedule: str = "onecycle"            # options.SCHEDULES (onecycle: warm-up + cosine); photos plan flat-cos
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
+    class_balance: str = "auto"           # options.CLASS_BALANCE; a run records what auto chose (recipe.class_balance_for)
     scale_min: float = 0.25               # RandomResizedCrop's lower area bound
     augment: str = "random-resized-crop"  # options.AUGMENTS; "pad-crop": the paper's CIFAR augmentation
     padding: int = 4                      # pad-crop: pixels added on each side (the paper's 4)
@@ -116,6 +117,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "auto_augment": (lambda v: v in AUTO_AUGMENTS, ", ".join(AUTO_AUGMENTS)),
     "crop_pct": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "amp": (lambda v: v in AMP_CHOICES, ", ".join(AMP_CHOICES)),
+    "class_balance": (lambda v: v in CLASS_BALANCE, ", ".join(CLASS_BALANCE)),
     "device": (lambda v: v in DEVICES, ", ".join(DEVICES)),
 }
 PATH_OPTIONS = ("data", "val", "out", "cache_dir")

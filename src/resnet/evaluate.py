@@ -15,24 +15,35 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
+from .constants import CONFUSED_PAIRS_SHOWN, CONFUSION_GRID_MAX, TOP5_HEADLINE_CLASSES
+from .metrics import class_scores, headline, most_confused
 from .outputs import write_text_atomically
 from .predict import Classifier
 
 
 def compute_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    """Every figure of a scored set. `headline` names the one it leads with: `balanced_accuracy`
+    (the mean per-class recall, with `macro_f1`) where its classes are imbalanced
+    (`metrics.imbalanced`), `accuracy` where not; `most_confused` lists the largest mistakes."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     y, pred = labels.numpy(), logits.argmax(1).numpy()
     k = range(len(classes))
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=list(k), zero_division=0)
+    confusion = confusion_matrix(y, pred, labels=list(k))
+    balanced, macro_f1 = class_scores(confusion)
     result: dict[str, Any] = {
+        "headline": headline(support),
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "balanced_accuracy": balanced,
+        "macro_f1": macro_f1,
         "num_images": int(len(y)),
         "loss": float(F.cross_entropy(logits, labels).item()) if len(y) else float("nan"),
         "classes": list(classes),
         "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
                           "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)},
-        "confusion_matrix": confusion_matrix(y, pred, labels=list(k)).tolist(),
+        "confusion_matrix": confusion.tolist(),
+        "most_confused": most_confused(confusion, classes, CONFUSED_PAIRS_SHOWN),
     }
     if len(classes) >= 5 and len(y):
         top5 = logits.topk(5, dim=1).indices
@@ -70,6 +81,24 @@ def evaluate(model: str | Path | Classifier, data: str | Path, tta: bool | None 
     scored = [samples[i] for i in indices.tolist()]
     probs = logits.softmax(1) if len(labels) else logits
     return result, scored, probs
+
+
+def headline_lines(result: dict[str, Any], bold: bool = False) -> list[str]:
+    """The figures a score leads with, a line each: balanced accuracy and macro-F1 first where the
+    classes are imbalanced, accuracy first where not (the lead in bold for the report), and
+    top-5 where there are more than `TOP5_HEADLINE_CLASSES` classes."""
+    lead = result["headline"] == "balanced_accuracy"
+
+    def figure(value: float, leads: bool) -> str:
+        return f"**{value:.4f}**" if bold and leads else f"{value:.4f}"
+
+    accuracy = f"accuracy: {figure(result['accuracy'], not lead)}"
+    balanced = (f"balanced accuracy: {figure(result['balanced_accuracy'], lead)} (the mean per-class recall), "
+                f"macro-F1 {result['macro_f1']:.4f}")
+    lines = [f"{balanced}: the classes are imbalanced", accuracy] if lead else [accuracy, balanced]
+    if "top5_accuracy" in result and len(result["classes"]) > TOP5_HEADLINE_CLASSES:
+        lines.insert(1, f"top-5 accuracy: {result['top5_accuracy']:.4f}")
+    return lines
 
 
 def write_json(path: str | Path, result: dict[str, Any]) -> None:
@@ -163,21 +192,28 @@ def write_report(out: str | Path, result: dict[str, Any], samples: Sequence[D.Sa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     classes = result["classes"]
-    plot_confusion(result, out / "confusion_matrix.png")
+    grid = len(classes) <= CONFUSION_GRID_MAX
+    if grid:
+        plot_confusion(result, out / "confusion_matrix.png")
     curves = plot_curves(Path(metrics_csv), out / "training_curves.png") if metrics_csv else False
     shown = plot_mistakes(samples, probs, classes, out / "mistakes.png")
+    tta = (" (flip TTA" + (f", shifted {result['tta_shift']} px" if result.get("tta_shift") else "") + ")"
+           if result.get("tta") else "")
     lines = [f"# Evaluation of `{result.get('checkpoint', '')}`", "",
-             f"- accuracy: **{result['accuracy']:.2%}** on {result['num_images']} images"
-             + (" (flip TTA" + (f", shifted {result['tta_shift']} px" if result.get("tta_shift") else "") + ")"
-                if result.get("tta") else ""),
-             f"- loss: {result['loss']:.4f}"]
-    if "top5_accuracy" in result:
-        lines.append(f"- top-5 accuracy: {result['top5_accuracy']:.2%}")
-    lines.append(f"- skipped files: {len(result['skipped'])}")
-    lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+             *(f"- {line}" for line in headline_lines(result, bold=True)),
+             f"- on {result['num_images']} images{tta}; loss: {result['loss']:.4f}",
+             f"- skipped files: {len(result['skipped'])}"]
+    lines += ["", "Per class, worst first:", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {c} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-              for c, m in result["per_class"].items()]
-    lines += ["", "## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)"]
+              for c, m in sorted(result["per_class"].items(), key=lambda cm: (cm[1]["f1"], cm[1]["recall"]))]
+    lines += ["", "## Confusion matrix", ""]
+    if grid:
+        lines.append("![confusion matrix](confusion_matrix.png)")
+    else:
+        lines += [f"{len(classes)} classes, too many for a grid: the most confused pairs (the full matrix is "
+                  "`confusion_matrix` in evaluation.json).", "", "| true class | taken for | images | share of its class |",
+                  "|---|---|---|---|"]
+        lines += [f"| {m['true']} | {m['predicted']} | {m['count']} | {m['share']:.1%} |" for m in result["most_confused"]]
     if curves:
         lines += ["", "## Training curves", "", "![training curves](training_curves.png)"]
     if shown:

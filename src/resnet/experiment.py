@@ -152,8 +152,7 @@ def epoch_of_each(runs: dict[str, tuple[Run, RunState]]) -> None:
     for name, (run, progress) in runs.items():
         sums = train_epoch(run, progress, None)
         t_val = time.monotonic()
-        val_loss, val_acc = validate(run, progress)
-        row, improved = end_epoch(run, progress, sums, val_loss, val_acc, run.cfg.img_size,
+        row, improved = end_epoch(run, progress, sums, validate(run, progress), run.cfg.img_size,
                                   sums.seconds + time.monotonic() - t_val)
         record_epoch(run, progress, None, None, row, improved, name)
 

@@ -13,6 +13,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from .config import TrainConfig
 from .device import is_out_of_memory, out_of_memory, pick_device
 from .constants import FIRST_FIT_STEPS, UNTIMED_STEPS
 from .errors import Interrupted, TrainingError
+from .metrics import class_scores
 from .outputs import write_text_atomically
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
 from .run import Run, RunState, set_up
@@ -138,45 +140,61 @@ def train_epoch(run: Run, progress: RunState, budget: Budget | None, signals: li
 
 
 class ValSums(NamedTuple):
-    """One rank's validation: summed loss, correct answers, images scored, unreadable files."""
+    """One rank's validation: summed loss, its confusion matrix (rows: true class), unreadable files."""
 
     loss: float
-    correct: int
-    images: int
+    confusion: list[list[int]]
     failures: list[tuple[int, str]]
 
 
-def validate(run: Run, progress: RunState) -> tuple[float, float]:
-    """(loss, accuracy) on the validation set, through the one inference path; NaN without one.
-    Each rank scores its own slice with rank 0's weights, and the counts are summed."""
+class ValScores(NamedTuple):
+    """Validation's figures (NaN without a validation set): the loss, accuracy, balanced accuracy
+    (the mean per-class recall) and macro-F1, over every rank's images."""
+
+    loss: float
+    acc: float
+    balanced_acc: float
+    macro_f1: float
+
+
+NO_SCORES = ValScores(float("nan"), float("nan"), float("nan"), float("nan"))
+
+
+def validate(run: Run, progress: RunState) -> ValScores:
+    """`ValScores` on the validation set, through the one inference path. Each rank scores its
+    own slice with rank 0's weights, and the confusion matrices are summed."""
     if run.val_loader is None:
-        return float("nan"), float("nan")
+        return NO_SCORES
     # The saved model as `evaluate` runs it: a copy with its BatchNorms folded, in the run's
     # precision (in bf16 the folded weights round otherwise than the unfolded ones).
     net = TorchNet.prepare(copy.deepcopy(run.model), run.device, run.dtype, run.cfg.channels_last)
     logits, labels, _, failures = run_eval(net, run.val_loader, run.card["mean"], run.card["std"], run.cfg.tta,
                                            run.cfg.tta_shift)
+    k = len(run.split.classes)
+    confusion = torch.bincount(labels * k + logits.argmax(1), minlength=k * k).reshape(k, k)
     mine = ValSums(F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0,
-                   (logits.argmax(1) == labels).sum().item(), len(labels), failures)
+                   confusion.tolist(), failures)
     parts: list[ValSums] = ddp.gather(mine)
     for i, reason in (f for part in parts for f in part.failures):
         progress.skipped.setdefault(run.split.val[i].path, reason)
-    n = sum(part.images for part in parts)
+    confusion = np.sum([part.confusion for part in parts], axis=0)
+    n = int(confusion.sum())
     if not n:
-        return float("nan"), float("nan")
-    return sum(part.loss for part in parts) / n, sum(part.correct for part in parts) / n
+        return NO_SCORES
+    return ValScores(sum(part.loss for part in parts) / n, float(np.trace(confusion)) / n, *class_scores(confusion))
 
 
-def end_epoch(run: Run, progress: RunState, sums: EpochSums, val_loss: float, val_acc: float, crop: int,
+def end_epoch(run: Run, progress: RunState, sums: EpochSums, val: ValScores, crop: int,
               seconds: float) -> tuple[dict, bool]:
-    """Record the finished epoch in `progress`: (its metrics row, whether it is the best so far)."""
+    """Record the finished epoch in `progress`: (its metrics row, whether it is the best so far by
+    the run's `select` key)."""
     progress.epoch += 1
     row = {"epoch": progress.epoch, "img_size": crop, "lr": run.optimizer.param_groups[0]["lr"],
            "train_loss": sums.loss / max(sums.seen, 1), "train_acc": sums.correct / max(sums.seen, 1),
-           "val_loss": val_loss, "val_acc": val_acc,
+           "val_loss": val.loss, "val_acc": val.acc, "val_balanced_acc": val.balanced_acc, "val_macro_f1": val.macro_f1,
            "images_per_second": sums.seen / max(sums.seconds, 1e-9), "seconds": seconds}
     progress.history.append(row)
-    score = val_acc if run.val_loader is not None else row["train_acc"]
+    score = row[run.select]
     improved = score > progress.best_acc
     progress.best_acc = max(progress.best_acc, score)
     progress.bad_epochs = 0 if improved else progress.bad_epochs + 1
@@ -320,9 +338,7 @@ def run_epochs(run: Run, progress: RunState, budget: Budget | None, board, signa
         sums = train_epoch(run, progress, budget, signals)
         ddp.sync_buffers(run.model)
         t_val = now()
-        val_loss, val_acc = validate(run, progress)
-        row, improved = end_epoch(run, progress, sums, val_loss, val_acc, crop,
-                                  sums.seconds + now() - t_val)
+        row, improved = end_epoch(run, progress, sums, validate(run, progress), crop, sums.seconds + now() - t_val)
         if run.main:
             record_epoch(run, progress, budget, board, row, improved)
         stop = should_stop(run, progress, budget, row["seconds"])

@@ -18,6 +18,12 @@ AUGMENTS = ("random-resized-crop", "pad-crop")
 # (`--auto-augment ta_wide`: TrivialAugment Wide).
 AUTO_AUGMENTS = ("none", "ta_wide")
 PADDING_MODES = ("constant", "reflect")  # pad-crop's, named as torchvision's RandomCrop names them
+# How training counters imbalanced classes (`--class-balance`): auto plans it from the data
+# (constants.CLASS_BALANCE_PLANNED where the classes are imbalanced, none where not); sampler
+# draws each class equally often, reweight weighs each image's loss by 1 / its class's share
+# (scikit-learn's class_weight="balanced"), logit-adjust adds the log class priors to the logits
+# in the loss (Menon et al. 2021).
+CLASS_BALANCE = ("auto", "none", "sampler", "reweight", "logit-adjust")
 EXPORT_FORMATS = ("onnx", "safetensors")
 QUANTIZE = ("int8",)
 BENCHMARKS = ("train", "infer", "data")

@@ -19,13 +19,14 @@ Two kinds, after the recipes that hold the records for each:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from .config import TrainConfig, check_for_arch, flag, whitens
-from .constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, EPOCHS_TO_GROW, EVAL_SCALE,
-                        FLAT_FRACTION, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW, SMALL_IMAGE_MAX,
-                        SMALL_FIXED_EPOCHS_ARCH, SMALL_RECIPE, SMALL_WIDTHS, TTA_SHIFT, WHITEN_IMAGES)
+from .constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, CLASS_BALANCE_PLANNED, EPOCHS_TO_GROW,
+                        EVAL_SCALE, FLAT_FRACTION, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP, SMALL_EPOCHS_TO_GROW,
+                        SMALL_IMAGE_MAX, SMALL_FIXED_EPOCHS_ARCH, SMALL_RECIPE, SMALL_WIDTHS, TTA_SHIFT, WHITEN_IMAGES)
 from .data.stats import DataStats
+from .metrics import imbalanced
 from .options import MIN_IMG_SIZE
 
 
@@ -168,3 +169,24 @@ def apply_recipe(cfg: TrainConfig, stats: DataStats) -> tuple[TrainConfig, Recip
     cfg = replace(cfg, **planned)
     check_for_arch(cfg)  # the plan is held to what a typed flag is
     return cfg, recipe, lines
+
+
+def class_balance_for(counts: Sequence[int], asked: str) -> tuple[str, str | None]:
+    """(how the run counters imbalanced classes, the plan's line for it, if any) for training
+    classes of these image `counts`: `asked` where given; with `auto`, `CLASS_BALANCE_PLANNED`
+    where the classes are imbalanced (`metrics.imbalanced`), none where not. Any preset plans it,
+    fine-tuning included: a pretrained model learns the training set's priors as well."""
+    if asked != "auto":
+        return asked, None
+    if not imbalanced(counts):
+        return "none", None
+    small, large = min(c for c in counts if c > 0), max(counts)
+    return CLASS_BALANCE_PLANNED, (f"imbalanced classes ({large} to {small} images a class, {large / small:.1f}:1): "
+                                   f"{BALANCING[CLASS_BALANCE_PLANNED]}, and best.pt chosen by balanced accuracy")
+
+
+# What each --class-balance does, for the plan's line.
+BALANCING = {"sampler": "each class drawn equally often (class-balanced sampling)",
+             "reweight": "each image's loss weighed by 1 / its class's share (class_weight='balanced')",
+             "logit-adjust": "the log class priors added to the logits in the loss (logit adjustment, Menon et al. "
+                             "2021)"}

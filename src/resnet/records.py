@@ -126,18 +126,20 @@ def record_epoch(run: Run, progress: RunState, budget: Budget | None, board, row
     save(run, run.out / "last.pt", progress, budget, row)
     if improved:
         save(run, run.out / "best.pt", progress, budget, row)
+    balanced = f"  val_balanced_acc {row['val_balanced_acc']:.4f}" if run.select == "val_balanced_acc" else ""
     tqdm.write(f"{name + ' ' if name else ''}epoch {progress.epoch}/{progress.epochs}  loss {row['train_loss']:.4f}  "
-               f"acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
+               f"acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}{balanced}  "
                f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
 
 
 def summary(run: Run, progress: RunState, started: float) -> dict[str, Any]:
-    """The run's result. best.pt is the epoch that scored best on the validation set, which that
-    choice flatters: the final weights' score is reported beside it."""
-    key = "val_acc" if run.val_loader is not None else "train_acc"
+    """The run's result. best.pt is the epoch that scored best on the validation set by the run's
+    `select` key (balanced accuracy where its classes are imbalanced), which that choice flatters:
+    the final weights' score is reported beside it."""
+    key = run.select
     final = progress.history[-1] if progress.history else {}
-    best_epoch = next((r["epoch"] for r in progress.history if r[key] == progress.best_acc), None)
-    return {"best_acc": progress.best_acc, "best_epoch": best_epoch, "final_acc": final.get(key),
+    best_epoch = next((r["epoch"] for r in progress.history if r.get(key) == progress.best_acc), None)
+    return {"best_acc": progress.best_acc, "best_epoch": best_epoch, "final_acc": final.get(key), "selected_by": key,
             "epochs": progress.epoch, "out": str(run.out), "classes": run.split.classes,
             "skipped": len(progress.skipped), "validated": bool(run.split.val),
             "final_train_acc": final.get("train_acc"), "seconds": now() - started,

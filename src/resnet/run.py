@@ -22,13 +22,14 @@ from . import distributed as ddp
 from .budget import size_for_budget, step_seconds
 from .checkpoint import eval_transform, model_card
 from .config import TrainConfig
-from .constants import (AUTO_CACHE_BYTES, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_CHUNK_BYTES, WHITEN_EPS,
-                        WHITEN_FLOOR, WHITEN_IMAGES)
+from .constants import (AUTO_CACHE_BYTES, LOGIT_ADJUST_TAU, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_CHUNK_BYTES,
+                        WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES)
 from .device import check_step_memory, pick_device
 from .errors import ConfigError
+from .metrics import imbalanced
 from .models import create_model, fit_weights, load_pretrained, read_weights, whiten_conv
 from .policy import Precision, choose_precision, kept_precision
-from .recipe import apply_recipe, eval_size_for, recipe_applies
+from .recipe import apply_recipe, class_balance_for, eval_size_for, recipe_applies
 from .runtime import memory_format
 from .schedule import crop_size_at, lr_at
 from .transforms import EvalTransform, PadCropTransform, TrainTransform, normalize
@@ -113,6 +114,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     criterion: nn.Module
+    select: str                       # the metrics row's key best.pt is chosen by (`selection_key`)
     world: int
     batch: int                        # images per step on this rank: the global batch / world
     main: bool
@@ -184,13 +186,14 @@ def make_loaders(cfg: TrainConfig, split: D.DataSplit, eval_tf: EvalTransform, d
     workers = 0 if cfg.in_memory else cfg.workers if cfg.workers is not None else D.default_workers(device.type)
     batch_size = ddp.per_rank_batch(cfg.batch_size, world)
     drop_last = len(split.train) > batch_size * world
+    weights = D.balanced_weights([s.label for s in split.train]) if cfg.class_balance == "sampler" else None
     if cfg.in_memory:
         images, labels, positions, failures = D.in_memory(train_cache, [s.label for s in split.train])
         train_loader = D.TensorLoader(images, labels, positions, batch_size, train_tf, cfg.seed,
-                                      rank, world, drop_last, failures)
+                                      rank, world, drop_last, failures, weights)
     else:
         train_loader = D.make_loader(D.ImageDataset(split.train, train_tf, train_cache), batch_size, True, workers,
-                                     cfg.seed, device.type == "cuda", rank, world, drop_last=drop_last)
+                                     cfg.seed, device.type == "cuda", rank, world, drop_last=drop_last, weights=weights)
     val_loader = (D.make_loader(D.ImageDataset(split.val, eval_tf, val_cache), batch_size * VAL_BATCH_FACTOR,
                                 False, workers, cfg.seed, device.type == "cuda", rank, world)
                   if split.val else None)
@@ -257,6 +260,13 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     recipe, plan_lines = None, (state or {}).get("plan") or []
     if not resuming and recipe_applies(cfg):
         cfg, recipe, plan_lines = apply_recipe(cfg, D.describe(split.train, len(split.classes), cfg.seed))
+    counts = class_counts(split.train, len(split.classes))
+    if not resuming:  # what auto chose is recorded (config.json, the checkpoint) and kept on resume
+        balance, why = class_balance_for(counts, cfg.class_balance)
+        cfg = replace(cfg, class_balance=balance)
+        plan_lines = [*plan_lines, *split.notes, *([why] if why else [])]
+    elif cfg.class_balance == "auto":  # a run from before --class-balance trained with none
+        cfg = replace(cfg, class_balance="none")
     cfg = capped_batch(cfg, len(split.train), world) if not resuming else cfg
     batch = ddp.per_rank_batch(cfg.batch_size, world)
     # Before the first step (the precision's timing is one): a step that cannot fit is one line, not an OOM kill.
@@ -278,8 +288,47 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
                split=split, card=card, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
                net=net, optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
-               criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), world=world, batch=batch,
+               criterion=make_criterion(cfg, counts, device), select=selection_key(split), world=world, batch=batch,
                main=rank == 0, steps_per_epoch=len(train_loader))
+
+
+def class_counts(samples: list[D.Sample], num_classes: int) -> list[int]:
+    return torch.bincount(torch.tensor([s.label for s in samples]), minlength=num_classes).tolist()
+
+
+class LogitAdjustedLoss(nn.Module):
+    """Cross-entropy of the logits plus `shift` (tau x the log class priors): Menon et al. 2021's
+    logit-adjusted loss. A frequent class must win by its prior's margin in the loss, so the
+    trained model's own logits estimate the balanced posterior: inference is unchanged."""
+
+    def __init__(self, shift: torch.Tensor, label_smoothing: float):
+        super().__init__()
+        self.register_buffer("shift", shift)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits + self.shift, labels, label_smoothing=self.label_smoothing)
+
+
+def make_criterion(cfg: TrainConfig, counts: list[int], device: torch.device) -> nn.Module:
+    """The training loss for `cfg.class_balance` over classes of these training `counts`:
+    cross-entropy, re-weighted by 1 / (classes x a class's share) (scikit-learn's
+    class_weight="balanced"), or logit-adjusted; class-balanced sampling keeps it plain."""
+    prior = torch.tensor(counts, dtype=torch.float32).clamp(min=1) / max(1, sum(counts))
+    if cfg.class_balance == "reweight":
+        return nn.CrossEntropyLoss(weight=(1 / (len(counts) * prior)).to(device), label_smoothing=cfg.label_smoothing)
+    if cfg.class_balance == "logit-adjust":
+        return LogitAdjustedLoss((LOGIT_ADJUST_TAU * prior.log()).to(device), cfg.label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def selection_key(split: D.DataSplit) -> str:
+    """What best.pt is chosen by: balanced accuracy where the validation classes are imbalanced
+    (accuracy would choose the epoch that best ignores the rare classes), else accuracy; training
+    accuracy without a validation set."""
+    if not split.val:
+        return "train_acc"
+    return "val_balanced_acc" if imbalanced(class_counts(split.val, len(split.classes))) else "val_acc"
 
 
 def whitening_sample(loader: D.TensorLoader | torch.utils.data.DataLoader) -> torch.Tensor:

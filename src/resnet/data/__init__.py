@@ -18,7 +18,8 @@ from .decode import (NOT_FETCHED, ImageInput, UnreadableImage, as_items, decode,
 from .files import (IMG_EXTENSIONS, VAL_DIR_NAMES, DataSplit, Sample, Scan, check_header, check_label_pattern,
                     data_changed, discover, expand_paths, find_images, is_image_name, label_from_name, labelled_files,
                     read_listing, samples_for, scan, stratified_split, write_samples, write_skipped)
-from .loader import Batch, Draw, EpochSampler, ImageDataset, Item, collate, default_workers, make_loader
+from .loader import (Batch, Draw, EpochSampler, ImageDataset, Item, balanced_weights, collate, default_workers,
+                     make_loader)
 from .memory import TensorLoader, in_memory, pad_crop_flip
 from .stats import DataStats, describe
 
@@ -28,6 +29,6 @@ __all__ = ["NOT_FETCHED", "data_changed", "expand_paths", "read_listing",
            "ImageInput", "UnreadableImage", "as_items", "decode", "load_image", "read_error", "read_images", "to_rgb",
            "IMG_EXTENSIONS", "VAL_DIR_NAMES", "DataSplit", "Sample", "Scan", "check_header", "check_label_pattern", "discover",
            "find_images", "is_image_name", "label_from_name", "labelled_files", "samples_for", "scan",
-           "stratified_split", "write_samples", "write_skipped", "Batch", "Draw", "EpochSampler", "ImageDataset",
-           "Item", "collate", "default_workers", "make_loader", "TensorLoader", "in_memory", "pad_crop_flip",
+           "stratified_split", "write_samples", "write_skipped", "Batch", "Draw", "EpochSampler", "balanced_weights",
+           "ImageDataset", "Item", "collate", "default_workers", "make_loader", "TensorLoader", "in_memory", "pad_crop_flip",
            "DataStats", "describe", "DataError"]

@@ -37,6 +37,7 @@ class DataSplit:
     train: list[Sample]
     val: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the validation part was held out, where not as asked
 
 
 def is_image_name(name: str) -> bool:
@@ -183,15 +184,42 @@ def discover(data: str | Path, val: str | Path | None = None, val_split: float |
     train = [Sample(p, index[c]) for p, c in train_files]
     vals = [Sample(p, index[c]) for p, c in val_files]
     fraction = 0.2 if val_split is None else val_split
+    notes: list[str] = []
     if val_src is None and fraction > 0:
-        counts = np.bincount([s.label for s in train], minlength=len(classes))
-        few = [f"{classes[i]} ({n})" for i, n in enumerate(counts) if n < 2]
-        if few:
-            raise DataError(f"to hold out a validation part, every class needs 2 images or more; these have "
-                            f"fewer: {', '.join(few)} (give --val DIR, or --val-split 0)")
-        tr, va = stratified_split([s.label for s in train], fraction, seed)
+        tr, va, notes = held_out_split([s.label for s in train], fraction, seed, classes)
         train, vals = [train[i] for i in tr], [train[i] for i in va]
-    return DataSplit(classes, train, vals, skipped)
+    return DataSplit(classes, train, vals, skipped, notes)
+
+
+def held_out_split(labels: Sequence[int], fraction: float, seed: int, classes: Sequence[str]
+                   ) -> tuple[list[int], list[int], list[str]]:
+    """Indices (train, val) holding out `fraction` of the images, and what was done otherwise, a
+    line each. Held out what can be: a class with a single image trains only (it has nothing to
+    spare); the rest is split by scikit-learn, stratified, where that gives every class images on
+    both sides (every folder of a few images a class or more: its split as before), and else class
+    by class, at least one image of each out and one in (a hundred classes of a few photos each)."""
+    counts = np.bincount(labels, minlength=len(classes))
+    single = [c for c, n in zip(classes, counts) if n == 1]
+    rest = [i for i, y in enumerate(labels) if counts[y] >= 2]
+    notes = [f"{len(single)} class{'es' if len(single) > 1 else ''} with a single image, trained on and not "
+             f"validated: {', '.join(single[:5])}{', ...' if len(single) > 5 else ''}"] if single else []
+    if not rest:
+        return list(range(len(labels))), [], notes + ["no class has two images: nothing is held out"]
+    try:
+        val = [rest[i] for i in stratified_split([labels[i] for i in rest], fraction, seed)[1]]
+        if {labels[i] for i in val} != {labels[i] for i in rest}:  # a class of 2 or 3 left out
+            raise DataError("a class without a validation image")
+    except DataError:
+        rng = np.random.default_rng(seed)
+        val = []
+        for c in np.unique([labels[i] for i in rest]):
+            members = [i for i in rest if labels[i] == c]
+            val += rng.choice(members, min(len(members) - 1, max(1, round(len(members) * fraction))),
+                              replace=False).tolist()
+        notes.append(f"too few images for a stratified {fraction:.0%} of every class: {len(val)} held out, "
+                     f"at least one of each class with two or more")
+    held = set(val)
+    return [i for i in range(len(labels)) if i not in held], sorted(val), notes
 
 
 def labelled_files(source: str | Path, label_pattern: str | None = None

@@ -109,10 +109,13 @@ class EpochSampler(Sampler):
     """A permutation fixed by (seed, epoch), sharded over `world_size` ranks as DistributedSampler
     does (rank r takes every world_size-th sample from r), yielding a `Draw` per sample: its index,
     its augmentation's seed, and the epoch's crop size when it has its own. `start` skips the first samples of the epoch: a run
-    resumed mid-epoch continues with exactly the batches it missed."""
+    resumed mid-epoch continues with exactly the batches it missed. With `weights`, an epoch is
+    `n` draws with replacement, each sample drawn in proportion to its weight (`balanced_weights`:
+    every class equally often), from the same seeded generator."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
-        self.n, self.shuffle, self.seed = n, shuffle, seed
+    def __init__(self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True,
+                 weights: torch.Tensor | None = None):
+        self.n, self.shuffle, self.seed, self.weights = n, shuffle, seed, weights
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start, self.size = 0, 0, None
         # Training pads the shards to one length (every rank takes the same number of steps);
@@ -127,7 +130,10 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[Draw]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        if self.weights is not None:  # class-balanced: n draws, with replacement, each sample as likely as its weight
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         order = order.tolist()
         if self.pad:
             order += order[: self.per_rank * self.world_size - self.n]
@@ -154,9 +160,15 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def balanced_weights(labels: Sequence[int]) -> torch.Tensor:
+    """A weight per sample, 1 / its class's count: each class is drawn as often as any other."""
+    labels = torch.as_tensor(list(labels))
+    return 1.0 / torch.bincount(labels).double()[labels]
+
+
 def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: int,
                 seed: int = 0, pin_memory: bool = False, rank: int = 0, world_size: int = 1,
-                drop_last: bool = False) -> DataLoader:
+                drop_last: bool = False, weights: torch.Tensor | None = None) -> DataLoader:
     """A DataLoader over `dataset` with the sampler above. A dataset served from a crop cache is
     loaded in-process whatever `workers` says: no per-image work is left to spread over cores,
     and a worker would only add a copy through shared memory (measured on 2 cores, 224 px:
@@ -166,7 +178,7 @@ def make_loader(dataset: ImageDataset, batch_size: int, shuffle: bool, workers: 
     elif workers > 0:
         warm_up()  # load the compiled resampler once, here: forked workers inherit it
     # A training loader (shuffled) pads its shards; an evaluation loader counts every image once.
-    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad=shuffle)
+    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad=shuffle, weights=weights)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
                       persistent_workers=workers > 0, worker_init_fn=_seed_worker,

@@ -71,11 +71,11 @@ class TensorLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, batch_size: int,
                  augment: PadCropTransform, seed: int, rank: int, world: int, drop_last: bool,
-                 failures: Sequence[tuple[int, str]] = ()):
+                 failures: Sequence[tuple[int, str]] = (), weights: torch.Tensor | None = None):
         self.images, self.labels, self.positions = images, labels, positions
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
         self.failures = list(failures)
-        self.sampler = EpochSampler(len(images), True, seed, rank, world)
+        self.sampler = EpochSampler(len(images), True, seed, rank, world, weights=weights)
 
     def __len__(self) -> int:
         n = len(self.sampler)

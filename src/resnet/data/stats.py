@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..constants import STATS_SAMPLE
+from ..metrics import imbalanced
 from .files import Sample
 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
@@ -31,8 +32,8 @@ class DataStats:
 
     def line(self) -> str:
         """The statistics as the run announces them."""
-        balance = ("balanced" if self.largest_class <= 1.5 * self.smallest_class else
-                   f"imbalanced: {self.smallest_class} to {self.largest_class} a class")
+        balance = (f"imbalanced: {self.smallest_class} to {self.largest_class} a class"
+                   if imbalanced([self.smallest_class, self.largest_class]) else "balanced")
         grey = f", {self.grey:.0%} grey" if self.grey else ""
         return (f"{self.images} images, {self.classes} classes ({balance}), shorter side {self.short_side} px "
                 f"(10-90 %: {self.short_side_p10}-{self.short_side_p90}){grey}")

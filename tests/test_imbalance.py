@@ -1,0 +1,188 @@
+"""Imbalanced folders and many classes of few images: what a score means (balanced accuracy,
+macro-F1, the headline), how training counters the imbalance (`--class-balance`), which epoch
+best.pt keeps, and a folder of 120 classes with 1 to 17 photos each trained by default."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+from resnet import config as TC, loop as TL
+from resnet import data as D
+from resnet.cli import main
+from resnet.metrics import class_scores, headline, imbalanced, most_confused
+from resnet.recipe import class_balance_for
+from resnet.run import LogitAdjustedLoss, make_criterion, selection_key
+
+from conftest import photo
+
+
+def test_class_scores_are_scikit_learns_and_skip_absent_classes():
+    """Balanced accuracy and macro-F1 from a confusion matrix equal scikit-learn's from the labels,
+    over the classes that have images (a class absent from the set has no recall to average)."""
+    rng = np.random.default_rng(0)
+    y = rng.choice(4, 300, p=[0.7, 0.2, 0.1, 0.0])
+    pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 3, 300))
+    confusion = np.zeros((4, 4), int)
+    np.add.at(confusion, (y, pred), 1)
+    balanced, macro_f1 = class_scores(confusion)
+    assert balanced == pytest.approx(balanced_accuracy_score(y, pred))
+    assert macro_f1 == pytest.approx(f1_score(y, pred, labels=[0, 1, 2], average="macro", zero_division=0))
+    assert math.isnan(class_scores(np.zeros((3, 3)))[0])
+
+
+def test_what_counts_as_imbalanced_and_what_leads():
+    assert not imbalanced([300, 286, 300]) and not imbalanced([5000] * 10) and not imbalanced([3, 2])
+    assert imbalanced([4000, 200]) and imbalanced([10, 3]) and not imbalanced([7, 0, 7])  # an absent class aside
+    assert headline([4000, 200]) == "balanced_accuracy" and headline([100, 90]) == "accuracy"
+    confusion = np.array([[5, 3, 0], [0, 4, 1], [2, 0, 6]])
+    pairs = most_confused(confusion, ["a", "b", "c"], 2)
+    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("a", "b", 3), ("c", "a", 2)]
+    assert pairs[0]["share"] == pytest.approx(3 / 8)
+
+
+def test_the_plan_balances_only_imbalanced_classes_and_a_given_choice_stands():
+    assert class_balance_for([100, 95], "auto") == ("none", None)
+    choice, line = class_balance_for([4000, 200], "auto")
+    assert choice == "sampler" and "4000 to 200 images a class, 20.0:1" in line and "balanced accuracy" in line
+    assert class_balance_for([4000, 200], "none") == ("none", None)
+    assert class_balance_for([100, 95], "sampler") == ("sampler", None)
+
+
+def test_each_loss_is_the_one_it_names():
+    """reweight is scikit-learn's class_weight="balanced" in the loss; logit-adjust adds the log
+    priors to the logits before the cross-entropy (a loss that ignored them, or subtracted them,
+    would differ); none and sampler are the plain loss."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    counts = [30, 10, 60]
+    labels = torch.tensor([0, 1, 2, 2, 1])
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    cfg = TC.TrainConfig(label_smoothing=0.1)
+    prior = torch.tensor(counts, dtype=torch.float32) / 100
+    plain = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1)
+    for balance in ("none", "sampler"):
+        assert torch.allclose(make_criterion(TC.TrainConfig(label_smoothing=0.1, class_balance=balance), counts,
+                                             torch.device("cpu"))(logits, labels), plain)
+    reweight = make_criterion(TC.TrainConfig(label_smoothing=0.1, class_balance="reweight"), counts, torch.device("cpu"))
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=np.repeat(np.arange(3), counts))
+    assert torch.allclose(reweight.weight, torch.tensor(expected, dtype=torch.float32))
+    adjusted = make_criterion(TC.TrainConfig(label_smoothing=0.1, class_balance="logit-adjust"), counts,
+                              torch.device("cpu"))
+    assert isinstance(adjusted, LogitAdjustedLoss)
+    assert torch.allclose(adjusted(logits, labels), torch.nn.functional.cross_entropy(
+        logits + prior.log(), labels, label_smoothing=0.1))
+    assert not torch.allclose(adjusted(logits, labels), plain)
+    del cfg
+
+
+def test_class_balanced_sampling_draws_each_class_alike_and_replays_exactly():
+    """With `balanced_weights`, an epoch draws a 20:1 folder's classes about equally often; the
+    draws are a function of (seed, epoch), so a resumed epoch (`start`) continues them exactly."""
+    labels = [0] * 200 + [1] * 10
+    sampler = D.EpochSampler(len(labels), True, seed=3, weights=D.balanced_weights(labels))
+    sampler.set_epoch(2)
+    draws = [d.index for d in sampler]
+    minority = sum(labels[i] for i in draws) / len(draws)
+    assert len(draws) == 210 and 0.4 < minority < 0.6
+    sampler.set_epoch(2, start=50)
+    assert [d.index for d in sampler] == draws[50:]
+    sampler.set_epoch(3)
+    assert [d.index for d in sampler] != draws
+
+
+def write_classes(root, layout: dict[str, int], size: int = 32) -> None:
+    for k, (name, n) in enumerate(layout.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            photo(size, size, seed=1000 * k + i, bright=k % 2 == 1).save(root / name / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def imbalanced_run(tmp_path_factory):
+    """A 5:1 folder trained by default for two epochs: (data, run folder, stdout)."""
+    root = tmp_path_factory.mktemp("imbalanced")
+    write_classes(root / "data", {"common": 50, "rare": 10})
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["train", str(root / "data"), "--arch", "resnet20", "--img-size", "24", "--epochs", "2",
+                     "--batch-size", "8", "--workers", "0", "--deterministic", "--out", str(root / "run")]) == 0
+    return root / "data", root / "run", out.getvalue()
+
+
+def test_an_imbalanced_folder_is_trained_balanced_and_scored_by_balanced_accuracy(imbalanced_run, capsys):
+    """The plan says the classes are imbalanced and balances them (recorded: a resume keeps it);
+    metrics.csv has balanced accuracy and macro-F1 beside accuracy; the summary, evaluate's JSON
+    and last line and the report lead with balanced accuracy."""
+    data, run, text = imbalanced_run
+    assert "plan: imbalanced classes (40 to 8 images a class, 5.0:1): each class drawn equally often" in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("best validation balanced accuracy (the mean per-class recall: the classes are imbalanced)")
+    config = json.loads((run / "config.json").read_text())
+    assert config["class_balance"] == "sampler"
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[6:9] == ["val_acc", "val_balanced_acc", "val_macro_f1"]
+    assert main(["evaluate", str(run / "best.pt"), str(data), "--json", str(run / "e.json"),
+                 "--report", str(run / "r")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads((run / "e.json").read_text())
+    assert result["headline"] == "balanced_accuracy" and out[-1].startswith("balanced accuracy: ")
+    assert f"{result['balanced_accuracy']:.4f}" in out[-1] and "macro-F1" in out[-1]
+    report = (run / "r" / "report.md").read_text().splitlines()
+    assert report[2].startswith("- balanced accuracy: **") and report[3].startswith("- accuracy: ")
+
+
+def test_best_pt_is_chosen_by_balanced_accuracy_where_the_classes_are_imbalanced(tmp_path, monkeypatch):
+    """Epoch 2 has the higher accuracy (it calls everything the common class), epoch 1 the higher
+    balanced accuracy: best.pt keeps epoch 1 on an imbalanced set, epoch 2 on a balanced one."""
+    scores = {1: TL.ValScores(1.0, 0.70, 0.65, 0.6), 2: TL.ValScores(1.0, 0.83, 0.50, 0.45)}
+    monkeypatch.setattr(TL, "validate", lambda run, progress: scores[progress.epoch + 1])
+    for layout, best in (({"common": 50, "rare": 10}, 1), ({"a": 30, "b": 30}, 2)):
+        root = tmp_path / str(best)
+        write_classes(root / "data", layout)
+        summary = TL.train(TC.make_config(data=str(root / "data"), arch="resnet20", img_size=24, epochs=2,
+                                          batch_size=8, workers=0, out=str(root / "run")))
+        assert summary["best_epoch"] == best, layout
+        assert torch.load(root / "run" / "best.pt", weights_only=True)["epoch"] == best
+
+
+def test_selection_follows_the_validation_classes():
+    s = lambda val: D.DataSplit(["a", "b"], [D.Sample("x", 0)], val)  # noqa: E731
+    assert selection_key(s([])) == "train_acc"
+    assert selection_key(s([D.Sample("x", 0)] * 9 + [D.Sample("y", 1)] * 2)) == "val_balanced_acc"
+    assert selection_key(s([D.Sample("x", 0)] * 3 + [D.Sample("y", 1)] * 3)) == "val_acc"
+
+
+def test_a_hundred_and_twenty_classes_of_few_photos_each_train_by_default(tmp_path, capsys):
+    """120 classes of 1 to 17 photos (one with a single photo, many with 2 or 3): the default run
+    is not refused; it holds out what can be held out, class by class, and says so; the report
+    lists the most confused pairs instead of a 120x120 grid, the per-class table worst first, and
+    top-5 accuracy leads beside accuracy."""
+    rng = np.random.default_rng(0)
+    layout = {f"breed{k:03d}": int(n) for k, n in enumerate(rng.integers(2, 18, 120))}
+    layout["breed000"] = 1
+    write_classes(tmp_path / "data", layout, size=20)
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "data"), "--arch", "resnet20", "--img-size", "16", "--epochs", "1",
+                 "--batch-size", "32", "--workers", "0", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "plan: 1 class with a single image, trained on and not validated: breed000" in text
+    val, train = (D.read_listing(out / f) for f in ("val.csv", "train.csv"))
+    val_classes = {path.split("/")[-2] for path in val}
+    assert len(val_classes) == 119 and "breed000" not in val_classes  # every class with two photos held one out
+    assert len(train) + len(val) == sum(layout.values()) and not set(train) & set(val)
+    assert "plan: too few images for a stratified 20% of every class" in text
+    report = (out / "report" / "report.md").read_text()
+    assert not (out / "report" / "confusion_matrix.png").exists() and "the most confused pairs" in report
+    assert "top-5 accuracy: " in report
+    result = json.loads((out / "evaluation.json").read_text())
+    rows = [line.split("|") for line in report.splitlines() if line.startswith("| breed")]
+    f1s = [float(cells[4]) for cells in rows if len(cells) == 7]  # the per-class table, not the pairs
+    assert f1s == sorted(f1s) and len(f1s) == 120
+    assert len(result["most_confused"]) <= 15 and "top5_accuracy" in result
