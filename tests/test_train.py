@@ -207,7 +207,8 @@ def test_outputs_of_a_run(tiny_folder, tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["arch"] == "resnet20" and cfg["epochs"] == 2
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "epoch,img_size,lr,train_loss,train_acc,val_loss,val_acc,images_per_second,seconds"
+    assert rows[0] == ("epoch,img_size,lr,train_loss,train_acc,val_loss,val_acc,val_balanced_acc,val_macro_f1,"
+                       "images_per_second,seconds")
     assert len(rows) == 3
     # the last line: best.pt's score and epoch, and beside it the final weights' (selection flatters best.pt)
     val = [float(r.split(",")[6]) for r in rows[1:]]
