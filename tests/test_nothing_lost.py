@@ -64,8 +64,9 @@ def test_a_second_writer_into_a_running_run_is_refused_and_changes_nothing(tiny_
     """20 tries of a second writer into a run that is training (stopped with SIGSTOP after it wrote
     its first last.pt, so it holds the folder for as long as the tries take, with no clock): a new
     run, --resume, --resume auto and `resnet.train` from Python, five each, every one refused in
-    one line naming the process that holds the folder, before it reads or writes a file. The
-    first run then ends with the files of a run alone with the same seed."""
+    one line naming the process that holds the folder, before it reads or writes a file; readers
+    (predict, evaluate) of its last.pt go on. The first run then ends with the files of a run
+    alone with the same seed."""
     out, alone = tmp_path / "run", tmp_path / "alone"
     proc = started(["train", str(tiny_folder), *TINY, "--epochs", "3", "--out", str(out)])
     try:
@@ -85,6 +86,10 @@ def test_a_second_writer_into_a_running_run_is_refused_and_changes_nothing(tiny_
                 else:
                     resnet.train(tiny_folder, out=out, arch="resnet20", epochs=1)
         assert snapshot(out) == before  # nothing read-modified, renamed, or left behind
+        image = next(tiny_folder.rglob("*.png"))  # readers take no lock: they go on as the run trains
+        assert main(["predict", str(out / "last.pt"), str(image)]) == 0
+        assert main(["evaluate", str(out / "last.pt"), str(tiny_folder)]) == 0
+        capsys.readouterr()
     finally:
         proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate()
