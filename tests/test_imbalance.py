@@ -154,9 +154,12 @@ def test_best_pt_is_chosen_by_balanced_accuracy_where_the_classes_are_imbalanced
 
 def test_selection_follows_the_validation_classes():
     s = lambda val: D.DataSplit(["a", "b"], [D.Sample("x", 0)], val)  # noqa: E731
-    assert selection_key(s([])) == "train_acc"
-    assert selection_key(s([D.Sample("x", 0)] * 9 + [D.Sample("y", 1)] * 2)) == "val_balanced_acc"
-    assert selection_key(s([D.Sample("x", 0)] * 3 + [D.Sample("y", 1)] * 3)) == "val_acc"
+    skewed = s([D.Sample("x", 0)] * 9 + [D.Sample("y", 1)] * 2)
+    assert selection_key(s([]), []) == "train_acc"
+    assert selection_key(skewed, []) == "val_balanced_acc"
+    assert selection_key(skewed, [{"val_acc": 0.9, "val_balanced_acc": 0.6}]) == "val_balanced_acc"
+    assert selection_key(skewed, [{"val_acc": 0.9}]) == "val_acc"  # resumed from before: chosen as it began
+    assert selection_key(s([D.Sample("x", 0)] * 3 + [D.Sample("y", 1)] * 3), []) == "val_acc"
 
 
 def test_a_hundred_and_twenty_classes_of_few_photos_each_train_by_default(tmp_path, capsys):

@@ -267,6 +267,7 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
         plan_lines = [*plan_lines, *split.notes, *([why] if why else [])]
     elif cfg.class_balance == "auto":  # a run from before --class-balance trained with none
         cfg = replace(cfg, class_balance="none")
+    history = RunState.restore(cfg.epochs, state).history if resuming else []  # its epochs so far
     cfg = capped_batch(cfg, len(split.train), world) if not resuming else cfg
     batch = ddp.per_rank_batch(cfg.batch_size, world)
     # Before the first step (the precision's timing is one): a step that cannot fit is one line, not an OOM kill.
@@ -288,8 +289,8 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
                split=split, card=card, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
                net=net, optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
-               criterion=make_criterion(cfg, counts, device), select=selection_key(split), world=world, batch=batch,
-               main=rank == 0, steps_per_epoch=len(train_loader))
+               criterion=make_criterion(cfg, counts, device), select=selection_key(split, history), world=world,
+               batch=batch, main=rank == 0, steps_per_epoch=len(train_loader))
 
 
 def class_counts(samples: list[D.Sample], num_classes: int) -> list[int]:
@@ -322,12 +323,15 @@ def make_criterion(cfg: TrainConfig, counts: list[int], device: torch.device) ->
     return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
 
-def selection_key(split: D.DataSplit) -> str:
+def selection_key(split: D.DataSplit, history: list[dict]) -> str:
     """What best.pt is chosen by: balanced accuracy where the validation classes are imbalanced
     (accuracy would choose the epoch that best ignores the rare classes), else accuracy; training
-    accuracy without a validation set."""
+    accuracy without a validation set. A resumed run whose `history` was recorded without
+    balanced accuracy (before it was measured) goes on choosing as it began, by accuracy."""
     if not split.val:
         return "train_acc"
+    if any("val_balanced_acc" not in row for row in history):
+        return "val_acc"
     return "val_balanced_acc" if imbalanced(class_counts(split.val, len(split.classes))) else "val_acc"
 
 
