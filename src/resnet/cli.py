@@ -63,9 +63,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"skipped {len(result['skipped'])} unreadable files")
     print(f"inference: {result['precision']} ({result['precision_reason']}) on {result['engine']} "
           f"({result['engine_reason']})")
-    for line in headline_lines(result)[1:]:
+    lead, *rest = headline_lines(result)
+    for line in rest:
         print(line)
-    print(f"{headline_lines(result)[0]} on {result['num_images']} images")  # last: what scripts read
+    print(f"{lead} on {result['num_images']} images")  # last: what scripts read
     return 0
 
 
