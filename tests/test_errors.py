@@ -407,6 +407,17 @@ def test_import_and_cli_help_load_no_torch_and_no_inference_engine():
     assert r.stdout.strip() == "[]", r.stderr
 
 
+def test_dir_of_the_package_lists_its_api_not_its_imports():
+    """What a notebook's `resnet.<Tab>` offers: every public name (each of which loads), none of
+    the module's own helpers."""
+    import resnet
+
+    names = dir(resnet)
+    assert set(resnet.__all__) <= set(names) and "__version__" in names
+    assert not {"Any", "annotations", "importlib"} & set(names)
+    assert all(getattr(resnet, name) is not None for name in resnet.__all__)
+
+
 def package_imports() -> dict[str, set[str]]:
     """module -> the package's modules it imports (anywhere in it, lazy imports included)."""
     import ast

@@ -19,3 +19,8 @@ def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
     raise AttributeError(f"module 'resnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """What a notebook's `resnet.<Tab>` and `dir(resnet)` list: the API, not this module's imports."""
+    return sorted([*__all__, "__version__"])
