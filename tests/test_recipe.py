@@ -79,8 +79,9 @@ def test_trivial_augment_for_photos_with_few_images_a_class_trained_long_enough_
     """TrivialAugment Wide for photo sets that over-fit: few images a class (imagenette-3k's 239,
     where it paid at 67 epochs), not with more a class (dogs vs. cats' 4,000, where nothing was
     over-fit), not for fixed epochs too few to over-fit (it lost at 20), nor for small images
-    (32 px translations would empty a 32 px image); a budget, whose epochs are not known yet, plans
-    it by the images alone; a choice given is kept and its line not shown."""
+    (32 px translations would empty a 32 px image); a budget plans it by the images alone until its
+    size is timed, then again (its planned configuration) by the epochs that size buys; a choice
+    given is kept and its line not shown."""
     def policy(short: int, images: int = 2000, **given) -> tuple[str, list[str]]:
         cfg, lines = planned(tmp_path, short, images, **{"epochs": AUTO_AUGMENT_MIN_EPOCHS, **given})
         return cfg.auto_augment, lines
@@ -91,7 +92,14 @@ def test_trivial_augment_for_photos_with_few_images_a_class_trained_long_enough_
     assert chosen == "none" and any("no TrivialAugment: 1001 images a class" in line for line in lines)
     chosen, lines = policy(224, epochs=AUTO_AUGMENT_MIN_EPOCHS - 1)
     assert chosen == "none" and any(f"no TrivialAugment: {AUTO_AUGMENT_MIN_EPOCHS - 1} epochs" in l for l in lines)
-    assert policy(224, epochs=1, max_minutes=1.0)[0] == "ta_wide"  # a budget's epochs are its own
+    assert policy(224, epochs=1, max_minutes=1.0)[0] == "ta_wide"  # --epochs is not what a budget buys
+    few = stats(224, images=2000)
+    before_sizing = TP.apply_recipe(TC.make_config("default", data=str(tmp_path), out=str(tmp_path / "run"),
+                                                   max_minutes=10.0), few)[0]
+    for bought, augment in ((AUTO_AUGMENT_MIN_EPOCHS - 1, "none"), (AUTO_AUGMENT_MIN_EPOCHS, "ta_wide")):
+        cfg, _, lines = TP.apply_recipe(before_sizing, few, bought)
+        assert cfg.auto_augment == augment, bought
+        assert any(f"{bought} epochs (what the time budget buys)" in line for line in lines), lines
     assert policy(32)[0] == "none"
     chosen, lines = policy(224, auto_augment="none")  # where the plan would have taken it
     assert chosen == "none" and not any("TrivialAugment" in line for line in lines)

@@ -257,16 +257,12 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
                           f"as it was, or train a new run (another --out)")
     if not split.val:
         log.warning("no validation set: best.pt follows training accuracy")
-    recipe, plan_lines = None, (state or {}).get("plan") or []
+    recipe, stats, recipe_lines = None, None, []
     if not resuming and recipe_applies(cfg):
-        cfg, recipe, plan_lines = apply_recipe(cfg, D.describe(split.train, len(split.classes), cfg.seed))
+        stats = D.describe(split.train, len(split.classes), cfg.seed)
+        cfg, recipe, recipe_lines = apply_recipe(cfg, stats)
     counts = class_counts(split.train, len(split.classes))
-    if not resuming:  # what auto chose is recorded (config.json, the checkpoint) and kept on resume
-        balance, why = class_balance_for(counts, cfg.class_balance)
-        cfg = replace(cfg, class_balance=balance)
-        plan_lines = [*plan_lines, *split.notes, *([why] if why else [])]
-    elif cfg.class_balance == "auto":  # a run from before --class-balance trained with none
-        cfg = replace(cfg, class_balance="none")
+    cfg, balance_lines = with_class_balance(cfg, counts, resuming)
     history = RunState.restore(cfg.epochs, state).history if resuming else []  # its epochs so far
     cfg = capped_batch(cfg, len(split.train), world) if not resuming else cfg
     batch = ddp.per_rank_batch(cfg.batch_size, world)
@@ -275,7 +271,10 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     precision = run_precision(cfg, device, batch, len(split.classes), (state or {}).get("precision"))
     size_reason = (state or {}).get("size_reason")  # a resumed run keeps the size it chose
     if cfg.fit_size and recipe is not None:
-        cfg, size_reason = size_for_budget(cfg, recipe, split, device, batch, world, precision.dtype)
+        cfg, size_reason, epochs = size_for_budget(cfg, recipe, split, device, batch, world, precision.dtype)
+        # Planned again from the epochs the budget buys: the choices that depend on them (TrivialAugment)
+        cfg, recipe, recipe_lines = apply_recipe(cfg, stats, epochs)
+    plan_lines = (state or {}).get("plan") or [] if resuming else [*recipe_lines, *split.notes, *balance_lines]
     # A resumed run rebuilds the network its checkpoint describes, options older files lack included.
     options = state["model_options"] if resuming else {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
     card = model_card(cfg.arch, options, split.classes, cfg.eval_size or eval_size_for(cfg.img_size), cfg.crop_pct,
@@ -291,6 +290,16 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
                scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                criterion=make_criterion(cfg, counts, device), select=selection_key(split, history), world=world,
                batch=batch, main=rank == 0, steps_per_epoch=len(train_loader))
+
+
+def with_class_balance(cfg: TrainConfig, counts: list[int], resuming: bool) -> tuple[TrainConfig, list[str]]:
+    """(the configuration with what `--class-balance auto` chose for these training `counts`, the
+    plan's line for it). The choice is recorded (config.json, the checkpoint) and kept on resume;
+    a run from before --class-balance trained with none."""
+    if resuming:
+        return (replace(cfg, class_balance="none") if cfg.class_balance == "auto" else cfg), []
+    balance, why = class_balance_for(counts, cfg.class_balance)
+    return replace(cfg, class_balance=balance), [why] if why else []
 
 
 def class_counts(samples: list[D.Sample], num_classes: int) -> list[int]:
