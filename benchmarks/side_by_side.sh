@@ -3,10 +3,10 @@
 # budget and seed, each then scored on a balanced held-out folder: how a class-balance choice
 # compares with another on an imbalanced folder (docs/benchmarks.md, "Imbalanced folders").
 #
-#   bash benchmarks/class_balance.sh TRAIN HELD_OUT OUT MINUTES SEED "A_FLAGS" "B_FLAGS" [A_RESNET B_RESNET]
+#   bash benchmarks/side_by_side.sh TRAIN HELD_OUT OUT MINUTES SEED "A_FLAGS" "B_FLAGS" [A_RESNET B_RESNET]
 #
 # e.g. the 1:20 dogs vs. cats folder of benchmarks/imbalanced_folders.py against catsdogs/train:
-#   bash benchmarks/class_balance.sh /tmp/imb/dogs-cats-1to20 ../shared/datasets/catsdogs/train \
+#   bash benchmarks/side_by_side.sh /tmp/imb/dogs-cats-1to20 ../shared/datasets/catsdogs/train \
 #       /tmp/cb 10 0 "--class-balance none" "--class-balance logit-adjust"
 # A_RESNET / B_RESNET: the `resnet` command of each side (default: .venv/bin/resnet), so that
 # another checkout's code (today's default) can run beside this one.
