@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from resnet import budget as TB, config as TC, loop as TL, recipe as TP, records as TRec, run as TR, schedule as TS
-from resnet.checkpoint import read_checkpoint, save_checkpoint
+from resnet.checkpoint import CHECKPOINT_SCHEMA, migrate, read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError
 from resnet.recipe import Recipe, eval_size_for
 
@@ -39,6 +39,40 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tiny_folder, tmp_path, m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3  # header + both epochs, none lost or repeated
+
+
+def older_layout(state: dict, version: int) -> dict:
+    """A checkpoint's `state` as a run of `checkpoint.CHECKPOINT_SCHEMA` version 0 or 1 wrote it."""
+    state = {k: v for k, v in state.items() if k not in ("schema", "plan", "size_reason", "budget", "precision")}
+    state["config"] = {k: v for k, v in state["config"].items() if k != "class_balance"}
+    if version == 0:  # the run's place at the top level; the epoch and the scheduler's step are there already
+        progress = state.pop("progress")
+        state.update(best_acc=progress["best_acc"], history=progress["history"],
+                     skipped=list(progress["skipped"].items()))
+    return state
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_a_checkpoint_of_an_older_layout_resumes_as_the_run_would_have_gone_on(tiny_folder, tmp_path, monkeypatch,
+                                                                               version):
+    """Killed after its first epoch, its last.pt rewritten in an older layout, the run resumes
+    through `migrate` to the weights of the run never stopped, and goes on in the current layout;
+    a layout newer than this version's is refused in one line."""
+    TL.train(quick(tiny_folder, tmp_path / "straight"))
+    killed_before_epoch(monkeypatch, lambda: TL.train(quick(tiny_folder, tmp_path / "resumed")))
+    last = tmp_path / "resumed" / "last.pt"
+    current = read_checkpoint(last)
+    assert current["schema"] == CHECKPOINT_SCHEMA and current["config"]["class_balance"] == "none"
+    save_checkpoint(last, older_layout(current, version))
+    assert "schema" not in read_checkpoint(last)
+    TL.train(*TC.resume_config(last))
+
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(last)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "resumed" / "metrics.csv").read_text().splitlines()) == 3
+    assert read_checkpoint(last)["schema"] == CHECKPOINT_SCHEMA
+    with pytest.raises(CheckpointError, match=f"layout 99 is not one .* reads \\(0 to {CHECKPOINT_SCHEMA}\\)"):
+        migrate({**current, "schema": 99}, last)
 
 
 def test_two_runs_of_one_deterministic_command_are_bit_identical(tiny_folder, tmp_path):

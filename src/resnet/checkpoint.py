@@ -67,14 +67,44 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# The training checkpoint's layout (last.pt, best.pt), one number per version; `migrate` reads
+# each older one as the current:
+#   0: the run's place at the top level: `epoch`, `scheduler`'s step, `best_acc`, `history`, and
+#      `skipped` as (path, reason) pairs;
+#   1: that place in `progress` (a `run.RunState`); a run from before `--class-balance` has none
+#      in its `config` (it trained with none); `plan`, `size_reason`, `budget`, `scaler`,
+#      `precision` maybe absent (a precision absent is chosen again);
+#   2: `schema` itself, and every key below always written.
+CHECKPOINT_SCHEMA = 2
+
+
 def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
               card: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """A training checkpoint's layout: the model card (`CARD_KEYS`, what every inference path
     reads), the weights, and the run's state (what `--resume` reads back with `restore_run`):
     optimiser, loss scaler, the random generator and `run`'s entries (configuration, progress,
-    precision, plan, budget)."""
-    return {"model": model.state_dict(), **card, "optimizer": optimizer.state_dict(),
+    the scheduler's step, precision, plan, size reason, budget)."""
+    return {"schema": CHECKPOINT_SCHEMA, "model": model.state_dict(), **card, "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()}, **run}
+
+
+def migrate(state: dict[str, Any], source: str | Path = "") -> dict[str, Any]:
+    """A training checkpoint of any `CHECKPOINT_SCHEMA` version, in the current layout: what
+    `--resume` reads, so that nothing past here meets an older one."""
+    version = state.get("schema", 1 if "progress" in state else 0)
+    if not isinstance(version, int) or not 0 <= version <= CHECKPOINT_SCHEMA:
+        raise CheckpointError(f"{source}: training checkpoint layout {version!r} is not one this version of resnet "
+                              f"reads (0 to {CHECKPOINT_SCHEMA}): resume it with the version that wrote it")
+    state = dict(state)
+    if version == 0:
+        state["progress"] = {"epochs": state["config"].get("epochs"), "epoch": state["epoch"],
+                             "step": state["scheduler"]["step"], "best_acc": state.get("best_acc", -1.0),
+                             "history": state.get("history", []), "skipped": dict(state.get("skipped") or [])}
+    if version <= 1:
+        state["config"] = {"class_balance": "none", **state["config"]}
+        for key, empty in (("plan", []), ("size_reason", None), ("budget", None), ("scaler", {}), ("precision", None)):
+            state[key] = state.get(key) or empty
+    return {**state, "schema": CHECKPOINT_SCHEMA}
 
 
 def restore_run(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -83,7 +113,7 @@ def restore_run(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.
     the random generator, so that the resumed run takes the steps the uninterrupted one would."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state.get("scaler") or {})
+    scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
 
 

@@ -245,11 +245,12 @@ def resume_config(path: str | Path, given: dict[str, Any] | None = None) -> tupl
     or moved elsewhere goes on there, and never writes into the folder it was copied from. Options
     given again must agree with it (paths compared as absolute paths); only `RESUME_MAY_CHANGE` may
     differ, and `epochs` extends the run."""
-    from .checkpoint import read_checkpoint
+    from .checkpoint import migrate, read_checkpoint
 
     state = read_checkpoint(path)
     if "optimizer" not in state or not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path} holds no training state to resume from (resume from last.pt)")
+    state = migrate(state, path)
     known = {f.name for f in fields(TrainConfig)}
     saved = {k: v for k, v in state["config"].items() if k in known}
     cfg = TrainConfig(**{**saved, "out": str(Path(path).resolve().parent)})
@@ -265,7 +266,7 @@ def resume_config(path: str | Path, given: dict[str, Any] | None = None) -> tupl
     if conflicts:
         raise ConfigError(f"--resume {path} continues that run as it was, but " + "; ".join(conflicts)
                           + ": leave these out, or start a new run with another --out")
-    planned = state.get("progress", {}).get("epochs") or state["config"].get("epochs", cfg.epochs)
+    planned = state["progress"].get("epochs") or cfg.epochs
     changes = {k: (given or {})[k] for k in RESUME_MAY_CHANGE if (given or {}).get(k) is not None}
     cfg = replace(cfg, **{"epochs": planned, **changes})
     check_config(cfg)

@@ -77,11 +77,8 @@ class RunState:
 
     @classmethod
     def restore(cls, epochs: int, state: dict[str, Any]) -> "RunState":
-        saved = dict(state.get("progress") or {})
-        if not saved:  # checkpoints written before `progress` existed
-            saved = {"epoch": state["epoch"], "step": state["scheduler"]["step"],
-                     "best_acc": state.get("best_acc", -1.0), "history": state.get("history", [])}
-        saved["skipped"] = dict(saved.get("skipped") or state.get("skipped", []))
+        """From a checkpoint's `state` (`checkpoint.migrate`d), for a run of `epochs`."""
+        saved = dict(state["progress"])
         if saved.get("epochs") != epochs:  # --epochs given anew: whole epochs, as many as it says
             saved["steps"] = None
         return cls(**{**saved, "epochs": epochs})
@@ -269,12 +266,12 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     # Before the first step (the precision's timing is one): a step that cannot fit is one line, not an OOM kill.
     check_step_memory(cfg.arch, cfg.width, cfg.img_size, len(split.classes), device, batch, cfg.batch_size)
     precision = run_precision(cfg, device, batch, len(split.classes), (state or {}).get("precision"))
-    size_reason = (state or {}).get("size_reason")  # a resumed run keeps the size it chose
+    size_reason = state["size_reason"] if resuming else None  # a resumed run keeps the size it chose
     if cfg.fit_size and recipe is not None:
         cfg, size_reason, epochs = size_for_budget(cfg, recipe, split, device, batch, world, precision.dtype)
         # Planned again from the epochs the budget buys: the choices that depend on them (TrivialAugment)
         cfg, recipe, recipe_lines = apply_recipe(cfg, stats, epochs)
-    plan_lines = (state or {}).get("plan") or [] if resuming else [*recipe_lines, *split.notes, *balance_lines]
+    plan_lines = state["plan"] if resuming else [*recipe_lines, *split.notes, *balance_lines]
     # A resumed run rebuilds the network its checkpoint describes, options older files lack included.
     options = state["model_options"] if resuming else {"zero_init_residual": cfg.zero_init_residual, "width": cfg.width}
     card = model_card(cfg.arch, options, split.classes, cfg.eval_size or eval_size_for(cfg.img_size), cfg.crop_pct,
@@ -294,10 +291,9 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
 
 def with_class_balance(cfg: TrainConfig, counts: list[int], resuming: bool) -> tuple[TrainConfig, list[str]]:
     """(the configuration with what `--class-balance auto` chose for these training `counts`, the
-    plan's line for it). The choice is recorded (config.json, the checkpoint) and kept on resume;
-    a run from before --class-balance trained with none."""
+    plan's line for it). The choice is recorded (config.json, the checkpoint) and kept on resume."""
     if resuming:
-        return (replace(cfg, class_balance="none") if cfg.class_balance == "auto" else cfg), []
+        return cfg, []
     balance, why = class_balance_for(counts, cfg.class_balance)
     return replace(cfg, class_balance=balance), [why] if why else []
 
