@@ -12,8 +12,8 @@ from resnet import checkpoint as TCk, config as TC, loop as TL, recipe as TP
 from resnet.data.stats import DataStats
 from resnet.recipe import eval_size_for, plan_recipe
 from resnet.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
-from resnet.constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, EPOCHS_TO_GROW, IN_MEMORY_BYTES,
-                              SIZE_LADDER, SMALL_IMAGE_MAX)
+from resnet.constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, EPOCHS_TO_GROW,
+                              FEW_PHOTOS_A_CLASS, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX)
 
 from conftest import killed_before_epoch, photo
 
@@ -99,13 +99,27 @@ def test_trivial_augment_for_photos_with_few_images_a_class_trained_long_enough_
     for bought, augment in ((AUTO_AUGMENT_MIN_EPOCHS - 1, "none"), (AUTO_AUGMENT_MIN_EPOCHS, "ta_wide")):
         cfg, _, lines = TP.apply_recipe(before_sizing, few, bought)
         assert cfg.auto_augment == augment, bought
-        assert any(f"{bought} epochs (what the time budget buys)" in line for line in lines), lines
+        assert any(f"the {bought} epochs the time budget buys" in line for line in lines), lines
     assert policy(32)[0] == "none"
     chosen, lines = policy(224, auto_augment="none")  # where the plan would have taken it
     assert chosen == "none" and not any("TrivialAugment" in line for line in lines)
     small, lines = planned(tmp_path, 32, auto_augment="ta_wide")  # Pillow's operations: image by image
     assert (small.auto_augment, small.in_memory) == ("ta_wide", False)
     assert not any("in memory" in line for line in lines)
+
+
+def test_few_photos_a_class_are_told_to_start_from_pretrained_weights(tmp_path):
+    """At most `FEW_PHOTOS_A_CLASS` photos a class (from scratch: near chance, measured) the plan
+    says so and names --pretrained; not above it, nor for small images (the digits demo reaches
+    100 % from 144 a class)."""
+    def advice(short: int, images: int) -> list[str]:
+        return [line for line in planned(tmp_path, short, images)[1] if "few photos a class" in line]
+
+    lines = advice(224, 10 * FEW_PHOTOS_A_CLASS)
+    assert len(lines) == 1 and f"({FEW_PHOTOS_A_CLASS} on average" in lines[0]
+    assert "--pretrained imagenet" in lines[0] and "--pretrained FILE" in lines[0]
+    assert advice(224, 10 * FEW_PHOTOS_A_CLASS + 10) == []
+    assert advice(32, 300) == []
 
 
 def test_small_images_add_the_shifted_views_only_for_fixed_epochs(tmp_path):

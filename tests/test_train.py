@@ -364,7 +364,7 @@ def test_a_budget_plans_again_from_the_epochs_its_size_buys(tiny_folder, tmp_pat
     run = TR.set_up(TC.make_config("default", data=str(tiny_folder), out=str(tmp_path / "run"), max_minutes=1.0,
                                    workers=0), None)
     assert run.cfg.auto_augment == augment
-    assert any(f"{bought} epochs (what the time budget buys)" in line for line in run.plan_lines), run.plan_lines
+    assert any(f"the {bought} epochs the time budget buys" in line for line in run.plan_lines), run.plan_lines
     assert sum("TrivialAugment" in line for line in run.plan_lines) == 1  # the first plan's line replaced
 
 
@@ -418,6 +418,47 @@ def test_no_weight_decay_on_batchnorm_and_biases():
     decay, no_decay = TR.param_groups(create_model("resnet20"), 1e-4)
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0
+
+
+def test_fine_tuning_rates_fall_by_stage_below_the_classifier_which_alone_trains_while_frozen():
+    from resnet import create_model
+
+    model = create_model("resnet18", num_classes=2)
+    groups = TR.param_groups(model, 1e-4, 0.5, by_stage=True)
+    stage = {id(p): name.split(".")[0] for name, p in model.named_parameters()}
+    depth = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4, "conv1": 5, "bn1": 5}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    for g in groups:
+        assert {0.5 ** depth[stage[id(p)]] for p in g["params"]} == {g["lr_scale"]}
+        assert g["head"] == (g["lr_scale"] == 1.0)
+        assert [TR.lr_scale(g, epoch, 1) for epoch in (0, 1)] == [1.0 if g["head"] else 0.0, g["lr_scale"]]
+    assert TR.lr_scale({"params": []}, 0, 1) == 1.0  # a group restored from an older run: one rate
+
+
+@pytest.mark.parametrize("options", [dict(freeze_epochs=1, layer_decay=0.5), dict(freeze=True)])
+def test_a_frozen_body_stays_as_its_pretrained_weights_start(tiny_folder, tmp_path, options):
+    """Fine-tuning from a pretrained file: with --freeze-epochs 1, the first epoch moves the
+    classifier alone and the second everything; with --freeze (a linear probe) only the classifier
+    ever moves, the body's BatchNorm statistics included. The network takes the file's width (a
+    quarter, where the preset's is a half). From scratch, either is refused."""
+    from resnet import create_model
+
+    start = create_model("resnet20", num_classes=2, width=0.25).state_dict()
+    torch.save(start, tmp_path / "pretrained.pth")
+    for epochs in (1, 2):
+        TL.train(quick(tiny_folder, tmp_path / f"run{epochs}", epochs=epochs, pretrained=str(tmp_path / "pretrained.pth"),
+                       **options))
+        after = weights(tmp_path / f"run{epochs}" / "last.pt")
+        assert read_checkpoint(tmp_path / f"run{epochs}" / "last.pt")["model_options"]["width"] == 0.25
+        moved = {k for k in start if not torch.equal(start[k], after[k]) and "num_batches" not in k}
+        body = {k for k in moved if not k.startswith("fc.")}
+        assert {"fc.weight", "fc.bias"} <= moved
+        if epochs == 1 or options.get("freeze"):
+            assert all("running_" in k for k in body) if not options.get("freeze") else body == set(), body
+        else:
+            assert "conv1.weight" in body and "layer3.2.conv2.weight" in body
+    with pytest.raises(TC.ConfigError, match="give them"):
+        quick(tiny_folder, tmp_path / "scratch", **options)
 
 
 @pytest.mark.parametrize("cache,tta,shift", [(False, False, 0), (True, False, 0), (False, True, 0), (False, True, 1)])

@@ -73,6 +73,15 @@ def add_train_recipe(t: Parser) -> None:
     t.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
                    help="start each block's last BatchNorm at zero, so each block starts as the identity "
                         "(default: off, measured to stall short runs)")
+    t.add_argument("--freeze-epochs", type=int, metavar="N",
+                   help="fine-tuning: only the classifier trains for the first N epochs, then everything (fastai's "
+                        "fine_tune; needs --pretrained)")
+    t.add_argument("--layer-decay", type=float, metavar="F",
+                   help="fine-tuning: each stage below the classifier trains at F times the rate of the stage above "
+                        "(timm's --layer-decay; default 1: one rate)")
+    t.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=None,
+                   help="a linear probe: only the classifier trains, on the pretrained network's features (needs "
+                        "--pretrained)")
     t.add_argument("--class-balance", choices=CLASS_BALANCE,
                    help="how imbalanced classes are trained: sampler (each class drawn equally often), reweight "
                         "(each image's loss weighed by 1 / its class's share), logit-adjust (the log class "

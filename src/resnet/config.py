@@ -69,6 +69,13 @@ class TrainConfig:
     train_like_eval: bool = False         # the tutorial trains on its eval preprocessing
     zero_init_residual: bool = False      # measured: on short schedules it stalls learning
     whiten: bool = False                  # the stem starts as the patches' whitening, frozen (models.whiten_conv)
+    # Fine-tuning (`run.param_groups`): only the classifier trains for the first `freeze_epochs`
+    # (fastai's fine_tune); each stage below it at `layer_decay` times the rate of the stage above
+    # (timm's --layer-decay; fastai's discriminative rates); `freeze`: only ever the classifier (a
+    # linear probe: the pretrained body and its BatchNorm statistics kept as they are).
+    freeze_epochs: int = 0
+    layer_decay: float = 1.0
+    freeze: bool = False
     pretrained: str | None = None
     workers: int | None = None
     cache: bool | None = None             # None: on when the decoded copy is small (see below)
@@ -102,6 +109,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "weight_decay": (lambda v: v >= 0, "0 or more"),
     "warmup_epochs": (lambda v: v >= 0, "0 or more"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "freeze_epochs": (lambda v: v >= 0, "0 or more"),
+    "layer_decay": (lambda v: 0 < v <= 1, "in (0, 1]: each stage's rate a fraction of the one above it"),
     "scale_min": (lambda v: 0 < v <= 1, "in (0, 1]: the smallest fraction of the image a crop keeps"),
     "val_split": (lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
     "workers": (lambda v: v is None or v >= 0, "0 or more"),
@@ -187,6 +196,10 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"--auto-augment {cfg.auto_augment} works on each image as Pillow does: not with --in-memory, "
                           "which augments whole batches as tensor operations")
     check_for_arch(cfg)
+    for name, on in (("--freeze", cfg.freeze), ("--freeze-epochs", cfg.freeze_epochs)):
+        if on and not cfg.pretrained:
+            raise ConfigError(f"{name} keeps the network below the classifier as its weights start: give them "
+                              "(--pretrained imagenet or FILE); from scratch they are random")
     if cfg.whiten and cfg.pretrained:
         raise ConfigError("--whiten starts the first layer from the training images: not with --pretrained, "
                           "whose first layer is already trained")

@@ -123,9 +123,18 @@ AUTO_AUGMENT_MAX_PER_CLASS = 1000
 # imagenette-3k at 20 epochs (`--epochs 20`, 64 -> 96 px; seeds 0 / 1) scored 68.73 / 67.73 % with
 # it against 72.07 / 70.23 % without (-2.9; training accuracy 58 % with it, 75 % without), at 67
 # epochs +2.9 (above). The crossing between 20 and 67 is not measured: 40 is about where a straight
-# line between the two crosses zero. A budget's epochs are known only once its size is timed, so
-# a budget plans it by the images a class alone (10 minutes of this CPU buy 67-81 epochs there).
+# line between the two crosses zero. A budget's epochs are known once its size is timed: it is
+# planned again then, by the epochs that size buys (docs/benchmarks.md, "The budget's own plan").
 AUTO_AUGMENT_MIN_EPOCHS = 40
+
+# A photo set of at most this many training images a class (on average) gets a plan line saying
+# that from scratch it cannot do well, and pointing at --pretrained. Measured from scratch with
+# the default plan (`bash benchmarks/few_photos.sh`; 2-core AVX2 EPYC, fp32; the final weights
+# scored on photos no run saw), its 10 epochs / `--max-minutes 2`: dogs vs. cats at 10 / 30 / 100 /
+# 300 photos a class 50.0 / 50.0 (50.2) / 50.0 / 52.8 (61.2) %, chance being 50 %; imagenette at
+# 10 / 30 / 100 / ~240 a class 10.0 / 15.6 (29.6) / 37.4 (61.0) / 58.6 %, chance 10 %; where all
+# 4,000 a class of dogs vs. cats reach 95 % and imagenette's 9,469 photos 84 % in 10 minutes.
+FEW_PHOTOS_A_CLASS = 300
 
 # A larger size is taken only while it still gets this many epochs in the budget (as estimated
 # before the run, from timed forward + backward: ~15 % above the epochs the run then gets, whose

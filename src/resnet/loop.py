@@ -29,7 +29,7 @@ from .errors import Interrupted, TrainingError
 from .metrics import class_scores
 from .outputs import write_text_atomically
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
-from .run import Run, RunState, set_up
+from .run import Run, RunState, lr_scale, set_up
 from .runtime import TorchNet, autocast, run_eval
 from .transforms import normalize
 
@@ -64,8 +64,8 @@ def take_step(run: Run, progress: RunState, batch: D.Batch) -> tuple[torch.Tenso
     """One optimiser step on `batch` at the schedule's learning rate: (loss, logits, labels)."""
     x = normalize(batch.images, device=run.device, channels_last=run.cfg.channels_last)
     y = batch.labels.to(run.device, non_blocking=True)
-    for g in run.optimizer.param_groups:
-        g["lr"] = run.lr(progress)
+    for g in run.optimizer.param_groups:  # fine-tuning's stages at their own share of the rate (`lr_scale`)
+        g["lr"] = run.lr(progress) * lr_scale(g, progress.epoch, run.cfg.freeze_epochs)
     with autocast(run.device, run.dtype):
         logits = run.net(x)
         loss = run.criterion(logits.float(), y)
@@ -100,6 +100,10 @@ def train_epoch(run: Run, progress: RunState, budget: Budget | None, signals: li
     if not run.main:
         sums = EpochSums(seconds=sums.seconds)
     run.net.train()
+    if run.cfg.freeze:  # a linear probe: the pretrained body's BatchNorm statistics kept, not re-estimated
+        for m in run.model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     t0 = now() - sums.seconds
     t_timed, done_here = t0, 0
     bar = epoch_bar(run.train_loader, f"epoch {progress.epoch + 1}/{progress.epochs}", run.main)

@@ -28,6 +28,7 @@ from .device import check_step_memory, pick_device
 from .errors import ConfigError
 from .metrics import imbalanced
 from .models import create_model, fit_weights, load_pretrained, read_weights, whiten_conv
+from .options import MAX_WIDTH
 from .policy import Precision, choose_precision, kept_precision
 from .recipe import apply_recipe, class_balance_for, eval_size_for, recipe_applies
 from .runtime import memory_format
@@ -37,20 +38,43 @@ from .transforms import EvalTransform, PadCropTransform, TrainTransform, normali
 log = logging.getLogger(__name__)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)  # BN scales/shifts and biases are 1-D
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+# A parameter's stage, counted down from the classifier (0), by the module it is in; anything
+# else (the stem) is the bottom stage.
+STAGES = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4}
+STEM = 5
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float
-                   ) -> torch.optim.Optimizer:
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, by_stage: bool = False
+                 ) -> list[dict]:
+    """The optimiser's groups: weight decay on weights only (BN scales and shifts, biases are 1-D);
+    `by_stage`, a group per stage too, its `lr_scale` `layer_decay` ** its depth below the
+    classifier, the classifier's `head` (what trains while the rest is frozen). Without it, the two
+    groups every run had before fine-tuning's rates existed (a resumed run's optimiser state fits)."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = STAGES.get(name.split(".")[0], STEM) if by_stage else 0
+        decays = p.ndim > 1
+        group = groups.setdefault((depth, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                                    "lr_scale": layer_decay ** depth, "head": depth == 0})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
+
+
+def lr_scale(group: dict, epoch: int, freeze_epochs: int) -> float:
+    """A group's share of the schedule's rate at `epoch`: none below the classifier while frozen."""
+    if epoch < freeze_epochs and not group.get("head", True):
+        return 0.0
+    return group.get("lr_scale", 1.0)  # groups restored from a checkpoint of before these keys: one rate
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD over `param_groups`, with the fused kernel: one pass over the parameters instead of a
     pass per operation (ResNet-18's step: 9 ms against 16 ms with `foreach` on the 2-core CPU)."""
-    return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum,
-                           nesterov=nesterov and momentum > 0, fused=True)
+    by_stage = cfg.layer_decay != 1.0 or cfg.freeze_epochs > 0
+    return torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.layer_decay, by_stage), lr=cfg.lr,
+                           momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, fused=True)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -242,11 +266,8 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     rank, world, local_rank = ddp.start(device)
     seed_everything(cfg.seed, cfg.deterministic)
     weights = read_weights(cfg.pretrained, cfg.arch) if cfg.pretrained and not resuming else None
-    if weights is not None:  # do they fit? Checked on shapes alone, before the data is read
-        with torch.device("meta"):
-            probe = create_model(cfg.arch, num_classes=weights["fc.weight"].shape[0] if "fc.weight" in weights
-                                 else None, width=cfg.width)
-        fit_weights(probe, weights, cfg.pretrained, cfg.arch)
+    if weights is not None:
+        cfg = fitted_to(cfg, weights)
     split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
     changed = D.data_changed(split, state["classes"], D.read_listing(Path(cfg.out) / "train.csv")) if resuming else None
     if changed:
@@ -283,10 +304,24 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     model, net = build_model(cfg, options, len(split.classes), weights, device, world, sample)
     return Run(cfg=cfg, out=out, device=device, precision=precision, plan_lines=plan_lines, size_reason=size_reason,
                split=split, card=card, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
-               net=net, optimizer=make_optimizer(model, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay),
+               net=net, optimizer=make_optimizer(model, cfg),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                criterion=make_criterion(cfg, counts, device), select=selection_key(split, history), world=world,
                batch=batch, main=rank == 0, steps_per_epoch=len(train_loader))
+
+
+def fitted_to(cfg: TrainConfig, weights: dict[str, torch.Tensor]) -> TrainConfig:
+    """The configuration at the width of pretrained `weights` unless --width was given (a network
+    `resnet train` made is half width, torchvision's full), checked to fit them on shapes alone,
+    before the data is read."""
+    with torch.device("meta"):
+        if "width" not in cfg.given and "fc.weight" in weights:
+            width = weights["fc.weight"].shape[1] / create_model(cfg.arch).fc.in_features
+            cfg = replace(cfg, width=width) if 0 < width <= MAX_WIDTH else cfg  # else refused below, shapes named
+        probe = create_model(cfg.arch, num_classes=weights["fc.weight"].shape[0] if "fc.weight" in weights else None,
+                             width=cfg.width)
+    fit_weights(probe, weights, cfg.pretrained, cfg.arch)
+    return cfg
 
 
 def with_class_balance(cfg: TrainConfig, counts: list[int], resuming: bool) -> tuple[TrainConfig, list[str]]:
@@ -365,6 +400,9 @@ def build_model(cfg: TrainConfig, options: dict[str, Any], num_classes: int, wei
         whiten_conv(model.conv1, whitening, WHITEN_EPS, WHITEN_FLOOR, WHITEN_CHUNK_BYTES)
     if cfg.whiten:  # frozen, in a resumed run too (requires_grad is not in a state_dict)
         model.conv1.weight.requires_grad_(False)
+    if cfg.freeze:  # a linear probe: no gradient below the classifier (none is computed there)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("fc."))
     if cfg.sync_bn and world > 1:
         model = ddp.sync_batchnorm(model, device)
     model = model.to(device, memory_format=memory_format(cfg.channels_last))

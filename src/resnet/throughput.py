@@ -120,12 +120,13 @@ def _timed(step: Callable[[], Any], steps: int, dev: torch.device) -> float:
 def _train_step(net: runtime.TorchNet, model: torch.nn.Module, dev: torch.device, dtype: torch.dtype | None,
                 batch_size: int, img_size: int) -> Callable[[], None]:
     """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
+    from .config import TrainConfig
     from .run import make_optimizer  # the training run's optimiser, measured as it is
 
     model.train()
     x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
     y = torch.randint(0, 1000, (batch_size,), device=dev)
-    opt = make_optimizer(model, 0.01, 0.9, True, 5e-5)
+    opt = make_optimizer(model, TrainConfig(lr=0.01))
 
     def step() -> None:
         inp = normalize(x, device=dev, channels_last=net.channels_last)
