@@ -9,7 +9,11 @@ OUT/imagenette-longtail/<class>: imagenette-3k's classes in sorted order, class 
                                  round(n_k * 0.05 ** (k / 9)) of its photos but the last 15
                                  (285 down to 14: a 20:1 long tail, as Cao et al. 2019 make
                                  CIFAR-10-LT);
-OUT/imagenette-longtail-val/<class>: the last 15 photos of each class: a balanced held-out set.
+OUT/imagenette-longtail-val/<class>: the last 15 photos of each class: a balanced held-out set;
+OUT/dogs-cats-N/{cats,dogs}:     the first N cats and N dogs of petimages180, N = 10, 30, 100, 300;
+OUT/imagenette-N/<class>:        the first N photos of each imagenette-3k class, N = 10, 30, 100,
+                                 and `all`: all but its last 50 (236 to 250);
+OUT/imagenette-val50/<class>:    the last 50 photos of each class, which no imagenette-N holds.
 The balanced held-out photos for dogs vs. cats are catsdogs/train (1,000 of each, other indices
 of the same Kaggle set), which no folder here holds."""
 
@@ -53,6 +57,22 @@ def main() -> None:
         link_all(pool[:keep], a.out / "imagenette-longtail" / folder.name)
         link_all(held_out, a.out / "imagenette-longtail-val" / folder.name)
         print(f"{folder.name}: {keep} of {len(pool)}")
+    few_a_class(pets, nette, classes, a.out)
+
+
+def few_a_class(pets: Path, nette: Path, classes: list[Path], out: Path) -> None:
+    """The few-photos-a-class folders (a companion measurement: what training from scratch reaches
+    with 10 to 300 photos a class)."""
+    for n in (10, 30, 100, 300):
+        for kind in ("cats", "dogs"):
+            link_all(images(pets / kind)[:n], out / f"dogs-cats-{n}" / kind)
+    for folder in classes:
+        files = images(folder)
+        pool = files[:-50]
+        link_all(files[-50:], out / "imagenette-val50" / folder.name)
+        for n in (10, 30, 100, None):
+            link_all(pool[:n], out / f"imagenette-{n or 'all'}" / folder.name)
+    print(f"{out}: dogs-cats-{{10,30,100,300}}, imagenette-{{10,30,100,all}}, imagenette-val50")
 
 
 if __name__ == "__main__":

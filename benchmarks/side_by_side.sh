@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Two training runs side by side, one core each (OMP_NUM_THREADS=1, taskset), on the same folder,
-# budget and seed, each then scored on a balanced held-out folder: how a class-balance choice
-# compares with another on an imbalanced folder (docs/benchmarks.md, "Imbalanced folders").
+# budget and seed, each then scored on a held-out folder: how one choice compares with another at
+# the same compute (docs/benchmarks.md, "Imbalanced folders", "The budget's own plan").
 #
 #   bash benchmarks/side_by_side.sh TRAIN HELD_OUT OUT MINUTES SEED "A_FLAGS" "B_FLAGS" [A_RESNET B_RESNET]
 #
+# HELD_OUT `val.csv`: each run's own held-out part (OUT/a/val.csv, the same images for both: the
+# split is seeded), on which only last.pt is an honest score (best.pt was chosen on it).
 # e.g. the 1:20 dogs vs. cats folder of benchmarks/imbalanced_folders.py against catsdogs/train:
 #   bash benchmarks/side_by_side.sh /tmp/imb/dogs-cats-1to20 ../shared/datasets/catsdogs/train \
 #       /tmp/cb 10 0 "--class-balance none" "--class-balance logit-adjust"
@@ -24,8 +26,9 @@ run 1 "$b_bin" b "$b_flags" &
 wait
 for side in a b; do
   bin=$a_bin; [ "$side" = b ] && bin=$b_bin
-  "$bin" evaluate "$out/$side/best.pt" "$held" --json "$out/$side.best.json" > /dev/null 2>&1 &
-  "$bin" evaluate "$out/$side/last.pt" "$held" --json "$out/$side.last.json" > /dev/null 2>&1
+  data=$held; [ "$held" = val.csv ] && data=$out/$side/val.csv
+  "$bin" evaluate "$out/$side/best.pt" "$data" --json "$out/$side.best.json" > /dev/null 2>&1 &
+  "$bin" evaluate "$out/$side/last.pt" "$data" --json "$out/$side.last.json" > /dev/null 2>&1
   wait
 done
 python3 - "$out" <<'EOF'
