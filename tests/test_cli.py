@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+import resnet
+
 from conftest import photo
 from resnet.cli import main
 
@@ -92,6 +94,8 @@ def test_benchmark_json_counts_every_image_and_only_the_timed_batches(tmp_path, 
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["images"] == 32  # every image of the folder went through the pipeline
+    assert data["batch_size"] == 64  # the data benchmark's own default, and a batch given is the one used:
+    assert resnet.benchmark("data", str(tiny_folder), img_size=32, batch_size=8)["batch_size"] == 8
     r = run_cli("benchmark", "infer", "--arch", "resnet20", "--img-size", "32", "--batch-size", "4",
                 "--steps", "2", "--amp", "off", "--json")  # fp32: both engines are candidates
     assert r.returncode == 0, r.stderr

@@ -178,6 +178,8 @@ def test_mistakes_with_a_trained_model_are_one_line(run_a, tmp_path, capsys):
         (["export", ckpt, "--opset", "17", "--output", tmp_path / "o.onnx"], ("--opset 17", "opset 18")),
         (["experiment", "degradation", data, "--depths", "21", "--epochs", "1", "--out", tmp_path / "x"],
          ("--depths 21", "20, 32, 44, 56, 110")),
+        (["experiment", "degradation", data, "--depths", "20,x", "--epochs", "1", "--out", tmp_path / "y"],
+         ("'20,x'", "whole numbers separated by commas")),
         (["benchmark", "train", "--img-size", "5"], ("--img-size must be at least 16, not 5",)),
         (["benchmark", "infer", "--img-size", "5"], ("--img-size must be at least 16, not 5",)),
         (["serve", ckpt, "--port", "99999"], ("--port must be in 1..65535",)),

@@ -8,11 +8,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Classifier", "TrainConfig", "create_model", "export", "list_models", "load_checkpoint", "train"]
+__all__ = ["Classifier", "TrainConfig", "benchmark", "create_model", "export", "list_models", "load_checkpoint",
+           "train"]
 __version__ = "0.1.0"
 
-_WHERE = {"Classifier": "predict", "TrainConfig": "config", "create_model": "models", "export": "api",
-          "list_models": "models", "load_checkpoint": "checkpoint", "train": "api"}
+_WHERE = {"Classifier": "predict", "TrainConfig": "config", "benchmark": "throughput", "create_model": "models",
+          "export": "api", "list_models": "models", "load_checkpoint": "checkpoint", "train": "api"}
 
 
 def __getattr__(name: str) -> Any:

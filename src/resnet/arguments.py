@@ -205,7 +205,7 @@ def add_benchmark(sub) -> None:
     b.add_argument("root", nargs="?", help="image folder (for `data`)")
     b.add_argument("--arch", default="resnet18")
     b.add_argument("--img-size", type=_positive_int, default=224)
-    b.add_argument("--batch-size", type=_positive_int, default=32)
+    b.add_argument("--batch-size", type=_positive_int, help="default: 32 (train, infer), 64 (data)")
     b.add_argument("--steps", type=_positive_int, default=10)
     b.add_argument("--workers", type=int, default=0)
     b.add_argument("--cache", action="store_true")

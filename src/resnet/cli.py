@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from .arguments import build_parser
-from .errors import ConfigError, DataError, Interrupted, MachineError, TrainingError, UsageError
-from .options import MIN_IMG_SIZE
+from .errors import ConfigError, Interrupted, MachineError, TrainingError, UsageError
 from .outputs import check_not_empty, check_output_dir, check_output_file, write_rows
 
 
@@ -161,17 +160,11 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
-    from .throughput import bench_data, bench_model
+    from .throughput import benchmark
 
-    if a.img_size < MIN_IMG_SIZE:
-        raise ConfigError(f"--img-size must be at least {MIN_IMG_SIZE}, not {a.img_size}")
-    if a.task == "data":
-        if not a.root:
-            raise DataError("benchmark data needs an image folder")
-        r = bench_data(a.root, a.img_size, a.workers, max(a.batch_size, 64), a.cache, a.cache_dir, a.normalize)
-    else:
-        r = bench_model(a.task, a.arch, a.img_size, a.batch_size, a.steps, a.device, a.amp,
-                        a.channels_last, a.width, a.compile, a.engine)
+    r = benchmark(a.task, a.root, arch=a.arch, img_size=a.img_size, batch_size=a.batch_size, steps=a.steps,
+                  workers=a.workers, cache=a.cache, cache_dir=a.cache_dir, normalized=a.normalize, device=a.device,
+                  amp=a.amp, channels_last=a.channels_last, width=a.width, compile=a.compile, engine=a.engine)
     print(json.dumps(r) if a.json else f"{r['images_per_second']:.1f} images/s ({a.task})")
     return 0
 
@@ -179,14 +172,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
 def cmd_experiment(a: argparse.Namespace) -> int:
     from .experiment import degradation
 
-    try:
-        depths = [int(d) for d in a.depths.split(",") if d.strip()]
-    except ValueError:
-        raise ConfigError(f"--depths {a.depths!r}: give whole numbers separated by commas, e.g. 20,56") from None
-    if a.max_minutes is not None and a.max_minutes <= 0:
-        raise ConfigError(f"--max-minutes must be positive, not {a.max_minutes}")
-    check_output_dir("--out", a.out, [a.data, *([a.val] if a.val else [])])
-    summary = degradation(a.data, a.out, a.val, depths, a.epochs, a.max_minutes, a.train_images, a.test_images,
+    summary = degradation(a.data, a.out, a.val, a.depths, a.epochs, a.max_minutes, a.train_images, a.test_images,
                           a.seed, a.workers, a.batch_size, a.lr, a.warmup_epochs)
     print(f"history, summary and figure: {Path(a.out) / 'history.csv'}, {Path(a.out) / 'summary.json'}, "
           f"{Path(a.out) / 'figure6.png'}")

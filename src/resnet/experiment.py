@@ -29,13 +29,19 @@ from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EP
 from .errors import ConfigError
 from .loop import begin, end_epoch, train_epoch, validate
 from .models import CIFAR_DEPTHS
-from .outputs import sole_writer
+from .outputs import check_output_dir, sole_writer
 from .records import record_epoch
 from .run import Run, RunState, set_up
 
 
-def networks(depths: Sequence[int]) -> list[str]:
-    """The architecture of each depth, plain then residual: plain20, resnet20, plain56..."""
+def networks(depths: Sequence[int] | str) -> list[str]:
+    """The architecture of each depth, plain then residual: plain20, resnet20, plain56...; `depths`
+    as numbers, or as --depths gives them ("20,56")."""
+    if isinstance(depths, str):
+        try:
+            depths = [int(d) for d in depths.split(",") if d.strip()]
+        except ValueError:
+            raise ConfigError(f"--depths {depths!r}: give whole numbers separated by commas, e.g. 20,56") from None
     unknown = [d for d in depths if d not in CIFAR_DEPTHS]
     if unknown or not depths:
         raise ConfigError(f"--depths {','.join(map(str, depths))}: the paper's CIFAR depths are "
@@ -157,18 +163,23 @@ def epoch_of_each(runs: dict[str, tuple[Run, RunState]]) -> None:
         record_epoch(run, progress, None, None, row, improved, name)
 
 
-def degradation(data: str | Path, out: str | Path, val: str | Path | None = None, depths: Sequence[int] = (20, 56),
-                epochs: int | None = None, max_minutes: float | None = None, train_images: int | None = None,
-                test_images: int | None = None, seed: int = 0, workers: int = 0, batch_size: int | None = None,
+def degradation(data: str | Path, out: str | Path, val: str | Path | None = None,
+                depths: Sequence[int] | str = (20, 56), epochs: int | None = None, max_minutes: float | None = None,
+                train_images: int | None = None, test_images: int | None = None, seed: int = 0, workers: int = 0,
+                batch_size: int | None = None,
                 lr: float | None = None, warmup_epochs: float | None = None, device: str = "auto") -> dict[str, Any]:
     """Train plain and residual networks of each depth side by side on the same images for the
     same epochs; write plan.json, history.csv, summary.json and figure6.png to `out`. Returns the
     summary. With `max_minutes` the plan fits the whole experiment, set-up included, in it."""
     if (epochs is None) == (max_minutes is None):
         raise ConfigError("give --epochs N or --max-minutes M (one of them)")
+    if max_minutes is not None and max_minutes <= 0:
+        raise ConfigError(f"--max-minutes must be positive, not {max_minutes}")
+    archs = networks(depths)
+    check_output_dir("--out", out, [data, *([val] if val else [])])
     with sole_writer(out):  # one experiment writes a folder at a time
         started = time.monotonic()
-        out, archs = Path(out), networks(depths)
+        out = Path(out)
         split = D.discover(data, val, 0.1 if val is None else None, seed)
         batch = batch_size or EXPERIMENT_RECIPE["batch_size"]
         step_s = timed_steps(archs, batch, device) if max_minutes else None

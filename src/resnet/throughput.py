@@ -16,7 +16,9 @@ from . import policy, runtime
 from .budget import step_seconds
 from .checkpoint import save_checkpoint
 from .device import check_step_memory, pick_device
+from .errors import ConfigError, DataError
 from .models import create_model
+from .options import BENCHMARKS, MIN_IMG_SIZE
 from .predict import Classifier
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
 
@@ -32,6 +34,26 @@ def cpu_description() -> str:
             flags = " ".join(f for f in line.split(":", 1)[1].split()
                              if f.startswith(("avx", "amx", "fma", "f16c")) or f in ("avx512_bf16", "avx512_vnni"))
     return f"{model} ({torch.get_num_threads()} threads); flags: {flags}; oneDNN bf16: {policy.cpu_has_bf16()}; AMX: {torch.cpu._is_amx_tile_supported()}"
+
+
+def benchmark(task: str, root: str | None = None, *, arch: str = "resnet18", img_size: int = 224,
+              batch_size: int | None = None, steps: int = 10, workers: int = 0, cache: bool = False,
+              cache_dir: str | None = None, normalized: bool = False, device: str = "auto", amp: str = "auto",
+              channels_last: bool = True, width: float = 1.0, compile: bool = False, engine: str = "auto"
+              ) -> dict[str, Any]:
+    """`resnet benchmark TASK` (`options.BENCHMARKS`): `bench_data` over the images under `root`,
+    or `bench_model`, each value checked as its flag. `batch_size` left out: 64 images for `data`
+    (a loader's batch), 32 for `train` and `infer`."""
+    if task not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {task!r}; choose from: {', '.join(BENCHMARKS)}")
+    if img_size < MIN_IMG_SIZE:
+        raise ConfigError(f"--img-size must be at least {MIN_IMG_SIZE}, not {img_size}")
+    if task == "data":
+        if not root:
+            raise DataError("benchmark data needs an image folder")
+        return bench_data(root, img_size, workers, batch_size or 64, cache, cache_dir, normalized)
+    return bench_model(task, arch, img_size, batch_size or 32, steps, device, amp, channels_last, width, compile,
+                       engine)
 
 
 def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int = 64,
@@ -50,7 +72,7 @@ def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int
         n += len(normalize(batch.images, channels_last=True) if normalized else batch.images)
     seconds = time.perf_counter() - t
     return {"task": "data", "images": n, "seconds": seconds, "images_per_second": n / seconds,
-            "workers": workers, "img_size": img_size, "cache": cache, "normalized": normalized}
+            "workers": workers, "img_size": img_size, "batch_size": batch_size, "cache": cache, "normalized": normalized}
 
 
 def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_size: int = 32,
