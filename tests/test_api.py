@@ -109,3 +109,17 @@ def test_a_single_image_given_where_a_list_is_expected_is_one_image(trained):
         image = np.asarray(im.convert("RGB"))
     assert [r["label"] for r in clf.predict(path)] == [r["label"] for r in clf.predict(image)] == [row["label"]]
     assert len(clf.predict(np.stack([image, image]))) == 2
+
+
+def test_predict_files_labels_and_writes_what_the_command_does(trained, tmp_path):
+    """`resnet.predict_files` is `resnet predict`: the same rows in the same file; nothing matching
+    is no rows; a path that is only a URL is refused before any model is loaded."""
+    data, run = trained
+    rows = resnet.predict_files(run / "best.pt", data, output=tmp_path / "api.json", top_k=2)
+    assert main(["predict", str(run / "best.pt"), str(data), "--output", str(tmp_path / "cli.json"),
+                 "--top-k", "2"]) == 0
+    assert json.loads((tmp_path / "api.json").read_text()) == json.loads((tmp_path / "cli.json").read_text())
+    assert len(rows) == len(list(data.rglob("*.png"))) and all(len(r["top_k"]) == 2 for r in rows)
+    assert resnet.predict_files(run / "best.pt", [str(tmp_path / "none-*.png")]) == []
+    with pytest.raises(ConfigError, match="is a URL"):
+        resnet.predict_files(tmp_path / "not-read.pt", "https://example.com/cat.jpg")

@@ -9,11 +9,12 @@ import importlib
 from typing import Any
 
 __all__ = ["Classifier", "TrainConfig", "benchmark", "create_model", "export", "list_models", "load_checkpoint",
-           "train"]
+           "predict_files", "train"]
 __version__ = "0.1.0"
 
 _WHERE = {"Classifier": "predict", "TrainConfig": "config", "benchmark": "throughput", "create_model": "models",
-          "export": "api", "list_models": "models", "load_checkpoint": "checkpoint", "train": "api"}
+          "export": "api", "list_models": "models", "load_checkpoint": "checkpoint", "predict_files": "api",
+          "train": "api"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,13 +1,17 @@
-"""The Python API that the command line is a thin layer over: what `resnet train` and `resnet
-export` do, from a notebook, with the same options and the same outcome (`resnet.train(...)`,
-`resnet.export(...)`)."""
+"""The Python API that the command line is a thin layer over: what `resnet train`, `resnet
+predict` and `resnet export` do, from a notebook, with the same options and the same outcome
+(`resnet.train(...)`, `resnet.predict_files(...)`, `resnet.export(...)`)."""
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from . import exports as X
 from . import loop
@@ -17,8 +21,9 @@ from .constants import CALIBRATION_IMAGES, PROBE_BATCH
 from .errors import ConfigError
 from .options import EXPORT_FORMATS, QUANTIZE
 from .evaluate import evaluate, write_json, write_report
-from .outputs import check_output_dir, check_output_file, sole_writer
-from .predict import Classifier, compare, verify_images
+from .data import NOT_FETCHED, cache_entries, cache_limit, default_cache_dir, expand_paths, prune
+from .outputs import check_output_dir, check_output_file, sole_writer, write_rows
+from .predict import Classifier, compare, verify_images, write_cams
 from .runtime import net_seconds
 
 SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "int8": ".int8.onnx"}
@@ -65,6 +70,57 @@ def train(data: str | Path | None = None, *, preset: str | None = None, resume: 
             summary["evaluation"] = result
             summary["report"] = write_report(out / "report", result, samples, probs, out / "metrics.csv")
         return summary
+
+
+def predict_files(model: str | Path, paths: str | Path | list[str | Path], *, output: str | Path | None = None,
+                  cam: str | Path | None = None, top_k: int = 1, tta: bool | None = None, batch_size: int = 32,
+                  device: str = "auto", amp: str = "auto", compile: bool = False, engine: str = "auto",
+                  progress: bool = False) -> list[dict[str, Any]]:
+    """Label the files, folders and globs in `paths` with `model` (a checkpoint or an export), as
+    `resnet predict` does: a row per file (`Classifier.predict`'s; an `error` row for one that
+    does not read), written to `output` (.csv or .json) when given, and with `cam` each photo with
+    its Grad-CAM heatmap in that folder. No files matching: no rows. Refused before any model is
+    loaded: an output of another kind, paths that are all URLs (nothing is fetched), outputs onto
+    an input; a CAM from an ONNX file (no gradients there)."""
+    paths = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    out = None if output is None else str(output)
+    if out not in (None, "-") and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise ConfigError(f"--output {out}: name a .csv or .json file, or - for CSV on stdout")
+    urls = [p for p in paths if "://" in p]
+    if urls and len(urls) == len(paths):
+        raise ConfigError(f"{urls[0]} is a URL: {NOT_FETCHED}")
+    files = expand_paths(paths)
+    if out not in (None, "-"):
+        check_output_file("--output", out, [model, *files])
+    if cam:
+        check_output_dir("--cam", cam, [model])
+    if not files:
+        return []
+    clf = Classifier.load(model, device, amp, compile, engine, images=len(files))
+    if cam and clf.model is None:
+        raise ConfigError("--cam needs the PyTorch model: give a checkpoint, not an ONNX file")
+    batches = math.ceil(len(files) / batch_size)
+    bar = functools.partial(tqdm, total=batches, unit="batch", desc="predict", leave=False,
+                            disable=None if progress and batches > 1 else True)  # None: only on a terminal
+    rows = clf.predict(files, top_k=top_k, tta=tta, batch_size=batch_size, progress=bar)
+    if cam:
+        write_cams(clf, rows, Path(cam))
+    if out not in (None, "-"):
+        write_rows(rows, out, top_k)
+    return rows
+
+
+def caches(clear: bool = False) -> dict[str, Any]:
+    """What `resnet cache` lists: the decoded caches (kept under `RESNET_CACHE_LIMIT_GB`, the least
+    recently used dropped first) and the ONNX exports (the most recently used kept), an entry each
+    (`kind`, `path`, `bytes`, `last_used`, `in_use`), where they live and the decoded caches' limit;
+    with `clear`, every one not in use removed first (`removed`: how many)."""
+    decoded = default_cache_dir("decoded")
+    removed = len(prune(decoded, 0) + X.clear_onnx_cache()) if clear else 0
+    entries = ([{"kind": "decoded", **e} for e in cache_entries(decoded)]
+               + [{"kind": "onnx", **e} for e in X.onnx_cache_entries()])
+    return {"entries": entries, "removed": removed, "decoded_dir": str(decoded), "onnx_dir": str(X.onnx_cache_dir()),
+            "decoded_limit_bytes": cache_limit()}
 
 
 def export(checkpoint: str | Path, format: str = "onnx", output: str | Path | None = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import math
@@ -12,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .arguments import build_parser
-from .errors import ConfigError, Interrupted, MachineError, TrainingError, UsageError
+from .errors import Interrupted, MachineError, TrainingError, UsageError
 from .outputs import check_not_empty, check_output_dir, check_output_file, write_rows
 
 
@@ -70,34 +69,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from .api import predict_files
 
-    from .data import NOT_FETCHED, expand_paths
-    from .predict import Classifier, write_cams
-
-    if a.output not in (None, "-") and Path(a.output).suffix.lower() not in (".csv", ".json"):
-        raise ConfigError(f"--output {a.output}: name a .csv or .json file, or - for CSV on stdout")
-    urls = [p for p in a.paths if "://" in p]
-    if urls and len(urls) == len(a.paths):  # nothing to label: a mistake, said before any work
-        raise ConfigError(f"{urls[0]} is a URL: {NOT_FETCHED}")
-    files = expand_paths(a.paths)
-    if a.output not in (None, "-"):
-        check_output_file("--output", a.output, [a.model, *files])
-    if a.cam:
-        check_output_dir("--cam", a.cam, [a.model])
-    if not files:
+    rows = predict_files(a.model, a.paths, output=a.output, cam=a.cam, top_k=a.top_k, tta=a.tta,
+                         batch_size=a.batch_size, device=a.device, amp=a.amp, compile=a.compile, engine=a.engine,
+                         progress=True)
+    if not rows:
         print(f"resnet predict: no files match {' '.join(a.paths)}", file=sys.stderr)
         return 1
-    clf = Classifier.load(a.model, a.device, a.amp, a.compile, a.engine, images=len(files))
-    if a.cam and clf.model is None:
-        raise ConfigError("--cam needs the PyTorch model: give a checkpoint, not an ONNX file")
-    batches = math.ceil(len(files) / a.batch_size)
-    bar = functools.partial(tqdm, total=batches, unit="batch", desc="predict", leave=False,
-                            disable=None if batches > 1 else True)  # None: only on a terminal
-    rows = clf.predict(files, top_k=a.top_k, tta=a.tta, batch_size=a.batch_size, progress=bar)
-    if a.cam:
-        write_cams(clf, rows, Path(a.cam))
-    write_rows(rows, a.output, a.top_k)
+    if a.output in (None, "-"):  # a table, or CSV on stdout
+        write_rows(rows, a.output, a.top_k)
     if not any("label" in r for r in rows):
         reasons = sorted({r["error"] for r in rows})
         print(f"resnet predict: none of the {len(rows)} files could be labelled"
@@ -182,23 +163,21 @@ def cmd_experiment(a: argparse.Namespace) -> int:
 
 
 def cmd_cache(a: argparse.Namespace) -> int:
-    """The decoded caches (kept under `RESNET_CACHE_LIMIT_GB`, least recently used dropped first)
-    and the ONNX exports (the most recently used kept), with what they take."""
     import time
 
-    from .data import cache_entries, cache_limit, default_cache_dir, prune
-    from .exports import clear_onnx_cache, onnx_cache_dir, onnx_cache_entries
+    from .api import caches
 
-    decoded = default_cache_dir("decoded")
+    found = caches(a.clear)
     if a.clear:
-        print(f"removed {len(prune(decoded, 0) + clear_onnx_cache())} caches")
-    rows = [("decoded", e) for e in cache_entries(decoded)] + [("onnx", e) for e in onnx_cache_entries()]
-    for kind, e in rows:
+        print(f"removed {found['removed']} caches")
+    for e in found["entries"]:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
-        print(f"{kind:8} {e['bytes'] / 2**20:10.1f} MiB  last used {when}{'  in use' if e['in_use'] else ''}  {e['path']}")
-    total = sum(e["bytes"] for kind, e in rows if kind == "decoded")
-    print(f"in all: decoded caches {total / 2**30:.2f} of {cache_limit() / 2**30:.0f} GiB ({decoded}); "
-          f"ONNX exports: {sum(1 for kind, _ in rows if kind == 'onnx')} ({onnx_cache_dir()})")
+        print(f"{e['kind']:8} {e['bytes'] / 2**20:10.1f} MiB  last used {when}{'  in use' if e['in_use'] else ''}  "
+              f"{e['path']}")
+    decoded = sum(e["bytes"] for e in found["entries"] if e["kind"] == "decoded")
+    print(f"in all: decoded caches {decoded / 2**30:.2f} of {found['decoded_limit_bytes'] / 2**30:.0f} GiB "
+          f"({found['decoded_dir']}); ONNX exports: {sum(e['kind'] == 'onnx' for e in found['entries'])} "
+          f"({found['onnx_dir']})")
     return 0
 
 
