@@ -461,6 +461,21 @@ def test_a_frozen_body_stays_as_its_pretrained_weights_start(tiny_folder, tmp_pa
         quick(tiny_folder, tmp_path / "scratch", **options)
 
 
+def test_a_torchvision_file_fine_tunes_at_its_own_width_with_its_head_replaced(tiny_folder, tmp_path):
+    """torchvision's ResNet-18 layout (1,000 classes, full width) under the default preset's half
+    width: the network takes the file's width, its classifier is replaced for the 2 classes, and a
+    linear probe (--freeze) leaves every other weight and statistic as the file has it."""
+    from resnet import create_model
+
+    start = create_model("resnet18", num_classes=1000).state_dict()
+    torch.save(start, tmp_path / "resnet18.pth")
+    TL.train(quick(tiny_folder, tmp_path / "run", arch="resnet18", epochs=1, freeze=True,
+                   pretrained=str(tmp_path / "resnet18.pth")))
+    ckpt = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["model_options"]["width"] == 1.0 and ckpt["model"]["fc.weight"].shape == (2, 512)
+    assert all(torch.equal(v, ckpt["model"][k]) for k, v in start.items() if not k.startswith("fc."))
+
+
 @pytest.mark.parametrize("cache,tta,shift", [(False, False, 0), (True, False, 0), (False, True, 0), (False, True, 1)])
 def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path, cache, tta, shift):
     """With the decoded cache or without it, with flip TTA (and shifted views) or without, the
