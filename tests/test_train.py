@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet import budget as TB, config as TC, loop as TL, recipe as TP, records as TRec, run as TR, schedule as TS
+from resnet import budget as TB, config as TC, loop as TL, optim as TO, recipe as TP, records as TRec, run as TR
+from resnet import schedule as TS
 from resnet.checkpoint import CHECKPOINT_SCHEMA, migrate, read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError
 from resnet.recipe import Recipe, eval_size_for
@@ -415,7 +416,7 @@ def test_progressive_crop_sizes():
 def test_no_weight_decay_on_batchnorm_and_biases():
     from resnet import create_model
 
-    decay, no_decay = TR.param_groups(create_model("resnet20"), 1e-4)
+    decay, no_decay = TO.param_groups(create_model("resnet20"), 1e-4)
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0
 
@@ -424,15 +425,15 @@ def test_fine_tuning_rates_fall_by_stage_below_the_classifier_which_alone_trains
     from resnet import create_model
 
     model = create_model("resnet18", num_classes=2)
-    groups = TR.param_groups(model, 1e-4, 0.5, by_stage=True)
+    groups = TO.param_groups(model, 1e-4, 0.5, by_stage=True)
     stage = {id(p): name.split(".")[0] for name, p in model.named_parameters()}
     depth = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4, "conv1": 5, "bn1": 5}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     for g in groups:
         assert {0.5 ** depth[stage[id(p)]] for p in g["params"]} == {g["lr_scale"]}
         assert g["head"] == (g["lr_scale"] == 1.0)
-        assert [TR.lr_scale(g, epoch, 1) for epoch in (0, 1)] == [1.0 if g["head"] else 0.0, g["lr_scale"]]
-    assert TR.lr_scale({"params": []}, 0, 1) == 1.0  # a group restored from an older run: one rate
+        assert [TO.lr_scale(g, epoch, 1) for epoch in (0, 1)] == [1.0 if g["head"] else 0.0, g["lr_scale"]]
+    assert TO.lr_scale({"params": []}, 0, 1) == 1.0  # a group restored from an older run: one rate
 
 
 @pytest.mark.parametrize("options", [dict(freeze_epochs=1, layer_decay=0.5), dict(freeze=True)])

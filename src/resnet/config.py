@@ -69,7 +69,7 @@ class TrainConfig:
     train_like_eval: bool = False         # the tutorial trains on its eval preprocessing
     zero_init_residual: bool = False      # measured: on short schedules it stalls learning
     whiten: bool = False                  # the stem starts as the patches' whitening, frozen (models.whiten_conv)
-    # Fine-tuning (`run.param_groups`): only the classifier trains for the first `freeze_epochs`
+    # Fine-tuning (`optim.param_groups`): only the classifier trains for the first `freeze_epochs`
     # (fastai's fine_tune); each stage below it at `layer_decay` times the rate of the stage above
     # (timm's --layer-decay; fastai's discriminative rates); `freeze`: only ever the classifier (a
     # linear probe: the pretrained body and its BatchNorm statistics kept as they are).

@@ -29,7 +29,8 @@ from .errors import Interrupted, TrainingError
 from .metrics import class_scores
 from .outputs import write_text_atomically
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
-from .run import Run, RunState, lr_scale, set_up
+from .optim import lr_scale
+from .run import Run, RunState, set_up
 from .runtime import TorchNet, autocast, run_eval
 from .transforms import normalize
 

@@ -143,7 +143,7 @@ def _train_step(net: runtime.TorchNet, model: torch.nn.Module, dev: torch.device
                 batch_size: int, img_size: int) -> Callable[[], None]:
     """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
     from .config import TrainConfig
-    from .run import make_optimizer  # the training run's optimiser, measured as it is
+    from .optim import make_optimizer  # the training run's optimiser, measured as it is
 
     model.train()
     x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
