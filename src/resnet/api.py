@@ -84,13 +84,14 @@ def predict_files(model: str | Path, paths: str | Path | list[str | Path], *, ou
     an input; a CAM from an ONNX file (no gradients there)."""
     paths = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     out = None if output is None else str(output)
-    if out not in (None, "-") and Path(out).suffix.lower() not in (".csv", ".json"):
+    to_file = out not in (None, "-")  # else the caller prints the rows (a table, or CSV on stdout)
+    if to_file and Path(out).suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--output {out}: name a .csv or .json file, or - for CSV on stdout")
     urls = [p for p in paths if "://" in p]
     if urls and len(urls) == len(paths):
         raise ConfigError(f"{urls[0]} is a URL: {NOT_FETCHED}")
     files = expand_paths(paths)
-    if out not in (None, "-"):
+    if to_file:
         check_output_file("--output", out, [model, *files])
     if cam:
         check_output_dir("--cam", cam, [model])
@@ -105,7 +106,7 @@ def predict_files(model: str | Path, paths: str | Path | list[str | Path], *, ou
     rows = clf.predict(files, top_k=top_k, tta=tta, batch_size=batch_size, progress=bar)
     if cam:
         write_cams(clf, rows, Path(cam))
-    if out not in (None, "-"):
+    if to_file:
         write_rows(rows, out, top_k)
     return rows
 

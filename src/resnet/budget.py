@@ -243,8 +243,9 @@ def val_forwards(cfg: TrainConfig, split: DataSplit, world: int) -> int:
 def size_for_budget(cfg: TrainConfig, recipe: Recipe, split: DataSplit, device: torch.device, batch: int,
                     world: int, dtype: torch.dtype | None) -> tuple[TrainConfig, str, int]:
     """(the configuration at the largest (width, crop size) of the recipe's ladder that still gets
-    its `enough_epochs` in `--max-minutes`, why, the whole epochs it gets). More epochs of a small network stop paying once
-    it has enough; a budget that buys more goes to resolution and width instead. Each candidate's
+    its `enough_epochs` in `--max-minutes`, why, the whole epochs it gets). More epochs of a small
+    network stop paying once it has enough; a budget that buys more goes to resolution and width
+    instead. Each candidate's
     forward + backward is timed on random batches at its first and last crop sizes and turned into
     epochs by the budget's own fit; the loader and the decoded cache are left out (the run's timed
     steps fix the real count), in the run's precision `dtype`. Every rank takes rank 0's choice."""

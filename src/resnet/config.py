@@ -166,15 +166,21 @@ def check_options(values: dict[str, Any]) -> None:
             raise ConfigError(f"{flag(name)} must be {' or '.join(what for _, what in kinds)}, not {value!r}")
 
 
+def check_range(name: str, value: Any) -> None:
+    """`value` within what option `name` allows (`_RANGES`), or a `ConfigError` saying so: for
+    every entrance that takes the option, the command line's training or another command's."""
+    ok, allowed = _RANGES[name]
+    if not ok(value):
+        raise ConfigError(f"{flag(name)} must be {allowed}, not {value!r}")
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Every value of its type and in its range and --out a folder it can write, before anything
     is read or written: a `ConfigError` naming the option, its value and what is allowed; and
     nothing the network cannot take, whether typed or planned (`check_for_arch`)."""
     check_options({f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
-    for name, (ok, allowed) in _RANGES.items():
-        value = getattr(cfg, name)
-        if not ok(value):
-            raise ConfigError(f"{flag(name)} must be {allowed}, not {value!r}")
+    for name in _RANGES:
+        check_range(name, getattr(cfg, name))
     from .data import check_label_pattern
     from .models import model_spec
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import data as D
 from .budget import fit, recent, steady_fit
-from .config import make_config
+from .config import check_range, make_config
 from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
                         EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, VAL_BATCH_COST, VAL_BATCH_FACTOR)
 from .errors import ConfigError
@@ -166,15 +166,14 @@ def epoch_of_each(runs: dict[str, tuple[Run, RunState]]) -> None:
 def degradation(data: str | Path, out: str | Path, val: str | Path | None = None,
                 depths: Sequence[int] | str = (20, 56), epochs: int | None = None, max_minutes: float | None = None,
                 train_images: int | None = None, test_images: int | None = None, seed: int = 0, workers: int = 0,
-                batch_size: int | None = None,
-                lr: float | None = None, warmup_epochs: float | None = None, device: str = "auto") -> dict[str, Any]:
+                batch_size: int | None = None, lr: float | None = None, warmup_epochs: float | None = None,
+                device: str = "auto") -> dict[str, Any]:
     """Train plain and residual networks of each depth side by side on the same images for the
     same epochs; write plan.json, history.csv, summary.json and figure6.png to `out`. Returns the
     summary. With `max_minutes` the plan fits the whole experiment, set-up included, in it."""
     if (epochs is None) == (max_minutes is None):
         raise ConfigError("give --epochs N or --max-minutes M (one of them)")
-    if max_minutes is not None and max_minutes <= 0:
-        raise ConfigError(f"--max-minutes must be positive, not {max_minutes}")
+    check_range("max_minutes", max_minutes)
     archs = networks(depths)
     check_output_dir("--out", out, [data, *([val] if val else [])])
     with sole_writer(out):  # one experiment writes a folder at a time

@@ -27,9 +27,9 @@ from .device import is_out_of_memory, out_of_memory, pick_device
 from .constants import FIRST_FIT_STEPS, UNTIMED_STEPS
 from .errors import Interrupted, TrainingError
 from .metrics import class_scores
+from .optim import lr_scale
 from .outputs import write_text_atomically
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
-from .optim import lr_scale
 from .run import Run, RunState, set_up
 from .runtime import TorchNet, autocast, run_eval
 from .transforms import normalize

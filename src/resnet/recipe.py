@@ -98,7 +98,8 @@ def _small_images(stats: DataStats, budget: bool) -> Recipe:
 
 
 def _photos(stats: DataStats, epochs: int | None, budget: bool) -> Recipe:
-    augment, augment_why = _auto_augment(stats, epochs, budget)
+    per_class = stats.images / max(1, stats.classes)
+    augment, augment_why = _auto_augment(per_class, epochs, budget)
     # Never above the resolution the photos hold: the rungs whose evaluation size fits the median
     # shorter side (and always one: the largest multiple of SIZE_STEP that does).
     ladder = tuple(r for r in SIZE_LADDER if eval_size_for(r[1]) <= stats.short_side)
@@ -108,7 +109,6 @@ def _photos(stats: DataStats, epochs: int | None, budget: bool) -> Recipe:
                (("schedule",), f"the peak learning rate for {FLAT_FRACTION:.0%} of the run, then a cosine to zero "
                                "(fastai's flat-cos: +1.4 points on imagenette-3k at 67 epochs, 4 seeds)"),
                (("auto_augment",), augment_why)]
-    per_class = stats.images / max(1, stats.classes)
     if per_class <= FEW_PHOTOS_A_CLASS:  # advice, shown unless --pretrained was given (it then plans nothing)
         reasons.insert(0, (("pretrained",), f"few photos a class ({per_class:.0f} on average, at most "
                                             f"{FEW_PHOTOS_A_CLASS}): from scratch a network learns little from so few "
@@ -128,10 +128,10 @@ def _photos(stats: DataStats, epochs: int | None, budget: bool) -> Recipe:
     return Recipe("photos", values, ladder, EPOCHS_TO_GROW, reasons)
 
 
-def _auto_augment(stats: DataStats, epochs: int | None, budget: bool) -> tuple[str, str]:
-    """(policy, why): TrivialAugment where the network would over-fit, few images a class trained
-    for long enough (a budget's epochs unknown yet: by the images alone, until it is sized)."""
-    per_class = stats.images / max(1, stats.classes)
+def _auto_augment(per_class: float, epochs: int | None, budget: bool) -> tuple[str, str]:
+    """(policy, why): TrivialAugment where the network would over-fit, `per_class` images a class
+    (on average) trained for long enough (a budget's epochs unknown yet: by the images alone,
+    until it is sized)."""
     if per_class > AUTO_AUGMENT_MAX_PER_CLASS:
         return "none", (f"no TrivialAugment: {per_class:.0f} images a class (more than {AUTO_AUGMENT_MAX_PER_CLASS}) "
                         "leave little over-fitting for it to regularise")

@@ -243,7 +243,7 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
         cfg, recipe, recipe_lines = apply_recipe(cfg, stats)
     counts = class_counts(split.train, len(split.classes))
     cfg, balance_lines = with_class_balance(cfg, counts, resuming)
-    history = RunState.restore(cfg.epochs, state).history if resuming else []  # its epochs so far
+    history = state["progress"]["history"] if resuming else []  # its epochs so far
     cfg = capped_batch(cfg, len(split.train), world) if not resuming else cfg
     batch = ddp.per_rank_batch(cfg.batch_size, world)
     # Before the first step (the precision's timing is one): a step that cannot fit is one line, not an OOM kill.

@@ -15,10 +15,11 @@ from . import data as D
 from . import policy, runtime
 from .budget import step_seconds
 from .checkpoint import save_checkpoint
+from .config import TrainConfig, check_range
 from .device import check_step_memory, pick_device
 from .errors import ConfigError, DataError
 from .models import create_model
-from .options import BENCHMARKS, MIN_IMG_SIZE
+from .options import BENCHMARKS
 from .predict import Classifier
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
 
@@ -46,8 +47,7 @@ def benchmark(task: str, root: str | None = None, *, arch: str = "resnet18", img
     (a loader's batch), 32 for `train` and `infer`."""
     if task not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {task!r}; choose from: {', '.join(BENCHMARKS)}")
-    if img_size < MIN_IMG_SIZE:
-        raise ConfigError(f"--img-size must be at least {MIN_IMG_SIZE}, not {img_size}")
+    check_range("img_size", img_size)
     if task == "data":
         if not root:
             raise DataError("benchmark data needs an image folder")
@@ -142,7 +142,6 @@ def _timed(step: Callable[[], Any], steps: int, dev: torch.device) -> float:
 def _train_step(net: runtime.TorchNet, model: torch.nn.Module, dev: torch.device, dtype: torch.dtype | None,
                 batch_size: int, img_size: int) -> Callable[[], None]:
     """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
-    from .config import TrainConfig
     from .optim import make_optimizer  # the training run's optimiser, measured as it is
 
     model.train()
