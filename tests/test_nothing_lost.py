@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,26 @@ print(cache.dir, cache.damage, len(cache.entries))
     assert shared.ready and shared.damage is None
     assert all((shared.get(i) == alone.get(i)).all() for i in range(len(samples)))
     assert not [p for p in Path(outputs[0][0]).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_listing_caches_while_another_process_writes_one_does_not_fail(tmp_path):
+    """A second node's builder renames its index's temporary file into place while this one lists
+    the caches to prune them (two torchrun nodes on one machine, one cache folder): a file gone
+    between the listing and its size is not counted, not a FileNotFoundError that ends the run."""
+    folder = tmp_path / "caches" / "abc"
+    folder.mkdir(parents=True)
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+from resnet.outputs import write_text_atomically
+while True:
+    write_text_atomically({str(folder / 'index.json')!r}, 'x' * 100)
+"""])
+    try:
+        while not (folder / "index.json").exists():
+            time.sleep(0.01)
+        sizes = {D.cache_entries(tmp_path / "caches")[0]["bytes"] for _ in range(3000)}
+    finally:
+        writer.kill()
+    assert sizes <= {100, 200}  # the index, and at moments its next copy beside it
 
 
 def limited(gib: float):

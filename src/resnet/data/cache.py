@@ -219,14 +219,32 @@ def cache_entries(root: str | Path) -> list[dict]:
     """Every cache in `root`, least recently used first: folder, bytes, last use, in use."""
     entries = []
     for folder in sorted(Path(root).glob("*")) if Path(root).is_dir() else []:
-        if not folder.is_dir():
+        try:
+            size, last = _bytes(folder), _last_used(folder)
+        except (FileNotFoundError, NotADirectoryError):  # removed by another process's prune meanwhile
             continue
-        files = [f for f in folder.iterdir() if f.is_file()]
-        lock = folder / "lock"
-        last = (lock if lock.exists() else folder).stat().st_mtime
-        entries.append({"path": str(folder), "bytes": sum(f.stat().st_size for f in files),
-                        "last_used": last, "in_use": _in_use(folder)})
+        entries.append({"path": str(folder), "bytes": size, "last_used": last, "in_use": _in_use(folder)})
     return sorted(entries, key=lambda e: e["last_used"])
+
+
+def _bytes(folder: Path) -> int:
+    """The bytes of the files in `folder`. Another process may be building the same cache: a
+    temporary file it renames or removes between the listing and its `stat` is not counted."""
+    total = 0
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def _last_used(folder: Path) -> float:
+    try:
+        return (folder / "lock").stat().st_mtime
+    except FileNotFoundError:
+        return folder.stat().st_mtime
 
 
 def _in_use(folder: Path) -> bool:
