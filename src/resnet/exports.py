@@ -107,9 +107,14 @@ def onnx_cache_path(key: str, cache_dir: str | Path | None = None) -> Path:
 def onnx_cache_entries(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """The cached exports, least recently used first, as `data.cache_entries` lists the decoded
     caches (an engine reads its export whole when it loads it: none is ever in use)."""
-    files = sorted(onnx_cache_dir(cache_dir).glob("*.onnx"), key=lambda f: f.stat().st_mtime)
-    return [{"path": str(f), "bytes": f.stat().st_size, "last_used": f.stat().st_mtime, "in_use": False}
-            for f in files]
+    entries = []
+    for f in onnx_cache_dir(cache_dir).glob("*.onnx"):
+        try:
+            st = f.stat()
+        except FileNotFoundError:  # dropped by another process meanwhile
+            continue
+        entries.append({"path": str(f), "bytes": st.st_size, "last_used": st.st_mtime, "in_use": False})
+    return sorted(entries, key=lambda e: e["last_used"])
 
 
 def clear_onnx_cache(cache_dir: str | Path | None = None, keep: int = 0) -> list[str]:
