@@ -7,7 +7,8 @@ per run and a markdown table with the CPU's model and flags.
 
 The split: 500 images a class drawn with random.Random(0) from the JPEG training set of
 ../shared/datasets/cifar10-train.tar.gz (extracted once into WORK/train), linked into WORK/tr and
-WORK/held. Ours is scored by `resnet evaluate` on its best.pt both ways, with flip TTA (mirror
+WORK/held. Ours is scored by `resnet evaluate` on its final weights (last.pt: its best.pt was chosen
+on these very images, and the peer reports its final weights too) both ways, with flip TTA (mirror
 images averaged, as the model is scored when trained on small images and as the peer's figure is)
 and without (`--no-tta`); the peer reports both. The peer's budget covers training only (its JPEG decoding is
 cached and not counted); ours counts everything after the command starts: scanning, decoding,
@@ -77,7 +78,7 @@ def main() -> None:
     # Both ways, whichever the model is scored by (evaluation.json has its own): flip TTA and none.
     scores = {}
     for tta in ("--tta", "--no-tta"):
-        run([resnet, "evaluate", str(out_dir / "best.pt"), str(held), tta, "--json", str(out_dir / f"{tta[2:]}.json")])
+        run([resnet, "evaluate", str(out_dir / "last.pt"), str(held), tta, "--json", str(out_dir / f"{tta[2:]}.json")])
         scores[tta] = json.loads((out_dir / f"{tta[2:]}.json").read_text())["accuracy"]
     epochs = len((out_dir / "metrics.csv").read_text().splitlines()) - 1
     rows.append({"run": f"resnet train --max-minutes {a.minutes:g}", "accuracy": scores["--no-tta"],
