@@ -10,6 +10,7 @@ import torch
 import resnet
 from resnet.checkpoint import read_checkpoint
 from resnet.cli import main
+from resnet.constants import FINETUNE_BATCH, FINETUNE_LR
 from resnet.errors import ConfigError
 
 OPTIONS = dict(arch="resnet20", img_size=24, epochs=1, batch_size=8, workers=0, deterministic=True, seed=3,
@@ -59,6 +60,24 @@ def test_pretrained_weights_pick_finetune_and_training_starts_from_them(tiny_fol
     for name, tensor in source.state_dict().items():
         if name.endswith("conv1.weight") or name == "fc.weight":
             assert torch.allclose(trained[name], tensor, atol=1e-6), name
+
+
+def test_fine_tuning_a_small_folder_is_planned_from_the_pretrained_file(tiny_folder, tmp_path, capsys):
+    """The run takes the size the pretrained checkpoint was evaluated at and, its folder being a few
+    dozen photos, small batches at the higher rate; the plan says both (a run that planned nothing
+    would train at the preset's 224 px in batches of 64)."""
+    from resnet.checkpoint import model_card, save_checkpoint
+
+    card = model_card("resnet20", {}, ["a", "b", "c"], 40, 1.0, False)
+    save_checkpoint(tmp_path / "source.pt", {**card, "model": resnet.create_model("resnet20", num_classes=3).state_dict()})
+    resnet.train(tiny_folder, out=str(tmp_path / "run"), pretrained=str(tmp_path / "source.pt"), arch="resnet20",
+                 epochs=1, workers=0, val_split=0.25)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["img_size"], config["eval_size"], config["batch_size"], config["lr"]) == (
+        40, 40, FINETUNE_BATCH, FINETUNE_LR)
+    plan = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan:")]
+    assert any("40 px, the size the pretrained model was evaluated at" in line for line in plan), plan
+    assert any(f"1 epochs of 1 steps of {FINETUNE_BATCH}" in line for line in plan), plan
 
 
 @pytest.mark.parametrize("options, needle", [

@@ -368,6 +368,23 @@ def test_safetensors_and_wrapper_prefixes(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
+def test_pretrained_files_say_the_size_their_model_was_evaluated_at(tmp_path):
+    """A checkpoint and its safetensors export carry the model card's size, which fine-tuning
+    takes; torchvision's file carries none."""
+    from resnet.checkpoint import model_card, save_checkpoint
+    from resnet.exports import export_safetensors
+    from resnet.models import read_pretrained
+
+    model = create_model("resnet20", num_classes=2)
+    card = model_card("resnet20", {}, ["a", "b"], 40, 1.0, False)
+    save_checkpoint(tmp_path / "run.pt", {**card, "model": model.state_dict()})
+    export_safetensors(tmp_path / "run.pt", tmp_path / "run.safetensors")
+    for name in ("run.pt", "run.safetensors"):
+        weights, size = read_pretrained(str(tmp_path / name))
+        assert size == 40 and all(torch.equal(weights[k], v) for k, v in model.state_dict().items()), name
+    assert read_pretrained(str(_torchvision_file(tmp_path)))[1] is None
+
+
 def test_head_of_another_size_is_replaced_and_the_user_told(tmp_path, caplog):
     path = _torchvision_file(tmp_path, 1000)
     source = torch.load(path, weights_only=True)

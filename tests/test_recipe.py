@@ -13,7 +13,8 @@ from resnet.data.stats import DataStats
 from resnet.recipe import eval_size_for, plan_recipe
 from resnet.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
 from resnet.constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, EPOCHS_TO_GROW,
-                              FEW_PHOTOS_A_CLASS, IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX)
+                              FEW_PHOTOS_A_CLASS, FINETUNE_BATCH, FINETUNE_LR, FINETUNE_MAX_EPOCHS, FINETUNE_STEPS,
+                              IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX)
 
 from conftest import killed_before_epoch, photo
 
@@ -120,6 +121,30 @@ def test_few_photos_a_class_are_told_to_start_from_pretrained_weights(tmp_path):
     assert "--pretrained imagenet" in lines[0] and "--pretrained FILE" in lines[0]
     assert advice(224, 10 * FEW_PHOTOS_A_CLASS + 10) == []
     assert advice(32, 300) == []
+
+
+def test_fine_tuning_a_small_folder_takes_enough_steps_at_the_size_the_weights_know(tmp_path):
+    """60 photos with the preset's 5 epochs of 64 were 5 steps, learning nothing (measured): a
+    folder of fewer than 10 batches gets small batches, a higher rate and enough epochs; a large
+    folder keeps the preset's steps. The size is the one the pretrained file was evaluated at,
+    where it says; what the user gave wins over both."""
+    def plan(images: int, trained_at: int | None = 120, **given) -> tuple[TC.TrainConfig, list[str]]:
+        cfg = TC.make_config("finetune", data=str(tmp_path), out=str(tmp_path / "r"), pretrained="w.pt", **given)
+        return TP.plan_finetune(cfg, images, trained_at)
+
+    cfg, lines = plan(48)
+    assert (cfg.batch_size, cfg.lr, cfg.epochs) == (FINETUNE_BATCH, FINETUNE_LR, FINETUNE_MAX_EPOCHS)
+    assert (cfg.img_size, cfg.min_img_size, cfg.eval_size) == (120, 120, 120)
+    assert len(lines) == 2 and "120 px" in lines[0] and f"{FINETUNE_MAX_EPOCHS} epochs of 3 steps of 16" in lines[1]
+    cfg, _ = plan(600)  # 37 steps an epoch: enough epochs for the steps, no more
+    assert cfg.epochs == -(-FINETUNE_STEPS // 37) < FINETUNE_MAX_EPOCHS and cfg.batch_size == FINETUNE_BATCH
+    preset = TC.make_config("finetune", data=str(tmp_path), out=str(tmp_path / "r"))
+    cfg, lines = plan(10_000, None)  # torchvision's file says no size: the preset's 224
+    assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.img_size, cfg.eval_size) == (
+        preset.batch_size, preset.lr, preset.epochs, 224, 224) and lines == []
+    cfg, lines = plan(48, img_size=160, batch_size=8, lr=0.01, epochs=3)
+    assert (cfg.img_size, cfg.eval_size, cfg.batch_size, cfg.lr, cfg.epochs) == (160, 160, 8, 0.01, 3)
+    assert len(lines) == 1 and "3 epochs of 6 steps of 8 at lr 0.01" in lines[0]
 
 
 def test_small_images_add_the_shifted_views_only_for_fixed_epochs(tmp_path):

@@ -136,6 +136,21 @@ AUTO_AUGMENT_MIN_EPOCHS = 40
 # 4,000 a class of dogs vs. cats reach 95 % and imagenette's 9,469 photos 84 % in 10 minutes.
 FEW_PHOTOS_A_CLASS = 300
 
+# Fine-tuning (the `finetune` preset, --pretrained) on a folder whose epoch holds fewer than
+# FINETUNE_SMALL_STEPS batches of the preset's: batches of FINETUNE_BATCH at FINETUNE_LR (per 256)
+# for FINETUNE_STEPS steps, in at most FINETUNE_MAX_EPOCHS epochs. Measured from a half-width
+# ResNet-18 trained on imagenette-3k (120 px) on dogs vs. cats at 30 / 100 photos a class, final
+# weights scored on 2,000 other photos, mean of seeds 0 and 1 (docs/benchmarks.md, "A few photos a
+# class"): the preset's 5 epochs of 64 at lr 0.02 and 224 px (5 steps for 30 a class) 51.0 / 51.8 %;
+# at 112 px, batch 16, 20 epochs: lr 0.02 55.9 / 63.1, 0.05 58.8 / 66.6, 0.2 61.2 / 69.1 % (batch 32:
+# 60.5 / 68.8 %); 40 epochs at 0.2 66.1 / 70.7, at 0.4 67.5 / 70.9 %; 80 epochs at 0.2 66.7 / 71.3 %.
+# 224 px rather than 112 (20 epochs at 0.02): -2.3 / -5.8 points; 96 or 120 px: within a point.
+FINETUNE_SMALL_STEPS = 10
+FINETUNE_BATCH = 16
+FINETUNE_LR = 0.4
+FINETUNE_STEPS = 400
+FINETUNE_MAX_EPOCHS = 40
+
 # A larger size is taken only while it still gets this many epochs in the budget (as estimated
 # before the run, from timed forward + backward: ~15 % above the epochs the run then gets, whose
 # loader and cache the estimate leaves out). Measured on the development CPU: 20 minutes buy the

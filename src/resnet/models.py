@@ -525,6 +525,13 @@ def _fetch_url(url: str) -> dict[str, Tensor]:
 def read_weights(src: str, arch: str | None = None) -> dict[str, Tensor]:
     """A state_dict from a local .pth/.pt/.safetensors file, an http(s)/file URL, or "imagenet"
     (torchvision's official weights for `arch`). Our own checkpoints are accepted too."""
+    return read_pretrained(src, arch)[0]
+
+
+def read_pretrained(src: str, arch: str | None = None) -> tuple[dict[str, Tensor], int | None]:
+    """(the state_dict `read_weights` reads, the size its model was evaluated at where the file
+    says: our checkpoints and safetensors exports carry a model card; torchvision's files do not)."""
+    size = None
     if src == "imagenet":
         url = model_spec(arch).imagenet_url if arch else None
         if not url:
@@ -533,25 +540,32 @@ def read_weights(src: str, arch: str | None = None) -> dict[str, Tensor]:
     elif re.match(r"^(https?|file)://", src):
         state = _fetch_url(src)
     else:
-        path = Path(src)
-        if not path.is_file():
-            raise WeightsError(f"weights file not found: {src}")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-            raise WeightsError(f"cannot read weights from {src}: {first_line(e)}") from e
+        state, size = _read_file(src)
     if isinstance(state, dict):
+        size = size or (state.get("eval_size") if isinstance(state.get("eval_size"), int) else None)
         for key in ("model", "state_dict"):  # our checkpoints, and common training scripts
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"{src} does not hold a state_dict of tensors")
-    return clean_state_dict(state)
+    return clean_state_dict(state), size
+
+
+def _read_file(src: str) -> tuple[object, int | None]:
+    """(what a weights file holds, the evaluation size in a safetensors file's metadata)."""
+    path = Path(src)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {src}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt") as f:
+                size = (f.metadata() or {}).get("eval_size", "")
+                return {k: f.get_tensor(k) for k in f.keys()}, int(size) if size.isdigit() else None
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise WeightsError(f"cannot read weights from {src}: {first_line(e)}") from e
 
 
 def fit_weights(model: nn.Module, weights: dict[str, Tensor], src: str, arch: str | None = None

@@ -54,7 +54,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                         batch_size=128, lr=0.2, momentum=0.9, nesterov=False, weight_decay=1e-4,
                         schedule="step", warmup_epochs=0.0, label_smoothing=0.0, augment="pad-crop",
                         val_split=0.1, epochs=182),
-    # Fine-tuning ImageNet weights: full resolution, a tenth of the learning rate, short.
+    # Fine-tuning ImageNet weights: full resolution, a twentieth of the learning rate, short; planned
+    # from the pretrained file and the folder where they say more (recipe.plan_finetune).
     "finetune": dict(width=1.0, img_size=224, min_img_size=224, eval_size=224, lr=0.02, epochs=5, warmup_epochs=0.5,
                      scale_min=0.35, weight_decay=1e-4),
 }

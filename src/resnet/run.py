@@ -27,11 +27,11 @@ from .constants import (AUTO_CACHE_BYTES, LOGIT_ADJUST_TAU, VAL_BATCH_FACTOR, WA
 from .device import check_step_memory, pick_device
 from .errors import ConfigError
 from .metrics import imbalanced
-from .models import create_model, fit_weights, load_pretrained, read_weights, whiten_conv
+from .models import create_model, fit_weights, load_pretrained, read_pretrained, whiten_conv
 from .optim import make_optimizer
 from .options import MAX_WIDTH
 from .policy import Precision, choose_precision, kept_precision
-from .recipe import apply_recipe, class_balance_for, eval_size_for, recipe_applies
+from .recipe import apply_recipe, class_balance_for, eval_size_for, plan_finetune, recipe_applies
 from .runtime import memory_format
 from .schedule import crop_size_at, lr_at
 from .transforms import EvalTransform, PadCropTransform, TrainTransform, normalize
@@ -227,7 +227,7 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     device = set_up_device(cfg)
     rank, world, local_rank = ddp.start(device)
     seed_everything(cfg.seed, cfg.deterministic)
-    weights = read_weights(cfg.pretrained, cfg.arch) if cfg.pretrained and not resuming else None
+    weights, trained_at = read_pretrained(cfg.pretrained, cfg.arch) if cfg.pretrained and not resuming else (None, None)
     if weights is not None:
         cfg = fitted_to(cfg, weights)
     split = D.discover(cfg.data, cfg.val, cfg.val_split, cfg.seed, cfg.label_pattern)
@@ -241,6 +241,8 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     if not resuming and recipe_applies(cfg):
         stats = D.describe(split.train, len(split.classes), cfg.seed)
         cfg, recipe, recipe_lines = apply_recipe(cfg, stats)
+    elif weights is not None and cfg.preset == "finetune":
+        cfg, recipe_lines = plan_finetune(cfg, len(split.train), trained_at)
     counts = class_counts(split.train, len(split.classes))
     cfg, balance_lines = with_class_balance(cfg, counts, resuming)
     history = state["progress"]["history"] if resuming else []  # its epochs so far
