@@ -351,11 +351,13 @@ def test_a_budget_trains_the_largest_size_its_compute_buys(tiny_folder, tmp_path
     assert f"{planned} epochs of" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("given", [{}, {"img_size": 64}])
 @pytest.mark.parametrize("bought, augment", [(24, "none"), (67, "ta_wide")])
-def test_a_budget_plans_again_from_the_epochs_its_size_buys(tiny_folder, tmp_path, monkeypatch, bought, augment):
+def test_a_budget_plans_again_from_the_epochs_its_size_buys(tiny_folder, tmp_path, monkeypatch, bought, augment,
+                                                           given):
     """Photos of few images a class plan TrivialAugment before the budget is sized; the run trains
     with what the epochs its size buys decide (24 are too few: it lost 2.9 points at 20), and its
-    plan says so."""
+    plan says so. A size given is timed too (the epochs it buys), and kept."""
     from resnet.data.stats import DataStats
 
     photos = DataStats(images=200, classes=2, short_side=180, short_side_p10=180, short_side_p90=180, grey=0.0,
@@ -363,8 +365,8 @@ def test_a_budget_plans_again_from_the_epochs_its_size_buys(tiny_folder, tmp_pat
     monkeypatch.setattr(TR.D, "describe", lambda *a: photos)
     monkeypatch.setattr(TR, "size_for_budget", lambda cfg, *a: (replace(cfg, width=0.5, img_size=32), "sized", bought))
     run = TR.set_up(TC.make_config("default", data=str(tiny_folder), out=str(tmp_path / "run"), max_minutes=1.0,
-                                   workers=0), None)
-    assert run.cfg.auto_augment == augment
+                                   workers=0, **given), None)
+    assert run.cfg.auto_augment == augment and run.cfg.img_size == given.get("img_size", 32)
     assert any(f"the {bought} epochs the time budget buys" in line for line in run.plan_lines), run.plan_lines
     assert sum("TrivialAugment" in line for line in run.plan_lines) == 1  # the first plan's line replaced
 
