@@ -142,3 +142,15 @@ def test_predict_files_labels_and_writes_what_the_command_does(trained, tmp_path
     assert resnet.predict_files(run / "best.pt", [str(tmp_path / "none-*.png")]) == []
     with pytest.raises(ConfigError, match="is a URL"):
         resnet.predict_files(tmp_path / "not-read.pt", "https://example.com/cat.jpg")
+
+
+def test_evaluate_model_scores_and_writes_what_the_command_does(trained, tmp_path):
+    """`resnet.evaluate_model` is `resnet evaluate`: the same result in the same JSON, the report
+    written; a JSON onto the model is refused before anything is scored."""
+    data, run = trained
+    result, report = resnet.evaluate_model(run / "best.pt", data, json=tmp_path / "api.json", report=tmp_path / "r")
+    assert main(["evaluate", str(run / "best.pt"), str(data), "--json", str(tmp_path / "cli.json")]) == 0
+    assert json.loads((tmp_path / "api.json").read_text()) == json.loads((tmp_path / "cli.json").read_text())
+    assert result["num_images"] == 24 and report == tmp_path / "r" / "report.md" and report.is_file()
+    with pytest.raises(ConfigError, match="would overwrite the input"):
+        resnet.evaluate_model(run / "best.pt", data, json=run / "best.pt")

@@ -8,13 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["Classifier", "TrainConfig", "benchmark", "create_model", "export", "list_models", "load_checkpoint",
-           "predict_files", "train"]
+__all__ = ["Classifier", "TrainConfig", "benchmark", "create_model", "evaluate_model", "export", "list_models",
+           "load_checkpoint", "predict_files", "train"]
 __version__ = "0.1.0"
 
 _WHERE = {"Classifier": "predict", "TrainConfig": "config", "benchmark": "throughput", "create_model": "models",
-          "export": "api", "list_models": "models", "load_checkpoint": "checkpoint", "predict_files": "api",
-          "train": "api"}
+          "evaluate_model": "api", "export": "api", "list_models": "models", "load_checkpoint": "checkpoint",
+          "predict_files": "api", "train": "api"}
 
 
 def __getattr__(name: str) -> Any:

@@ -65,11 +65,27 @@ def train(data: str | Path | None = None, *, preset: str | None = None, resume: 
         summary = loop.train(cfg, state)
         out = Path(summary["out"])
         if report and summary["main_process"] and summary["validated"] and (out / "best.pt").is_file():
-            result, samples, probs = evaluate(out / "best.pt", out / "val.csv", workers=cfg.workers, device=cfg.device)
-            write_json(out / "evaluation.json", result)
-            summary["evaluation"] = result
-            summary["report"] = write_report(out / "report", result, samples, probs, out / "metrics.csv")
+            summary["evaluation"], summary["report"] = evaluate_model(
+                out / "best.pt", out / "val.csv", json=out / "evaluation.json", report=out / "report",
+                workers=cfg.workers, device=cfg.device)
         return summary
+
+
+def evaluate_model(model: str | Path, data: str | Path, *, json: str | Path | None = None,
+                   report: str | Path | None = None, **options: Any) -> tuple[dict[str, Any], Path | None]:
+    """(the result, the report's report.md) of `resnet evaluate`: `model` scored on `data` by
+    `evaluate.evaluate` (`options` are its own), the result written to `json` and the report (with
+    the training curves of the metrics.csv beside the model, where there is one) into `report`.
+    The outputs are checked before the model is loaded: never onto the model or the data."""
+    if json:
+        check_output_file("--json", json, [model, data])
+    if report:
+        check_output_dir("--report", report, [data])
+    result, samples, probs = evaluate(model, data, **options)
+    if json:
+        write_json(json, result)
+    written = write_report(report, result, samples, probs, Path(model).parent / "metrics.csv") if report else None
+    return result, written
 
 
 def predict_files(model: str | Path, paths: str | Path | list[str | Path], *, output: str | Path | None = None,

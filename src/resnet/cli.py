@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .arguments import build_parser
 from .errors import Interrupted, MachineError, TrainingError, UsageError
-from .outputs import check_not_empty, check_output_dir, check_output_file, write_rows
+from .outputs import check_not_empty, write_rows
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -44,19 +44,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import evaluate, headline_lines, write_json, write_report
+    from .api import evaluate_model
+    from .evaluate import headline_lines
 
-    if a.json:
-        check_output_file("--json", a.json, [a.checkpoint, a.data])
-    if a.report:
-        check_output_dir("--report", a.report, [a.data])
-    result, samples, probs = evaluate(a.checkpoint, a.data, a.tta, a.batch_size, a.workers, a.device,
-                                      a.label_pattern, a.amp, a.compile, a.engine)
-    if a.json:
-        write_json(a.json, result)
-    if a.report:
-        metrics = Path(a.checkpoint).parent / "metrics.csv"
-        print(f"report: {write_report(a.report, result, samples, probs, metrics)}")
+    result, report = evaluate_model(a.checkpoint, a.data, json=a.json, report=a.report, tta=a.tta,
+                                    batch_size=a.batch_size, workers=a.workers, device=a.device,
+                                    label_pattern=a.label_pattern, amp=a.amp, compile=a.compile, engine=a.engine)
+    if report:
+        print(f"report: {report}")
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} unreadable files")
     print(f"inference: {result['precision']} ({result['precision_reason']}) on {result['engine']} "
