@@ -13,10 +13,11 @@ import statistics
 
 import torch
 
-from resnet import create_model, policy, runtime
+from resnet import create_model
+from resnet.inference import policy, runtime
 from resnet.device import pick_device
 from resnet.throughput import cpu_description
-from resnet.budget import step_seconds
+from resnet.training.budget import step_seconds
 
 # (arch, width, crop px, batch): the default preset's network at its final and evaluation sizes,
 # full-width ResNet-18 and ResNet-50 at 224 px, the paper's ResNet-20 at 32 px.

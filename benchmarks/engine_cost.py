@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from resnet import runtime
+from resnet.inference import runtime
 from resnet.throughput import cpu_description, save_benchmark_checkpoint
 from resnet.models import create_model
-from resnet.predict import Classifier
+from resnet.inference.predict import Classifier
 
 
 def random_resnet18(path: Path) -> Path:

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnet import Classifier, create_model, policy, runtime
+from resnet import Classifier, create_model
+from resnet.inference import policy, runtime
 from resnet.throughput import cpu_description, save_benchmark_checkpoint
-from resnet.exports import export_onnx, quantize_onnx, sample_images
+from resnet.inference.exports import export_onnx, quantize_onnx, sample_images
 
 
 def contenders(ckpt: Path, fp32: Path, int8: Path, cache: Path) -> dict[str, Classifier]:

@@ -36,9 +36,10 @@ for round in 1 2; do tv; ours; done 2>&1 | grep -v Warning | tee "$out/vs_torchv
 $pin $py - <<'PY' 2>&1 | grep -v Warning | tee "$out/ov_static.txt"
 import statistics, tempfile, time, numpy as np, torch, openvino as ov
 from pathlib import Path
-from resnet import create_model, policy
+from resnet import create_model
+from resnet.inference import policy
 from resnet.throughput import save_benchmark_checkpoint
-from resnet.exports import export_onnx
+from resnet.inference.exports import export_onnx
 torch.set_num_threads(2)
 tmp = Path(tempfile.mkdtemp())
 f = export_onnx(save_benchmark_checkpoint(tmp / "m.pt", create_model("resnet18", num_classes=1000), "resnet18", 224), tmp / "m.onnx")

@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 
-from resnet import policy
+from resnet.inference import policy
 from resnet.throughput import cpu_description
 from resnet.constants import HEAP_KEEP_BYTES
 

@@ -169,7 +169,7 @@ class StepClock:
         """The run's clock and timings replaced with this one (`set_attr`: monkeypatch's, in a test)."""
         from types import SimpleNamespace
 
-        from resnet import budget, loop
+        from resnet.training import budget, loop
 
         set_attr(budget, "time", SimpleNamespace(monotonic=self.now))
         set_attr(loop, "compute_time_by_size", self.compute)
@@ -194,7 +194,7 @@ def engine_clock(monkeypatch):
     """`pin(name)`: `--engine auto` finds engine `name` the fastest (fake timings, no clock), so
     that what a test sees never depends on which engine a loaded machine happened to time faster
     (int8 kernels of onnxruntime and OpenVINO round differently)."""
-    from resnet import policy
+    from resnet.inference import policy
 
     def pin(name: str) -> None:
         monkeypatch.setattr(policy, "net_seconds", lambda net, *a: 0.1 if getattr(net, "name", "torch") == name else 0.2)

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from resnet import data as D
-from resnet import budget as TB, loop as TL, recipe as TP, run as TR
+from resnet.training import budget as TB, loop as TL, recipe as TP, run as TR
 from resnet.cli import main
 
 from conftest import StepClock
-from resnet.recipe import Recipe
-from resnet.transforms import EvalTransform
+from resnet.training.recipe import Recipe
+from resnet.data.transforms import EvalTransform
 
 RECORD = Path(os.environ["RESNET_TEST_RECORD"])
 KILL_AFTER = int(os.environ.get("RESNET_TEST_KILL_AFTER_EPOCH", "0"))

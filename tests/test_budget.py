@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import killed_before_epoch
-from resnet.budget import Budget, RunShape, compute_time_by_size, fit, fit_steps, largest_that_fits
+from resnet.training.budget import Budget, RunShape, compute_time_by_size, fit, fit_steps, largest_that_fits
 from resnet.constants import GROW_MARGIN
 
 
@@ -72,7 +72,7 @@ def test_a_refit_shrinks_as_soon_as_the_plan_overruns_and_grows_only_with_a_marg
 
 
 def budget_run(folder: Path, out: Path, **kw) -> dict:
-    from resnet import config, loop
+    from resnet.training import config, loop
 
     return loop.train(config.make_config("default", data=str(folder), arch="resnet20", img_size=32, min_img_size=16,
                                          batch_size=8,
@@ -85,7 +85,7 @@ def test_the_training_loop_ends_a_budget_within_3_percent_of_it(tiny_folder, tmp
     grow with pixels while the crops grow 16 -> 32 px: 5 minutes end within 3 % of the budget,
     the final evaluation's reserve included, and so does a run killed before epoch 5 and resumed
     (its clock a new process's: the time spent comes from the checkpoint)."""
-    from resnet import config, loop
+    from resnet.training import config, loop
 
     step_clock.step_s, step_clock.power = 4.0, 2.0
     start = step_clock.t
@@ -125,7 +125,7 @@ class Sleepy(nn.Module):
 def test_compute_time_by_size_measures_how_time_grows(power, monkeypatch):
     from types import SimpleNamespace
 
-    from resnet import runtime
+    from resnet.inference import runtime
 
     clock = [0.0]
     monkeypatch.setattr(runtime, "time", SimpleNamespace(perf_counter=lambda: clock[0]))

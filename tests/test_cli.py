@@ -111,7 +111,7 @@ def emulated_bf16() -> bool:
     """RESNET_CPU_BF16=1 on a CPU whose oneDNN has no bf16 kernels: every bf16 step ~15x slower."""
     import torch
 
-    from resnet import policy
+    from resnet.inference import policy
 
     return policy.cpu_has_bf16() and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from resnet import Classifier, create_model
-from resnet import config as TC, loop as TL
+from resnet.training import config as TC, loop as TL
 from resnet.checkpoint import read_checkpoint
-from resnet.transforms import normalize
+from resnet.data.transforms import normalize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

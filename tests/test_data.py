@@ -12,8 +12,8 @@ from PIL import Image
 
 from conftest import DATASETS, needs_datasets, photo, write_broken, write_odd
 from resnet import data as D
-from resnet.transforms import (TA_OPS, EvalTransform, PadCropTransform, TrainTransform, normalize, resized_crop,
-                               ta_apply, trivial_augment)
+from resnet.data.transforms import (TA_OPS, EvalTransform, PadCropTransform, TrainTransform, normalize, resized_crop,
+                                    ta_apply, trivial_augment)
 
 
 def test_every_odd_image_is_read_and_every_broken_one_skipped_with_its_reason(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from resnet.checkpoint import read_checkpoint
-from resnet.evaluate import evaluate
+from resnet.inference.evaluate import evaluate
 
 from conftest import photo, write_tiny
 

@@ -12,14 +12,15 @@ import onnx
 import pytest
 import torch
 
-from resnet import Classifier, engines, policy
+from resnet import Classifier
+from resnet.inference import engines, policy
 from resnet import data as D
-from resnet import exports as X
-from resnet import predict
+from resnet.inference import exports as X
+from resnet.inference import predict
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.cli import main
 from resnet.errors import CheckpointError, ConfigError
-from resnet.evaluate import evaluate
+from resnet.inference.evaluate import evaluate
 
 from conftest import logits_tolerance
 
@@ -229,7 +230,7 @@ def test_a_blurred_network_runs_alike_on_every_engine(tmp_path):
     ONNX file gives PyTorch's logits on onnxruntime and on OpenVINO (at an odd size, where a
     padding off by one would show)."""
     from resnet import create_model
-    from resnet.runtime import fold_batchnorm
+    from resnet.inference.runtime import fold_batchnorm
 
     torch.manual_seed(0)
     model = create_model("resnetblur18", num_classes=5, width=0.25)

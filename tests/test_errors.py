@@ -13,12 +13,12 @@ import torch
 
 from conftest import photo
 from resnet import data as D
-from resnet import config as TC, run as TR
+from resnet.training import config as TC, run as TR
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.cli import main
 from resnet.errors import ConfigError
 from resnet.outputs import WRITER_LOCK
-from resnet.transforms import EvalTransform
+from resnet.data.transforms import EvalTransform
 
 
 def fails(capsys, args: list[str], *needles: str) -> str:
@@ -138,7 +138,8 @@ def output_mistakes(run: Path, data: Path, tmp: Path) -> list[tuple[list, tuple[
 
 
 def test_output_mistakes_are_one_line_before_any_work(run_a, tmp_path, capsys, monkeypatch):
-    from resnet import loop, predict
+    from resnet.training import loop
+    from resnet.inference import predict
 
     # Any work at all would load a model or start training: both fail the test if reached.
     monkeypatch.setattr(predict, "load_checkpoint", lambda *a: pytest.fail("a model was loaded"))
@@ -447,7 +448,7 @@ def package_imports() -> dict[str, set[str]]:
 def test_the_package_has_no_import_circle():
     """export and predict once imported each other; any cycle would be found here, with its path."""
     graph = package_imports()
-    assert graph["exports"] and "predict" not in graph["exports"]  # the graph is really read
+    assert graph["inference.exports"] and "inference.predict" not in graph["inference.exports"]  # the graph is really read
 
     def visit(node: str, path: list[str]) -> None:
         assert node not in path, " -> ".join(path[path.index(node):] + [node])
@@ -572,7 +573,7 @@ def test_a_damaged_model_card_in_an_onnx_file_is_one_line_naming_the_field(run_a
     one line naming the field (it was a JSONDecodeError, a TypeError or onnxruntime's traceback)."""
     import onnx
 
-    from resnet.exports import export_onnx
+    from resnet.inference.exports import export_onnx
 
     good = export_onnx(run_a / "best.pt", tmp_path / "good.onnx")
     photo(40, 40).save(tmp_path / "p.png")
@@ -595,9 +596,9 @@ def test_what_the_plan_chooses_is_held_to_the_network_as_a_typed_flag_is(tmp_pat
     is refused; planned, it is left out (it was an AttributeError after the data was read), and
     the run trains. `--zero-init-residual` on a plain network would zero every block with no
     shortcut to carry the signal (a dead network, loss at chance): refused in one line."""
-    from resnet import config as TC
+    from resnet.training import config as TC
     from resnet.data import DataStats
-    from resnet.recipe import apply_recipe
+    from resnet.training.recipe import apply_recipe
 
     stats = DataStats(images=64, classes=2, short_side=16, short_side_p10=16, short_side_p90=16, grey=0.0,
                       smallest_class=32, largest_class=32)
@@ -621,7 +622,7 @@ def test_what_the_plan_chooses_is_held_to_the_network_as_a_typed_flag_is(tmp_pat
 def test_hints_name_what_is_there(run_a, tmp_path, capsys, monkeypatch):
     """A run folder whose best.pt was deleted: the hint names the checkpoint that is there, not
     best.pt. `serve --host 0.0.0.0` says in one line that the page is open to the network."""
-    from resnet import serve as S
+    from resnet.inference import serve as S
 
     run = tmp_path / "run"
     shutil.copytree(run_a, run)

@@ -13,7 +13,7 @@ from PIL import Image
 import resnet.experiment as E
 from conftest import photo
 from resnet.cli import main
-from resnet.transforms import EvalTransform, PadCropTransform
+from resnet.data.transforms import EvalTransform, PadCropTransform
 from resnet.constants import EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES, EXPERIMENT_RECIPE
 
 # Training steps at batch 64 of plain-20, ResNet-20, plain-56, ResNet-56 on a 2-core Xeon (fp32).

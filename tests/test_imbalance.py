@@ -10,12 +10,12 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from resnet import config as TC, loop as TL
+from resnet.training import config as TC, loop as TL
 from resnet import data as D
 from resnet.cli import main
 from resnet.metrics import class_scores, headline, imbalanced, most_confused
-from resnet.recipe import class_balance_for
-from resnet.run import LogitAdjustedLoss, make_criterion, selection_key
+from resnet.training.recipe import class_balance_for
+from resnet.training.run import LogitAdjustedLoss, make_criterion, selection_key
 
 from conftest import photo
 

@@ -274,7 +274,7 @@ def test_resnet_d_shortcut_sees_every_pixel_where_option_b_sees_a_quarter():
 def test_resnet_d_folds_every_batchnorm_and_keeps_its_logits():
     """Folding reaches the BatchNorm after the deep stem's last convolution (bn1) as well as the
     stem's own and the shortcut's: none is left, and the logits stay those of the unfolded net."""
-    from resnet.runtime import fold_batchnorm
+    from resnet.inference.runtime import fold_batchnorm
 
     torch.manual_seed(0)
     model = create_model("resnet18d", num_classes=10, width=0.5)
@@ -313,7 +313,7 @@ def test_resnetblur_is_its_base_network_with_every_downsampling_blurred(name, ba
     file loads strictly), a BlurPool behind the stem's max-pool and in the first block of each
     strided stage, whose convolutions then all run at stride 1 (the shortcut keeps its stride);
     the same output shapes at an odd size, other logits, and BatchNorm folding still exact."""
-    from resnet.runtime import fold_batchnorm
+    from resnet.inference.runtime import fold_batchnorm
 
     torch.manual_seed(0)
     plain = create_model(base, num_classes=10, width=0.25)
@@ -372,7 +372,7 @@ def test_pretrained_files_say_the_size_their_model_was_evaluated_at(tmp_path):
     """A checkpoint and its safetensors export carry the model card's size, which fine-tuning
     takes; torchvision's file carries none."""
     from resnet.checkpoint import model_card, save_checkpoint
-    from resnet.exports import export_safetensors
+    from resnet.inference.exports import export_safetensors
     from resnet.models import read_pretrained
 
     model = create_model("resnet20", num_classes=2)

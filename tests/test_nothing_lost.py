@@ -18,12 +18,12 @@ import torch
 
 import resnet
 from resnet import data as D
-from resnet import exports as X
+from resnet.inference import exports as X
 from resnet.checkpoint import read_checkpoint
 from resnet.cli import main
 from resnet.errors import ConfigError
 from resnet.outputs import WRITER_LOCK, replace_atomically
-from resnet.predict import Classifier
+from resnet.inference.predict import Classifier
 
 from conftest import photo
 
@@ -294,7 +294,7 @@ def test_a_step_that_cannot_fit_under_the_address_space_limit_is_refused(tmp_pat
 def test_an_allocation_that_fails_anyway_is_one_line_and_keeps_last_pt(tiny_folder, tmp_path, monkeypatch, capsys):
     """The estimate passed, and the allocator still refused (another process took the memory):
     one line, exit 1, naming a smaller batch; last.pt is the last one saved, whole."""
-    from resnet import loop
+    from resnet.training import loop
 
     out = tmp_path / "run"
     assert main(["train", str(tiny_folder), *TINY, "--epochs", "1", "--out", str(out)]) == 0
@@ -326,7 +326,7 @@ def test_a_real_signal_to_a_training_process_saves_the_step_and_sets_its_exit_st
     out = tmp_path / "run"
     code = f"""
 import sys
-from resnet import loop
+from resnet.training import loop
 from resnet.cli import main
 real = loop.take_step
 def step(run, progress, batch):

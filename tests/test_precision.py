@@ -14,11 +14,11 @@ import torch
 
 from resnet import create_model
 from resnet import data as D
-from resnet import policy, runtime
-from resnet import config as TC, loop as TL, run as TR
+from resnet.inference import policy, runtime
+from resnet.training import config as TC, loop as TL, run as TR
 from resnet.checkpoint import read_checkpoint, save_checkpoint
 from resnet.errors import ConfigError
-from resnet.evaluate import evaluate
+from resnet.inference.evaluate import evaluate
 
 from conftest import logits_tolerance
 
@@ -257,7 +257,7 @@ def test_compiled_inference_gives_the_eager_logits(trained):
 
 
 def test_export_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
-    from resnet import exports as X
+    from resnet.inference import exports as X
     from resnet.constants import ONNX_CACHE_KEEP
 
     monkeypatch.setattr(X, "write_onnx", lambda model, meta, path: Path(path).write_bytes(b"onnx"))

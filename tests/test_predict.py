@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from conftest import photo, write_broken
 from resnet import Classifier
 from resnet.cli import main
-from resnet.evaluate import evaluate
+from resnet.inference.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_evaluate_and_classifier_give_identical_probabilities(trained, tmp_path)
 
 
 def test_tta_averages_with_the_mirror_image(clf):
-    from resnet import runtime
+    from resnet.inference import runtime
 
     def logits(batch: torch.Tensor, tta: bool) -> torch.Tensor:
         return runtime.logits(clf.net, batch, clf.mean, clf.std, tta)
@@ -93,7 +93,7 @@ def test_shifted_views_count_half_as_airbench_scores_them(clf):
     """TTA with a shift: the mirror pair counts half, the pair moved `shift` px down-right and
     up-left (edges mirrored, as numpy's reflect pads) a quarter each. A wrong direction, weight or
     padding gives other logits: the image is random, the network's receptive field covers it."""
-    from resnet import runtime
+    from resnet.inference import runtime
 
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8, generator=g)
@@ -114,7 +114,7 @@ def test_shifted_views_count_half_as_airbench_scores_them(clf):
 def test_import_resnet_does_not_load_the_training_loop():
     """`import resnet` loads none of the training modules; `resnet.train` then does (so the names
     checked are modules that exist: a renamed module would fail here, not pass unseen)."""
-    training = ("resnet.loop", "resnet.run", "resnet.records", "resnet.budget", "resnet.recipe")
+    training = ("resnet.training.loop", "resnet.training.run", "resnet.training.records", "resnet.training.budget", "resnet.training.recipe")
     code = (f"import sys, resnet; print(sorted(m for m in {training} if m in sys.modules)); resnet.train; "
             f"import resnet.api; print(sorted(m for m in {training} if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -229,7 +229,7 @@ def test_predict_writes_cam_overlays_named_after_inputs(trained, tmp_path):
 
 
 def test_onnx_export_matches_pytorch_and_labels_alike(trained, tmp_path, capsys, engine_clock):
-    from resnet.engines import OnnxNet, read_card
+    from resnet.inference.engines import OnnxNet, read_card
 
     engine_clock("onnxruntime")  # the export's engine, whichever a loaded machine would time faster
     root, run = trained
@@ -328,7 +328,7 @@ def test_metrics_values_per_class_and_top5_on_known_answers():
     classes 0-2, the true class is second for 3 and 4 (top-5 right, top-1 wrong) and sixth for 5.
     Catches a top-5 over the wrong axis, precision and recall swapped, or a confusion matrix
     transposed."""
-    from resnet.evaluate import compute_metrics
+    from resnet.inference.evaluate import compute_metrics
 
     classes = list("abcdef")
     labels = torch.arange(6)

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from resnet import data as D
-from resnet import checkpoint as TCk, config as TC, loop as TL, recipe as TP
+from resnet import checkpoint as TCk
+from resnet.training import config as TC, loop as TL, recipe as TP
 from resnet.data.stats import DataStats
-from resnet.recipe import eval_size_for, plan_recipe
-from resnet.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
+from resnet.training.recipe import eval_size_for, plan_recipe
+from resnet.data.transforms import MEAN_PIXEL, PadCropTransform, TrainTransform
 from resnet.constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, EPOCHS_TO_GROW,
                               FEW_PHOTOS_A_CLASS, FINETUNE_BATCH, FINETUNE_LR, FINETUNE_MAX_EPOCHS, FINETUNE_STEPS,
                               IN_MEMORY_BYTES, SIZE_LADDER, SMALL_IMAGE_MAX)
@@ -378,9 +379,9 @@ def test_a_small_image_run_plans_trains_in_memory_and_resumes_bit_for_bit(tmp_pa
 
     # The trained ResNet-9 goes through every inference path: ONNX gives PyTorch's logits, and
     # predict gives each image the label evaluate scored it with.
-    from resnet.evaluate import evaluate
-    from resnet.exports import export_onnx
-    from resnet.predict import Classifier, compare
+    from resnet.inference.evaluate import evaluate
+    from resnet.inference.exports import export_onnx
+    from resnet.inference.predict import Classifier, compare
 
     best = tmp_path / "straight" / "best.pt"
     fp32 = Classifier.load(best, amp="off", engine="torch")  # the export is fp32, whatever the run's precision

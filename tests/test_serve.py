@@ -31,7 +31,7 @@ def free_port() -> int:
 def server(trained):
     import uvicorn
 
-    from resnet.serve import create_app
+    from resnet.inference.serve import create_app
 
     clf = Classifier.from_checkpoint(trained[1] / "best.pt", device="cpu")
     port = free_port()
@@ -84,7 +84,7 @@ def test_several_files_and_grad_cam(server):
 def test_a_failing_batch_fails_its_requests_and_the_next_batch_is_served(trained):
     """Two requests merged into one batch whose forward pass raises: both get the error (none
     waits forever), and the model's thread goes on to serve the next request."""
-    from resnet.serve import BatchingPredictor
+    from resnet.inference.serve import BatchingPredictor
 
     clf = Classifier.from_checkpoint(trained[1] / "best.pt", device="cpu")
     image = np.asarray(photo(48, 48, seed=1))

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet import budget as TB, config as TC, loop as TL, optim as TO, recipe as TP, records as TRec, run as TR
-from resnet import schedule as TS
+from resnet.training import (budget as TB, config as TC, loop as TL, optim as TO, recipe as TP, records as TRec,
+                             run as TR)
+from resnet.training import schedule as TS
 from resnet.checkpoint import CHECKPOINT_SCHEMA, migrate, read_checkpoint, save_checkpoint
 from resnet.errors import CheckpointError
-from resnet.recipe import Recipe, eval_size_for
+from resnet.training.recipe import Recipe, eval_size_for
 
 from conftest import killed_before_epoch
 from resnet.cli import main
@@ -484,7 +485,7 @@ def test_validation_during_training_is_what_evaluate_says(tiny_folder, tmp_path,
     """With the decoded cache or without it, with flip TTA (and shifted views) or without, the
     validation figures in metrics.csv are those that `evaluate` computes by default for the same
     weights on the same images: the saved model is scored as it was validated."""
-    from resnet.evaluate import evaluate
+    from resnet.inference.evaluate import evaluate
 
     out = tmp_path / "run"
     TL.train(quick(tiny_folder, out, epochs=1, cache=cache, cache_dir=str(tmp_path / "cache"), tta=tta,

@@ -12,9 +12,9 @@ __all__ = ["Classifier", "TrainConfig", "benchmark", "create_model", "evaluate_m
            "load_checkpoint", "predict_files", "train"]
 __version__ = "0.1.0"
 
-_WHERE = {"Classifier": "predict", "TrainConfig": "config", "benchmark": "throughput", "create_model": "models",
-          "evaluate_model": "api", "export": "api", "list_models": "models", "load_checkpoint": "checkpoint",
-          "predict_files": "api", "train": "api"}
+_WHERE = {"Classifier": "inference.predict", "TrainConfig": "training.config", "benchmark": "throughput",
+          "create_model": "models", "evaluate_model": "api", "export": "api", "list_models": "models",
+          "load_checkpoint": "checkpoint", "predict_files": "api", "train": "api"}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,8 +19,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from .api import train
-    from .config import TrainConfig
-    from .evaluate import headline_lines
+    from .training.config import TrainConfig
+    from .inference.evaluate import headline_lines
 
     # Every training option the parser has: the rest keep the preset's (or TrainConfig's) value.
     opts = {f.name: getattr(a, f.name) for f in fields(TrainConfig)
@@ -45,7 +45,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .api import evaluate_model
-    from .evaluate import headline_lines
+    from .inference.evaluate import headline_lines
 
     result, report = evaluate_model(a.checkpoint, a.data, json=a.json, report=a.report, tta=a.tta,
                                     batch_size=a.batch_size, workers=a.workers, device=a.device,
@@ -108,8 +108,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from .predict import Classifier
-    from .serve import check_listening, serve
+    from .inference.predict import Classifier
+    from .inference.serve import check_listening, serve
 
     check_listening(a.host, a.port, a.max_upload_mb)
     clf = Classifier.load(a.model, a.device, a.amp, engine=a.engine, images=math.inf)  # long-lived

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .api import train
 from .data import read_listing
-from .predict import Classifier
+from .inference.predict import Classifier
 
 
 def write_digits(root: str | Path, size: int = 32) -> Path:

@@ -22,16 +22,16 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from . import data as D
-from .budget import fit, recent, steady_fit
-from .config import check_range, make_config
+from .training.budget import fit, recent, steady_fit
+from .training.config import check_range, make_config
 from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
                         EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, VAL_BATCH_COST, VAL_BATCH_FACTOR)
 from .errors import ConfigError
-from .loop import begin, end_epoch, train_epoch, validate
+from .training.loop import begin, end_epoch, train_epoch, validate
 from .models import CIFAR_DEPTHS
 from .outputs import check_output_dir, sole_writer
-from .records import record_epoch
-from .run import Run, RunState, set_up
+from .training.records import record_epoch
+from .training.run import Run, RunState, set_up
 
 
 def networks(depths: Sequence[int] | str) -> list[str]:
@@ -255,7 +255,7 @@ def report(runs: dict[str, tuple[Run, RunState]], plan: Design, round_s: list[fl
 def plot_figure6(history: list[dict], names: Sequence[str], path: Path, what: str) -> None:
     """The paper's Figure 6: plain networks left, ResNets right; training error dashed, test error
     bold, one colour per depth; error in % against epochs; `what` was trained, in the title."""
-    from .evaluate import _plt
+    from .inference.evaluate import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)

@@ -12,16 +12,16 @@ from typing import Any, Callable
 import torch
 
 from . import data as D
-from . import policy, runtime
-from .budget import step_seconds
+from .inference import policy, runtime
+from .training.budget import step_seconds
 from .checkpoint import save_checkpoint
-from .config import TrainConfig, check_range
+from .training.config import TrainConfig, check_range
 from .device import check_step_memory, pick_device
 from .errors import ConfigError, DataError
 from .models import create_model
 from .options import BENCHMARKS
-from .predict import Classifier
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
+from .inference.predict import Classifier
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
 
 
 def cpu_description() -> str:
@@ -142,7 +142,7 @@ def _timed(step: Callable[[], Any], steps: int, dev: torch.device) -> float:
 def _train_step(net: runtime.TorchNet, model: torch.nn.Module, dev: torch.device, dtype: torch.dtype | None,
                 batch_size: int, img_size: int) -> Callable[[], None]:
     """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
-    from .optim import make_optimizer  # the training run's optimiser, measured as it is
+    from .training.optim import make_optimizer  # the training run's optimiser, measured as it is
 
     model.train()
     x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)

@@ -1,7 +1,8 @@
 """From files on disk to batches: `files` (find images, label, split), `stats` (what the images
 are like, for the plan), `decode` (robustly, to RGB), `cache` (the decoded cache), `loader`
-(dataset, sampler, loader) and `memory` (the small-image fast path: pixels in one tensor). Their names
-are importable from here (`from resnet import data as D`).
+(dataset, sampler, loader) and `memory` (the small-image fast path: pixels in one tensor), on
+`transforms` (torchvision's preprocessing, re-implemented). Their names are importable from here
+(`from resnet import data as D`).
 
 A real folder has broken files. They are found at scan time where that is cheap (empty, not an
 image, a decompression bomb: Pillow reads only the header) and otherwise when they are decoded

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..transforms import MEAN_PIXEL, PadCropTransform
+from .transforms import MEAN_PIXEL, PadCropTransform
 from .cache import DecodedCache
 from .loader import Batch, EpochSampler
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol  # the differentiable collectives
 from torch import nn
 
-from .errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError
 
 
 

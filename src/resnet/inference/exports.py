@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data as D
-from .checkpoint import card_strings, eval_transform, load_checkpoint
-from .constants import ONNX_CACHE_KEEP
+from .. import data as D
+from ..checkpoint import card_strings, eval_transform, load_checkpoint
+from ..constants import ONNX_CACHE_KEEP
 from .engines import read_card
-from .options import CROP_PCT
-from .outputs import replace_atomically
-from .transforms import normalize
+from ..options import CROP_PCT
+from ..outputs import replace_atomically
+from ..data.transforms import normalize
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
 
@@ -40,7 +40,7 @@ OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs
 
 def _set_metadata(model, card: dict[str, Any], precision: str, extra: dict[str, str] | None = None) -> None:
     """The model card, the file's own precision (fp32, int8) and `extra` strings in `metadata_props`."""
-    from . import __version__
+    from .. import __version__
 
     crop_pct = card.get("crop_pct", CROP_PCT)
     entries = {**card_strings(card), **(extra or {}), "precision": precision, "producer": f"resnet {__version__}",

@@ -20,9 +20,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .constants import ENGINE_CHECK_RTOL, ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED, PROBE_BATCH
-from .errors import CheckpointError, ConfigError, first_line
-from .options import ENGINES, ONNX_ENGINES, PRECISIONS
+from ..constants import ENGINE_CHECK_RTOL, ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED, PROBE_BATCH
+from ..errors import CheckpointError, ConfigError, first_line
+from ..options import ENGINES, ONNX_ENGINES, PRECISIONS
 from .runtime import Net, TorchNet, memory_format, net_seconds, precision_name
 
 

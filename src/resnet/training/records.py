@@ -15,9 +15,9 @@ import torch
 from tqdm import tqdm
 
 from .budget import Budget, now
-from .checkpoint import run_state, save_checkpoint
-from .constants import LOG_EVERY_S
-from .outputs import replace_atomically
+from ..checkpoint import run_state, save_checkpoint
+from ..constants import LOG_EVERY_S
+from ..outputs import replace_atomically
 from .run import Run, RunState
 
 

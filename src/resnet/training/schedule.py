@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .constants import FLAT_FRACTION, RAMP, SIZE_STEP, START_SIZE_FRACTION
+from ..constants import FLAT_FRACTION, RAMP, SIZE_STEP, START_SIZE_FRACTION
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> float:

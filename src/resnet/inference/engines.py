@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import card_from_strings, check_card
-from .errors import CheckpointError
-from .options import PRECISIONS
+from ..checkpoint import card_from_strings, check_card
+from ..errors import CheckpointError
+from ..options import PRECISIONS
 
 
 def read_card(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, ConfigError
-from .options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, CLASS_BALANCE, CROP_PCT, DEVICES, MAX_WIDTH,
-                      MIN_IMG_SIZE, PADDING_MODES, PRESETS, SCHEDULES)
-from .outputs import check_output_dir
+from ..errors import CheckpointError, ConfigError
+from ..options import (AMP_CHOICES, AUGMENTS, AUTO_AUGMENTS, CLASS_BALANCE, CROP_PCT, DEVICES, MAX_WIDTH, MIN_IMG_SIZE,
+                       PADDING_MODES, PRESETS, SCHEDULES)
+from ..outputs import check_output_dir
 
 
 @dataclass
@@ -181,8 +181,8 @@ def check_config(cfg: TrainConfig) -> None:
     check_options({f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
     for name in _RANGES:
         check_range(name, getattr(cfg, name))
-    from .data import check_label_pattern
-    from .models import model_spec
+    from ..data import check_label_pattern
+    from ..models import model_spec
 
     model_spec(cfg.arch)  # an unknown name fails now, not after scanning the data
     check_label_pattern(cfg.label_pattern)
@@ -214,14 +214,14 @@ def check_config(cfg: TrainConfig) -> None:
 
 def whitens(arch: str) -> bool:
     """Whether `arch` has a single first convolution that `--whiten` can set (a deep stem has three)."""
-    from .models import model_spec
+    from ..models import model_spec
 
     return model_spec(arch).options.get("stem") != "deep"
 
 
 def check_for_arch(cfg: TrainConfig) -> None:
     """Options the network cannot take: refused whether the user typed them or the plan chose them."""
-    from .models import model_spec
+    from ..models import model_spec
 
     if cfg.whiten and not whitens(cfg.arch):
         raise ConfigError(f"--whiten sets a single first convolution from the training images: {cfg.arch}'s deep stem "
@@ -264,7 +264,7 @@ def resume_config(path: str | Path, given: dict[str, Any] | None = None) -> tupl
     or moved elsewhere goes on there, and never writes into the folder it was copied from. Options
     given again must agree with it (paths compared as absolute paths); only `RESUME_MAY_CHANGE` may
     differ, and `epochs` extends the run."""
-    from .checkpoint import migrate, read_checkpoint
+    from ..checkpoint import migrate, read_checkpoint
 
     state = read_checkpoint(path)
     if "optimizer" not in state or not isinstance(state.get("config"), dict):

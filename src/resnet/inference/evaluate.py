@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data as D
-from .constants import CONFUSED_PAIRS_SHOWN, CONFUSION_GRID_MAX, TOP5_HEADLINE_CLASSES
-from .metrics import class_scores, headline, most_confused
-from .outputs import write_text_atomically
+from .. import data as D
+from ..constants import CONFUSED_PAIRS_SHOWN, CONFUSION_GRID_MAX, TOP5_HEADLINE_CLASSES
+from ..metrics import class_scores, headline, most_confused
+from ..outputs import write_text_atomically
 from .predict import Classifier
 
 

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .transforms import normalize
+from ..data.transforms import normalize
 
 if TYPE_CHECKING:
-    from .data import Batch
+    from ..data import Batch
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -28,10 +28,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from . import data as D
-from .constants import SERVE_BATCH
-from .errors import ConfigError, MachineError
-from .outputs import jsonable
+from .. import data as D
+from ..constants import SERVE_BATCH
+from ..errors import ConfigError, MachineError
+from ..outputs import jsonable
 from .predict import Classifier
 
 MAX_FILES = 32     # per request: a page sends one photo per request, a script a few
@@ -150,7 +150,7 @@ def create_app(clf: Classifier, max_upload_mb: float = 10.0) -> FastAPI:
         await predictor.stop()
 
     app = FastAPI(title="resnet", lifespan=lifespan)
-    page = resources.files("resnet").joinpath("page.html").read_text()
+    page = resources.files(__package__).joinpath("page.html").read_text()
 
     @app.exception_handler(Rejected)
     async def rejected(request, exc: Rejected):

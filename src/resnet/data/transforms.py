@@ -24,7 +24,7 @@ import PIL
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from .options import CROP_PCT
+from ..options import CROP_PCT
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
