@@ -13,18 +13,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .inference import exports as X
-from .training import loop
 from .checkpoint import check_checkpoint_file, load_checkpoint
-from .training.config import TrainConfig, check_options, make_config, resume_config
 from .constants import CALIBRATION_IMAGES, PROBE_BATCH
-from .errors import ConfigError
-from .options import EXPORT_FORMATS, QUANTIZE
-from .inference.evaluate import evaluate, write_json, write_report
 from .data import NOT_FETCHED, cache_entries, cache_limit, default_cache_dir, expand_paths, prune
-from .outputs import check_output_dir, check_output_file, sole_writer, write_rows
+from .errors import ConfigError
+from .inference import exports as X
+from .inference.evaluate import evaluate, write_json, write_report
 from .inference.predict import Classifier, compare, verify_images, write_cams
 from .inference.runtime import net_seconds
+from .options import EXPORT_FORMATS, QUANTIZE
+from .outputs import check_output_dir, check_output_file, sole_writer, write_rows
+from .training import loop
+from .training.config import TrainConfig, check_options, make_config, resume_config
 
 SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "int8": ".int8.onnx"}
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from .errors import CheckpointError, ConfigError, MachineError, first_line
 from .models import (ACTIVATIONS, ResNet, clean_state_dict, create_model, model_spec, options_of_file,
                      recorded_options)
 from .options import CROP_PCT, MAX_WIDTH, MIN_IMG_SIZE, PRECISIONS
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 REQUIRED = ("model", "arch", "classes", "eval_size", "mean", "std")
 # What a stored model must say about itself to be used: written into ONNX `metadata_props` and

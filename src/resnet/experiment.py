@@ -22,14 +22,14 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from . import data as D
-from .training.budget import fit, recent, steady_fit
-from .training.config import check_range, make_config
 from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EPOCHS, EXPERIMENT_MIN_IMAGES,
                         EXPERIMENT_RECIPE, EXPERIMENT_TEST_IMAGES, VAL_BATCH_COST, VAL_BATCH_FACTOR)
 from .errors import ConfigError
-from .training.loop import begin, end_epoch, train_epoch, validate
 from .models import CIFAR_DEPTHS
 from .outputs import check_output_dir, sole_writer
+from .training.budget import fit, recent, steady_fit
+from .training.config import check_range, make_config
+from .training.loop import begin, end_epoch, train_epoch, validate
 from .training.records import record_epoch
 from .training.run import Run, RunState, set_up
 

@@ -12,16 +12,16 @@ from typing import Any, Callable
 import torch
 
 from . import data as D
-from .inference import policy, runtime
-from .training.budget import step_seconds
 from .checkpoint import save_checkpoint
-from .training.config import TrainConfig, check_range
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
 from .device import check_step_memory, pick_device
 from .errors import ConfigError, DataError
+from .inference import policy, runtime
+from .inference.predict import Classifier
 from .models import create_model
 from .options import BENCHMARKS
-from .inference.predict import Classifier
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
+from .training.budget import step_seconds
+from .training.config import TrainConfig, check_range
 
 
 def cpu_description() -> str:

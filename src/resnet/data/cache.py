@@ -22,9 +22,9 @@ from tqdm import tqdm
 from ..constants import CACHE_DIGEST_BLOCK_BYTES, CACHE_DIGEST_BLOCKS, CACHE_LIMIT_BYTES, CACHE_POLL_S
 from ..errors import ConfigError
 from ..outputs import write_text_atomically
-from .transforms import EvalTransform, pixels, resize_size_for, resized_crop, shorter_side_size
 from .decode import UnreadableImage, read_images
 from .files import Sample
+from .transforms import EvalTransform, pixels, resize_size_for, resized_crop, shorter_side_size
 
 
 # Part of every cache's key: bump it whenever the pixels a cache holds would change (decoding,

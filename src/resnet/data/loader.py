@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..constants import MAX_WORKERS_CPU, MAX_WORKERS_GPU, PREFETCH_BATCHES
-from .transforms import EvalTransform, PadCropTransform, TrainTransform, warm_up
 from .cache import DecodedCache
 from .decode import decode, read_error
 from .files import Sample
+from .transforms import EvalTransform, PadCropTransform, TrainTransform, warm_up
 
 
 class Batch(NamedTuple):

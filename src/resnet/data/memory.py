@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .transforms import MEAN_PIXEL, PadCropTransform
 from .cache import DecodedCache
 from .loader import Batch, EpochSampler
+from .transforms import MEAN_PIXEL, PadCropTransform
 
 
 def hashed(seeds: torch.Tensor, salt: int) -> torch.Tensor:

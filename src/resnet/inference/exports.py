@@ -26,10 +26,10 @@ from tqdm import tqdm
 from .. import data as D
 from ..checkpoint import card_strings, eval_transform, load_checkpoint
 from ..constants import ONNX_CACHE_KEEP
-from .engines import read_card
+from ..data.transforms import normalize
 from ..options import CROP_PCT
 from ..outputs import replace_atomically
-from ..data.transforms import normalize
+from .engines import read_card
 
 OPSET = 18  # torch.onnx's dynamo exporter's own opset; onnxruntime >= 1.14 runs it
 

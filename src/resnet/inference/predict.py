@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import data as D
-from . import policy, runtime
 from ..checkpoint import CARD_KEYS, eval_transform, load_checkpoint
-from ..device import pick_device
-from .engines import open_onnx, read_card, trained_precision
-from ..errors import ConfigError
-from .exports import cached_onnx, onnx_cache_path, onnx_key, sample_images
 from ..data.transforms import normalize
+from ..device import pick_device
+from ..errors import ConfigError
+from . import policy, runtime
+from .engines import open_onnx, read_card, trained_precision
+from .exports import cached_onnx, onnx_cache_path, onnx_key, sample_images
 
 log = logging.getLogger(__name__)
 

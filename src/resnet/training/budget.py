@@ -20,13 +20,13 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 from torch import nn
 
-from . import distributed as ddp
-from .config import TrainConfig
 from ..constants import BUDGET_RESERVE, GROW_MARGIN, MIN_TAIL, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
 from ..data import DataSplit
-from ..models import create_model
-from .recipe import Recipe, eval_size_for
 from ..inference.runtime import autocast, fastest_seconds, memory_format, tta_views
+from ..models import create_model
+from . import distributed as ddp
+from .config import TrainConfig
+from .recipe import Recipe, eval_size_for
 from .schedule import crop_size_at
 
 T = TypeVar("T")

@@ -19,20 +19,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import data as D
+from ..checkpoint import restore_run
+from ..constants import FIRST_FIT_STEPS, UNTIMED_STEPS
+from ..data.transforms import normalize
+from ..device import is_out_of_memory, out_of_memory, pick_device
+from ..errors import Interrupted, TrainingError
+from ..inference.runtime import TorchNet, autocast, run_eval
+from ..metrics import class_scores
+from ..outputs import write_text_atomically
 from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size, now, val_forwards
-from ..checkpoint import restore_run
 from .config import TrainConfig
-from ..device import is_out_of_memory, out_of_memory, pick_device
-from ..constants import FIRST_FIT_STEPS, UNTIMED_STEPS
-from ..errors import Interrupted, TrainingError
-from ..metrics import class_scores
 from .optim import lr_scale
-from ..outputs import write_text_atomically
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
 from .run import Run, RunState, set_up
-from ..inference.runtime import TorchNet, autocast, run_eval
-from ..data.transforms import normalize
 
 
 @dataclass

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
-from .config import TrainConfig, check_for_arch, flag, whitens
 from ..constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, CLASS_BALANCE_PLANNED, EPOCHS_TO_GROW,
                          EVAL_SCALE, FEW_PHOTOS_A_CLASS, FINETUNE_BATCH, FINETUNE_LR, FINETUNE_MAX_EPOCHS,
                          FINETUNE_SMALL_STEPS, FINETUNE_STEPS, FLAT_FRACTION, IN_MEMORY_BYTES, SIZE_LADDER, SIZE_STEP,
@@ -30,6 +29,7 @@ from ..constants import (AUTO_AUGMENT_MAX_PER_CLASS, AUTO_AUGMENT_MIN_EPOCHS, CL
 from ..data.stats import DataStats
 from ..metrics import imbalanced
 from ..options import MIN_IMG_SIZE
+from .config import TrainConfig, check_for_arch, flag, whitens
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .budget import Budget, now
 from ..checkpoint import run_state, save_checkpoint
 from ..constants import LOG_EVERY_S
 from ..outputs import replace_atomically
+from .budget import Budget, now
 from .run import Run, RunState
 
 

@@ -18,23 +18,23 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import data as D
-from . import distributed as ddp
-from .budget import size_for_budget, step_seconds
 from ..checkpoint import eval_transform, model_card
-from .config import TrainConfig
 from ..constants import (AUTO_CACHE_BYTES, LOGIT_ADJUST_TAU, VAL_BATCH_FACTOR, WARMUP_MAX_FRACTION, WHITEN_CHUNK_BYTES,
                          WHITEN_EPS, WHITEN_FLOOR, WHITEN_IMAGES)
+from ..data.transforms import EvalTransform, PadCropTransform, TrainTransform, normalize
 from ..device import check_step_memory, pick_device
 from ..errors import ConfigError
+from ..inference.policy import Precision, choose_precision, kept_precision
+from ..inference.runtime import memory_format
 from ..metrics import imbalanced
 from ..models import create_model, fit_weights, load_pretrained, read_pretrained, whiten_conv
-from .optim import make_optimizer
 from ..options import MAX_WIDTH
-from ..inference.policy import Precision, choose_precision, kept_precision
+from . import distributed as ddp
+from .budget import size_for_budget, step_seconds
+from .config import TrainConfig
+from .optim import make_optimizer
 from .recipe import apply_recipe, class_balance_for, eval_size_for, plan_finetune, recipe_applies
-from ..inference.runtime import memory_format
 from .schedule import crop_size_at, lr_at
-from ..data.transforms import EvalTransform, PadCropTransform, TrainTransform, normalize
 
 log = logging.getLogger(__name__)
 
