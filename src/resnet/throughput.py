@@ -22,6 +22,8 @@ from .models import create_model
 from .options import BENCHMARKS
 from .training.budget import step_seconds
 from .training.config import TrainConfig, check_range
+from .training.loop import apply_gradients, forward_loss
+from .training.optim import make_optimizer
 
 
 def cpu_description() -> str:
@@ -92,7 +94,7 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
             timer = functools.partial(step_seconds, model, img_size, dev, channels_last, batch_size)
             precision = policy.choose_precision(amp, dev, timer)
             net = runtime.TorchNet(torch.compile(model) if compile else model, dev, precision.dtype, channels_last)
-            step = _train_step(net, model, dev, precision.dtype, batch_size, img_size)
+            step = _train_step(net, model, batch_size, img_size)
             chosen = {"amp": precision.name, "precision_reason": precision.reason}
         else:
             clf = _classifier(model, arch, width, img_size, Path(work), device, amp, channels_last, compile, engine)
@@ -139,22 +141,18 @@ def _timed(step: Callable[[], Any], steps: int, dev: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def _train_step(net: runtime.TorchNet, model: torch.nn.Module, dev: torch.device, dtype: torch.dtype | None,
-                batch_size: int, img_size: int) -> Callable[[], None]:
-    """One training step as `train` takes it: normalise, forward under autocast, backward, SGD."""
-    from .training.optim import make_optimizer  # the training run's optimiser, measured as it is
-
+def _train_step(net: runtime.TorchNet, model: torch.nn.Module, batch_size: int, img_size: int) -> Callable[[], None]:
+    """One training step as `train` takes it (the loop's own forward and update, the run's
+    optimiser and loss scaler) on a random uint8 batch of 1,000 classes."""
     model.train()
-    x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
-    y = torch.randint(0, 1000, (batch_size,), device=dev)
-    opt = make_optimizer(model, TrainConfig(lr=0.01))
+    batch = D.Batch(torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8),
+                    torch.randint(0, 1000, (batch_size,)), torch.arange(batch_size), [])
+    optimizer = make_optimizer(model, TrainConfig(lr=0.01))
+    scaler = torch.amp.GradScaler(net.device.type, enabled=net.dtype == torch.float16)
+    return functools.partial(_step, net, torch.nn.CrossEntropyLoss(), batch, optimizer, scaler)
 
-    def step() -> None:
-        inp = normalize(x, device=dev, channels_last=net.channels_last)
-        with runtime.autocast(dev, dtype):
-            loss = torch.nn.functional.cross_entropy(net.model(inp).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
-    return step
+def _step(net: runtime.TorchNet, criterion: torch.nn.Module, batch: D.Batch, optimizer: torch.optim.Optimizer,
+          scaler: torch.amp.GradScaler) -> None:
+    loss = forward_loss(net.model, criterion, batch, net.device, net.dtype, net.channels_last)[0]
+    apply_gradients(optimizer, scaler, loss)

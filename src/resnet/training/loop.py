@@ -16,6 +16,7 @@ from typing import Any, Iterator, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from .. import data as D
@@ -61,22 +62,36 @@ def first_budget_steps(run: Run, progress: RunState, budget: Budget, step_s: flo
     return steps
 
 
+def forward_loss(net: nn.Module, criterion: nn.Module, batch: D.Batch, device: torch.device,
+                 dtype: torch.dtype | None, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training step's forward: the uint8 batch normalised on the device, the network under
+    autocast, the loss in fp32: (loss, logits, labels). Shared with `resnet benchmark train`, so
+    that it times the step a run takes."""
+    x = normalize(batch.images, device=device, channels_last=channels_last)
+    y = batch.labels.to(device, non_blocking=True)
+    with autocast(device, dtype):
+        logits = net(x)
+        loss = criterion(logits.float(), y)
+    return loss, logits, y
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+    """A training step's backward and update, through the loss scaler (a no-op but for fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def take_step(run: Run, progress: RunState, batch: D.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on `batch` at the schedule's learning rate: (loss, logits, labels)."""
-    x = normalize(batch.images, device=run.device, channels_last=run.cfg.channels_last)
-    y = batch.labels.to(run.device, non_blocking=True)
     for g in run.optimizer.param_groups:  # fine-tuning's stages at their own share of the rate (`lr_scale`)
         g["lr"] = run.lr(progress) * lr_scale(g, progress.epoch, run.cfg.freeze_epochs)
-    with autocast(run.device, run.dtype):
-        logits = run.net(x)
-        loss = run.criterion(logits.float(), y)
+    loss, logits, y = forward_loss(run.net, run.criterion, batch, run.device, run.dtype, run.cfg.channels_last)
     if not torch.isfinite(loss):
         raise TrainingError(f"loss is {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1}: "
                             f"stopped; the last good checkpoint is {run.out / 'last.pt'}")
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+    apply_gradients(run.optimizer, run.scaler, loss)
     progress.step += 1
     return loss, logits, y
 
