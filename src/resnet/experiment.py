@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +26,7 @@ from .constants import (BUDGET_RESERVE, EXPERIMENT_EPOCH_OVERHEAD, EXPERIMENT_EP
 from .errors import ConfigError
 from .models import CIFAR_DEPTHS
 from .outputs import check_output_dir, sole_writer
-from .training.budget import fit, recent, steady_fit
+from .training.budget import fit, now, recent, steady_fit
 from .training.config import check_range, make_config
 from .training.loop import begin, end_epoch, train_epoch, validate
 from .training.records import record_epoch
@@ -157,9 +156,9 @@ def epoch_of_each(runs: dict[str, tuple[Run, RunState]]) -> None:
     """One epoch of every network in turn, each recorded as `train` records its epochs."""
     for name, (run, progress) in runs.items():
         sums = train_epoch(run, progress, None)
-        t_val = time.monotonic()
+        t_val = now()
         row, improved = end_epoch(run, progress, sums, validate(run, progress), run.cfg.img_size,
-                                  sums.seconds + time.monotonic() - t_val)
+                                  sums.seconds + now() - t_val)
         record_epoch(run, progress, None, None, row, improved, name)
 
 
@@ -177,14 +176,14 @@ def degradation(data: str | Path, out: str | Path, val: str | Path | None = None
     archs = networks(depths)
     check_output_dir("--out", out, [data, *([val] if val else [])])
     with sole_writer(out):  # one experiment writes a folder at a time
-        started = time.monotonic()
+        started = now()
         out = Path(out)
         split = D.discover(data, val, 0.1 if val is None else None, seed)
         batch = batch_size or EXPERIMENT_RECIPE["batch_size"]
         step_s = timed_steps(archs, batch, device) if max_minutes else None
         budget_s = max_minutes * 60 if max_minutes else None
         plan = design_experiment(len(split.train), len(split.val),
-                                 budget_s - (time.monotonic() - started) if budget_s else None, step_s,
+                                 budget_s - (now() - started) if budget_s else None, step_s,
                                  batch_size, epochs, train_images, test_images, lr, warmup_epochs)
         for line in plan.reasons:
             tqdm.write(f"plan: {line}")
@@ -207,15 +206,15 @@ def side_by_side(runs: dict[str, tuple[Run, RunState]], planned: int, budget_s: 
     network. Returns the seconds of each epoch of all."""
     round_s: list[float] = []
     while len(round_s) < planned:
-        t = time.monotonic()
+        t = now()
         epoch_of_each(runs)
-        round_s.append(time.monotonic() - t)
+        round_s.append(now() - t)
         if budget_s is not None and len(round_s) < planned:
-            now = replan(budget_s, time.monotonic() - started, len(round_s), planned, round_s)
-            if now != planned:
-                tqdm.write(f"--max-minutes {budget_s / 60:g}: {now} epochs of every network fit "
+            fits = replan(budget_s, now() - started, len(round_s), planned, round_s)
+            if fits != planned:
+                tqdm.write(f"--max-minutes {budget_s / 60:g}: {fits} epochs of every network fit "
                            f"(measured over epoch {len(round_s)})")
-            planned = now
+            planned = fits
             for _, progress in runs.values():
                 progress.epochs = planned
     return round_s

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,13 +81,13 @@ class PlainBar:
     def __init__(self, iterable, desc: str):
         self.iterable, self.desc, self.postfix = iterable, desc, ""
         self.total = len(iterable)
-        self.last = time.monotonic()
+        self.last = now()
 
     def __iter__(self):
         marks = {self.total * q // 4 for q in (1, 2, 3)}
         for done, item in enumerate(self.iterable):
-            if done in marks and time.monotonic() - self.last >= LOG_EVERY_S:
-                self.last = time.monotonic()
+            if done in marks and now() - self.last >= LOG_EVERY_S:
+                self.last = now()
                 tqdm.write(f"{self.desc}: {done}/{self.total} steps  {self.postfix}")
             yield item
 
