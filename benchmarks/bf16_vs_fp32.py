@@ -16,7 +16,7 @@ import torch
 from resnet import create_model
 from resnet.inference import policy, runtime
 from resnet.device import pick_device
-from resnet.throughput import cpu_description
+from machine import cpu_description
 from resnet.training.budget import step_seconds
 
 # (arch, width, crop px, batch): the default preset's network at its final and evaluation sizes,

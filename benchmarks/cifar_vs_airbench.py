@@ -27,7 +27,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from resnet.throughput import cpu_description
+from machine import cpu_description
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from resnet.inference import runtime
-from resnet.throughput import cpu_description, save_benchmark_checkpoint
+from machine import cpu_description
+from resnet.throughput import save_benchmark_checkpoint
 from resnet.models import create_model
 from resnet.inference.predict import Classifier
 

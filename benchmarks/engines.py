@@ -28,7 +28,8 @@ from PIL import Image
 
 from resnet import Classifier, create_model
 from resnet.inference import policy, runtime
-from resnet.throughput import cpu_description, save_benchmark_checkpoint
+from machine import cpu_description
+from resnet.throughput import save_benchmark_checkpoint
 from resnet.inference.exports import export_onnx, quantize_onnx, sample_images
 
 

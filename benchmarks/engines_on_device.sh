@@ -14,7 +14,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 lscpu | grep -E "Model name|^CPU\(s\)"
 export OMP_NUM_THREADS=2
 pin="taskset -c 0,1"
-$py -c "from resnet.throughput import cpu_description; import torch; torch.set_num_threads(2); print(cpu_description())"
+$py -c "import sys; sys.path.insert(0, 'benchmarks'); from machine import cpu_description; import torch; torch.set_num_threads(2); print(cpu_description())"
 tv() {  # torchvision's ResNet-18 at 224, batch 64: median of 4 timed batches after one, as its users set it up
 $pin $py - <<'PY'
 import statistics, time, torch, torchvision

@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 
-from resnet.throughput import cpu_description
+from machine import cpu_description
 
 # Runs `resnet benchmark ARGS` with keep_freed_memory switched off (argv[1] == "off") or as it is,
 # then prints its JSON line followed by the process's minor faults and peak memory.

@@ -109,7 +109,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60, help="time per level, at most")
     a = p.parse_args()
     from resnet import create_model
-    from resnet.throughput import cpu_description, save_benchmark_checkpoint
+    from machine import cpu_description
+    from resnet.throughput import save_benchmark_checkpoint
 
     body = photo()
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from resnet.throughput import cpu_description
+from machine import cpu_description
 
 
 def one_epoch(data: str, threads: int, workers: int, out: Path) -> float:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 
 from resnet.inference import policy
-from resnet.throughput import cpu_description
+from machine import cpu_description
 from resnet.constants import HEAP_KEEP_BYTES
 
 PEER = """
