@@ -13,6 +13,7 @@ import torch
 
 from . import data as D
 from .checkpoint import save_checkpoint
+from .constants import PROBE_BATCH
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, normalize
 from .device import check_step_memory, pick_device
 from .errors import ConfigError, DataError
@@ -75,20 +76,26 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
     # Before any tensor: a batch that cannot fit is one line, not the kernel's OOM kill.
     check_step_memory(arch, width, img_size, 1000, dev, batch_size, batch_size, training=task == "train")
     model = create_model(arch, num_classes=1000, width=width)
+    model = model.to(dev, memory_format=runtime.memory_format(channels_last))
     with tempfile.TemporaryDirectory() as work:
         if task == "train":  # as `train` sets it up: BatchNorm kept, precision chosen on training steps
-            model = model.to(dev, memory_format=runtime.memory_format(channels_last))
-            timer = functools.partial(step_seconds, model, img_size, dev, channels_last, batch_size)
-            precision = policy.choose_precision(amp, dev, timer)
+            precision = _training_precision(amp, model, dev, img_size, channels_last, batch_size)
             net = runtime.TorchNet(torch.compile(model) if compile else model, dev, precision.dtype, channels_last)
             step = _train_step(net, model, batch_size, img_size)
             chosen = {"amp": precision.name, "precision_reason": precision.reason}
         else:
-            clf = _classifier(model, arch, width, img_size, Path(work), device, amp, channels_last, compile, engine)
+            # A model runs in the precision it recorded in training: that choice made as `train` makes
+            # it, timed on a probe batch (inference's batch may be more than a training step can hold).
+            trained = (_training_precision(amp, model, dev, img_size, channels_last, min(batch_size, PROBE_BATCH))
+                       .record() if amp == "auto" else None)
+            clf = _classifier(model, arch, width, img_size, Path(work), device, amp, channels_last, compile, engine,
+                              trained)
             x = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8)
             step = functools.partial(runtime.logits, clf.net, x, clf.mean, clf.std)
             info = clf.describe()
-            chosen = {"amp": info["precision"], "precision_reason": info["precision_reason"],
+            why = f"{info['precision_reason']}: what a model trained here records ({trained['reason']})" if trained \
+                else info["precision_reason"]
+            chosen = {"amp": info["precision"], "precision_reason": why,
                       "engine": clf.engine.name, "engine_reason": clf.engine.reason}
         seconds = _timed(step, steps, dev)
     return {"task": task, "arch": arch, "width": width, "img_size": img_size, "batch_size": batch_size,
@@ -96,21 +103,33 @@ def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_si
             "images_per_second": batch_size * steps / seconds, "seconds": seconds}
 
 
-def save_benchmark_checkpoint(path: Path, model: torch.nn.Module, arch: str, img_size: int, width: float = 1.0
-                              ) -> Path:
-    """`model` (random weights) as a checkpoint of 1,000 numbered classes evaluated at `img_size`:
-    what the benchmarks load, export and time as they would a user's."""
+def save_benchmark_checkpoint(path: Path, model: torch.nn.Module, arch: str, img_size: int, width: float = 1.0,
+                              precision: dict[str, str] | None = None) -> Path:
+    """`model` (random weights) as a checkpoint of 1,000 numbered classes evaluated at `img_size`
+    (trained in `precision`, a `Precision.record()`, where given): what the benchmarks load,
+    export and time as they would a user's."""
     save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "model_options": {"width": width},
                            "classes": [str(i) for i in range(1000)], "eval_size": img_size,
-                           "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+                           "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                           **({"precision": precision} if precision else {})})
     return path
 
 
+def _training_precision(amp: str, model: torch.nn.Module, dev: torch.device, img_size: int, channels_last: bool,
+                        batch_size: int) -> policy.Precision:
+    """The precision `train --amp AMP` would choose for `model` here (timed training steps where the
+    CPU has bf16 kernels). Inference is measured in it too: a model records it and runs in it, where
+    a random-weights model recording none would run by capability (fp32 on a Zen 4 CPU, whose
+    training measures bf16 1.9x faster and records it)."""
+    timer = functools.partial(step_seconds, model, img_size, dev, channels_last, batch_size)
+    return policy.choose_precision(amp, dev, timer)
+
+
 def _classifier(model: torch.nn.Module, arch: str, width: float, img_size: int, work: Path, device: str, amp: str,
-                channels_last: bool, compile: bool, engine: str) -> Classifier:
-    """`model` saved as a checkpoint in `work` and loaded as `serve` loads one (ONNX exports kept
-    in `work` too, so that the user's cache is left alone)."""
-    path = save_benchmark_checkpoint(work / "model.pt", model, arch, img_size, width)
+                channels_last: bool, compile: bool, engine: str, precision: dict[str, str] | None) -> Classifier:
+    """`model` saved as a checkpoint in `work` (trained in `precision`) and loaded as `serve` loads
+    one (ONNX exports kept in `work` too, so that the user's cache is left alone)."""
+    path = save_benchmark_checkpoint(work / "model.pt", model, arch, img_size, width, precision)
     return Classifier.from_checkpoint(path, device, amp, channels_last, compile, engine, math.inf, work)
 
 
