@@ -189,11 +189,13 @@ def test_few_images_make_no_export(trained):
         assert (p_torch - probs).abs().max() < 1e-5
 
 
-def test_int8_calibrates_on_the_runs_own_images_and_records_its_check(trained, tmp_path, capsys, engine_clock):
+def test_int8_calibrates_on_the_runs_own_images_and_records_its_check(trained, tmp_path, capsys, engine_clock,
+                                                                       monkeypatch):
     """`export --quantize int8` with no --calib: calibrated on the run's training images (its
     train.csv), scored on its validation images against the checkpoint, the check printed and
     kept in the file's model card, its accuracy the one an evaluation of the file on its own
-    gives; `resnet.export` from Python writes what the command writes. A checkpoint whose training
+    gives; `resnet.export` from Python writes what the command writes, reading the checkpoint once
+    for the export, the check and `--verify`. A checkpoint whose training
     images are gone asks for --calib, in one line, before any work."""
     import resnet
 
@@ -210,7 +212,12 @@ def test_int8_calibrates_on_the_runs_own_images_and_records_its_check(trained, t
     assert (alone["num_images"], alone["accuracy"]) == (5, check["accuracy"])
     reference, _, _ = evaluate(run / "best.pt", run / "val.csv", workers=0)
     assert check["reference_accuracy"] == reference["accuracy"]
-    via_api = resnet.export(run / "best.pt", quantize="int8", output=tmp_path / "api.int8.onnx")
+    reads = []  # the export, the check and --verify share one read of the checkpoint
+    with monkeypatch.context() as m:
+        m.setattr("resnet.checkpoint.read_checkpoint", lambda path, real=read_checkpoint: reads.append(path)
+                  or real(path))
+        via_api = resnet.export(run / "best.pt", quantize="int8", output=tmp_path / "api.int8.onnx", verify=True)
+    assert reads == [run / "best.pt"] and via_api["verify"]["images"] > 0
     assert json.loads(engines.read_card(via_api["output"])[1]["int8_check"])["accuracy"] == check["accuracy"]
     a, b = onnx.load(str(out)), onnx.load(via_api["output"])
     assert [i.raw_data for i in a.graph.initializer] == [i.raw_data for i in b.graph.initializer]

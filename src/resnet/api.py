@@ -9,7 +9,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -25,6 +25,9 @@ from .options import EXPORT_FORMATS, QUANTIZE
 from .outputs import check_output_dir, check_output_file, sole_writer, write_rows
 from .training import loop
 from .training.config import TrainConfig, check_options, make_config, resume_config
+
+if TYPE_CHECKING:
+    import torch
 
 SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "int8": ".int8.onnx"}
 
@@ -170,16 +173,17 @@ def export(checkpoint: str | Path, format: str = "onnx", output: str | Path | No
         raise ConfigError(f"--output {output}: a {format} file is named *{suffix}")
     check_output_file("--output", output, [ckpt, *([calib] if calib else [])])
     result: dict[str, Any] = {"output": str(output)}
+    model, meta = load_checkpoint(ckpt)  # read once: the export, the int8 check and --verify use it
     if format == "safetensors":
-        X.export_safetensors(ckpt, output)
+        X.write_safetensors(model, meta, output)
     elif quantize:
-        result["int8_check"] = export_int8(ckpt, output, calib)
+        result["int8_check"] = export_int8(model, meta, ckpt, output, calib)
     else:
-        X.export_onnx(ckpt, output)
+        X.write_onnx(model, meta, output)
     result["bytes"] = output.stat().st_size
     if verify is not None and verify is not False:
         # Both in fp32, the export's own arithmetic: the check is of the file, not of bf16's rounding.
-        result["verify"] = compare(Classifier.from_checkpoint(ckpt, device="cpu", amp="off"),
+        result["verify"] = compare(Classifier.from_model(model, meta, str(ckpt), device="cpu", amp="off"),
                                    Classifier.load(output, amp="off"), images)
     return result
 
@@ -197,22 +201,23 @@ def calibration_images(ckpt: Path, meta: dict[str, Any], calib: str | Path | Non
     return X.spread(paths, CALIBRATION_IMAGES), str(listing)
 
 
-def export_int8(ckpt: Path, output: Path, calib: str | Path | None) -> dict[str, Any]:
-    """The int8 export of `ckpt` at `output`, calibrated (`calibration_images`) and, where the
-    run's validation images are there, checked against the checkpoint: accuracy of both on them
-    and images per second of both as they run here. The check goes into the model card."""
-    _, meta = load_checkpoint(ckpt)
+def export_int8(model: torch.nn.Module, meta: dict[str, Any], ckpt: Path, output: Path,
+                calib: str | Path | None) -> dict[str, Any]:
+    """The int8 export of checkpoint `ckpt` (read: `model`, `meta`) at `output`, calibrated
+    (`calibration_images`) and, where the run's validation images are there, checked against the
+    checkpoint: accuracy of both on them and images per second of both as they run here. The
+    check goes into the model card."""
     paths, source = calibration_images(ckpt, meta, calib)
     check: dict[str, Any] = {"calibration": source, "calibration_images": len(paths)}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = X.export_onnx(ckpt, Path(tmp) / "fp32.onnx")
+        fp32 = X.write_onnx(model, meta, Path(tmp) / "fp32.onnx")
         X.quantize_onnx(fp32, output, paths, {"int8_check": json.dumps(check)})
     val = X.run_images(ckpt, meta, "val")
     if val is None:
         return check
     listing, paths = val
     # Each loaded once: its engine is timed once, and the speed is measured on what was scored.
-    own, quantized = Classifier.load(ckpt, images=len(paths)), Classifier.load(output)
+    own, quantized = Classifier.from_model(model, meta, str(ckpt), images=len(paths)), Classifier.load(output)
     reference, _, _ = evaluate(own, listing, workers=0)
     int8, _, _ = evaluate(quantized, listing, workers=0)
     size = int(meta["eval_size"])

@@ -278,9 +278,13 @@ def add_metadata(path: str | Path, extra: dict[str, str]) -> Path:
 def export_safetensors(checkpoint: str | Path, output: str | Path) -> Path:
     """The weights alone, with the card in the metadata: loads with `Classifier.load` and, keys
     being torchvision's, into torchvision's model of the same architecture."""
+    return write_safetensors(*load_checkpoint(checkpoint), output)
+
+
+def write_safetensors(model: torch.nn.Module, meta: dict[str, Any], output: str | Path) -> Path:
+    """`export_safetensors` of a checkpoint already read."""
     from safetensors.torch import save_file
 
-    model, meta = load_checkpoint(checkpoint)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     # The precision it was trained in goes with it: it runs in that precision wherever it is loaded.
     metadata = {**card_strings(meta), **({"precision": json.dumps(meta["precision"])} if "precision" in meta else {})}

@@ -80,7 +80,16 @@ class Classifier:
         the engine `policy` decides (`images`: how many it will score; `math.inf`: long-lived),
         with ONNX exports kept in `cache_dir`. `compile`: see `runtime.compile_for_inference`.
         Grad-CAM uses the eager PyTorch model whichever engine predicts."""
-        model, meta = load_checkpoint(path)
+        return cls.from_model(*load_checkpoint(path), str(path), device, amp, channels_last, compile, engine, images,
+                              cache_dir)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, meta: dict[str, Any], path: str, device: str = "auto",
+                   amp: str = "auto", channels_last: bool = True, compile: bool = False, engine: str = "auto",
+                   images: float = 0, cache_dir: str | Path | None = None) -> "Classifier":
+        """`from_checkpoint` on a checkpoint already read (`load_checkpoint`'s model and the rest),
+        so that a caller needing it for more than one thing reads it once. The model becomes the
+        Classifier's own: moved to the device and its BatchNorms folded, in place."""
         dev = pick_device(device)
         policy.check_engine(engine, dev, compile)
         recorded = (meta.get("precision") or {}).get("dtype")
