@@ -121,8 +121,8 @@ def test_an_engine_that_fails_or_computes_something_else_is_left_out(trained, tm
     with pytest.raises(CheckpointError, match="no CPU plugin"):  # asked for by name: an error
         Classifier.from_checkpoint(fp32, engine="openvino")
     monkeypatch.setattr(predict, "open_onnx", real_open)
-    real_call = engines.OnnxNet.__call__
-    monkeypatch.setattr(engines.OnnxNet, "__call__", lambda self, x: real_call(self, x) + 0.5)
+    real_call = engines.OnnxRuntimeNet.__call__
+    monkeypatch.setattr(engines.OnnxRuntimeNet, "__call__", lambda self, x: real_call(self, x) + 0.5)
     clf = Classifier.from_checkpoint(fp32, images=math.inf)
     assert clf.engine.name == "openvino" and "onnxruntime left out: its logits differ" in clf.engine.reason
 

@@ -200,10 +200,10 @@ def test_benchmark_infer_measures_the_precision_a_model_trained_here_runs_in(mon
     monkeypatch.setattr(policy, "cpu_prefers_bf16", lambda: False)
     for bf16_s, expected in ((1.0, "bfloat16"), (3.0, "fp32")):
         monkeypatch.setattr(throughput, "step_seconds", lambda *args, s=bf16_s: s if args[-1] == torch.bfloat16 else 2.0)
-        result = throughput.bench_model("infer", "resnet20", 32, 4, 1, "cpu", engine="torch")
+        result = throughput.bench_network("infer", "resnet20", 32, 4, 1, "cpu", engine="torch")
         assert result["amp"] == expected and "what a model trained here records (measured here" in result["precision_reason"]
     monkeypatch.setattr(throughput, "step_seconds", lambda *args: pytest.fail("--amp given: nothing to time"))
-    assert throughput.bench_model("infer", "resnet20", 32, 4, 1, "cpu", amp="off", engine="torch")["amp"] == "fp32"
+    assert throughput.bench_network("infer", "resnet20", 32, 4, 1, "cpu", amp="off", engine="torch")["amp"] == "fp32"
 
 
 @pytest.mark.parametrize("amx", [False, True])

@@ -229,7 +229,7 @@ def test_predict_writes_cam_overlays_named_after_inputs(trained, tmp_path):
 
 
 def test_onnx_export_matches_pytorch_and_labels_alike(trained, tmp_path, capsys, engine_clock):
-    from resnet.inference.engines import OnnxNet, read_card
+    from resnet.inference.engines import OnnxRuntimeNet, read_card
 
     engine_clock("onnxruntime")  # the export's engine, whichever a loaded machine would time faster
     root, run = trained
@@ -241,7 +241,7 @@ def test_onnx_export_matches_pytorch_and_labels_alike(trained, tmp_path, capsys,
     card, _ = read_card(onnx_path)
     assert card["classes"] == ["a", "b"] and card["arch"] == "resnet20"
     assert card["eval_size"] == 24 and len(card["mean"]) == 3
-    net = OnnxNet(onnx_path)
+    net = OnnxRuntimeNet(onnx_path)
     shape = net.session.get_inputs()[0].shape
     assert isinstance(shape[0], str) and shape[1:] == [3, 24, 24]  # dynamic batch axis
     files = [str(p) for p in sorted(root.rglob("*.png"))]

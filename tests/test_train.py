@@ -536,7 +536,7 @@ def test_cifar_paper_preset_divides_the_learning_rate_where_the_paper_did():
     from types import SimpleNamespace
 
     cfg = TC.make_config("cifar-paper", data=".")
-    run, progress = SimpleNamespace(cfg=cfg, steps_per_epoch=45_000 // 128), TR.RunState(epochs=cfg.epochs)
+    run, progress = SimpleNamespace(cfg=cfg, steps_per_epoch=45_000 // 128), TR.Progress(epochs=cfg.epochs)
     total = progress.total_steps(run.steps_per_epoch)
     assert abs(total - 64_000) < run.steps_per_epoch
 

@@ -71,14 +71,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 # each older one as the current:
 #   0: the run's place at the top level: `epoch`, `scheduler`'s step, `best_acc`, `history`, and
 #      `skipped` as (path, reason) pairs;
-#   1: that place in `progress` (a `run.RunState`); a run from before `--class-balance` has none
+#   1: that place in `progress` (a `run.Progress`); a run from before `--class-balance` has none
 #      in its `config` (it trained with none); `plan`, `size_reason`, `budget`, `scaler`,
 #      `precision` maybe absent (a precision absent is chosen again);
 #   2: `schema` itself, and every key below always written.
 CHECKPOINT_SCHEMA = 2
 
 
-def run_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+def training_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
               card: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """A training checkpoint's layout: the model card (`CARD_KEYS`, what every inference path
     reads), the weights, and the run's state (what `--resume` reads back with `restore_run`):
@@ -109,7 +109,7 @@ def migrate(state: dict[str, Any], source: str | Path = "") -> dict[str, Any]:
 
 def restore_run(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler) -> None:
-    """What `run_state` saved, put back: the weights, the optimiser's and the scaler's state and
+    """What `training_checkpoint` saved, put back: the weights, the optimiser's and the scaler's state and
     the random generator, so that the resumed run takes the steps the uninterrupted one would."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

@@ -428,7 +428,7 @@ EXPERIMENT_TEST_IMAGES = 1000
 # cores) in twice the steps; the paper's rate is too large for the 56-layer network in a run this
 # short (docs/science.md: ResNet-56 behind ResNet-20 at 0.2 and 0.1 per 256, ahead at 0.05).
 EXPERIMENT_RECIPE = dict(batch_size=64, lr=0.05, warmup_epochs=0.0)
-# An epoch of every network against the sum of their timed steps (`bench_model`'s, taken at the
+# An epoch of every network against the sum of their timed steps (`bench_network`'s, taken at the
 # command's start): 1.1x with the DataLoader, as first measured; with the in-memory loader the
 # 30-minute runs' epochs took 0.65x the prediction (18.5 s against 28.7 s on the 2-core Xeon).
 # Left high: the plan then errs toward fewer images and the refit adds epochs (60 planned, 81

@@ -30,7 +30,7 @@ from .training.budget import fit, now, recent, steady_fit
 from .training.config import check_range, make_config
 from .training.loop import begin, end_epoch, train_epoch, validate
 from .training.records import record_epoch
-from .training.run import Run, RunState, set_up
+from .training.run import Run, Progress, set_up
 
 
 def networks(depths: Sequence[int] | str) -> list[str]:
@@ -118,9 +118,9 @@ def design_experiment(available_train: int, available_test: int, seconds: float 
 def timed_steps(archs: Sequence[str], batch_size: int, device: str) -> list[float]:
     """Seconds of one training step of each network (forward, backward, SGD, at 32 px, in the
     precision its run will choose: `resnet benchmark train`'s code)."""
-    from .throughput import bench_model
+    from .throughput import bench_network
 
-    return [batch_size / bench_model("train", arch, 32, batch_size, steps=3, device=device)["images_per_second"]
+    return [batch_size / bench_network("train", arch, 32, batch_size, steps=3, device=device)["images_per_second"]
             for arch in archs]
 
 
@@ -152,7 +152,7 @@ def replan(budget_s: float, spent_s: float, done: int, planned: int, round_s: li
     return min(planned_now, planned) if 2 * done >= planned else planned_now
 
 
-def epoch_of_each(runs: dict[str, tuple[Run, RunState]]) -> None:
+def epoch_of_each(runs: dict[str, tuple[Run, Progress]]) -> None:
     """One epoch of every network in turn, each recorded as `train` records its epochs."""
     for name, (run, progress) in runs.items():
         sums = train_epoch(run, progress, None)
@@ -199,7 +199,7 @@ def degradation(data: str | Path, out: str | Path, val: str | Path | None = None
         return report(runs, plan, round_s, step_s, out)
 
 
-def side_by_side(runs: dict[str, tuple[Run, RunState]], planned: int, budget_s: float | None,
+def side_by_side(runs: dict[str, tuple[Run, Progress]], planned: int, budget_s: float | None,
                  started: float) -> list[float]:
     """Train every network one epoch at a time, in turn, for the plan's epochs; with a budget
     (seconds since `started`), the plan is refitted after each epoch of all and given to every
@@ -220,7 +220,7 @@ def side_by_side(runs: dict[str, tuple[Run, RunState]], planned: int, budget_s: 
     return round_s
 
 
-def report(runs: dict[str, tuple[Run, RunState]], plan: Design, round_s: list[float], step_s: list[float] | None,
+def report(runs: dict[str, tuple[Run, Progress]], plan: Design, round_s: list[float], step_s: list[float] | None,
            out: Path) -> dict[str, Any]:
     """history.csv, summary.json, plan.json and figure6.png; a line per network. Returns the summary."""
     history, summary = [], {}

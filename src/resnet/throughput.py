@@ -33,7 +33,7 @@ def benchmark(task: str, root: str | None = None, *, arch: str = "resnet18", img
               channels_last: bool = True, width: float = 1.0, compile: bool = False, engine: str = "auto"
               ) -> dict[str, Any]:
     """`resnet benchmark TASK` (`options.BENCHMARKS`): `bench_data` over the images under `root`,
-    or `bench_model`, each value checked as its flag. `batch_size` left out: 64 images for `data`
+    or `bench_network`, each value checked as its flag. `batch_size` left out: 64 images for `data`
     (a loader's batch), 32 for `train` and `infer`."""
     if task not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {task!r}; choose from: {', '.join(BENCHMARKS)}")
@@ -42,7 +42,7 @@ def benchmark(task: str, root: str | None = None, *, arch: str = "resnet18", img
         if not root:
             raise DataError("benchmark data needs an image folder")
         return bench_data(root, img_size, workers, batch_size or 64, cache, cache_dir, normalized)
-    return bench_model(task, arch, img_size, batch_size or 32, steps, device, amp, channels_last, width, compile,
+    return bench_network(task, arch, img_size, batch_size or 32, steps, device, amp, channels_last, width, compile,
                        engine)
 
 
@@ -65,7 +65,7 @@ def bench_data(root: str, img_size: int = 224, workers: int = 0, batch_size: int
             "workers": workers, "img_size": img_size, "batch_size": batch_size, "cache": cache, "normalized": normalized}
 
 
-def bench_model(task: str, arch: str = "resnet18", img_size: int = 224, batch_size: int = 32,
+def bench_network(task: str, arch: str = "resnet18", img_size: int = 224, batch_size: int = 32,
                 steps: int = 10, device: str = "auto", amp: str = "auto", channels_last: bool = True,
                 width: float = 1.0, compile: bool = False, engine: str = "auto") -> dict[str, Any]:
     """Training steps (forward, backward, SGD) or inference on random uint8 batches, after 3

@@ -60,7 +60,7 @@ def trained_precision(path: str | Path, meta: dict[str, str]) -> dict[str, str]:
     return record
 
 
-class OnnxNet:
+class OnnxRuntimeNet:
     """An ONNX file run by onnxruntime on the CPU, in fp32 (or the file's int8), as a `runtime.Net`."""
 
     device = torch.device("cpu")
@@ -137,7 +137,7 @@ def openvino_core() -> Any:
     return ov.Core()
 
 
-def open_onnx(path: str | Path, engine: str, bf16: bool = False) -> OnnxNet | OpenVinoNet:
+def open_onnx(path: str | Path, engine: str, bf16: bool = False) -> OnnxRuntimeNet | OpenVinoNet:
     """The ONNX file at `path` on `engine`: OpenVINO in bf16 where told, else f32; onnxruntime,
     whose CPU provider has no bf16 kernels, always as the file is (fp32 or int8)."""
-    return OpenVinoNet(path, bf16) if engine == "openvino" else OnnxNet(path)
+    return OpenVinoNet(path, bf16) if engine == "openvino" else OnnxRuntimeNet(path)

@@ -33,7 +33,7 @@ from .budget import Budget, RunShape, compute_time_by_size, now, val_forwards
 from .config import TrainConfig
 from .optim import lr_scale
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
-from .run import Run, RunState, set_up
+from .run import Run, Progress, set_up
 
 
 @dataclass
@@ -50,7 +50,7 @@ class EpochSums:
                          sum(p["loss"] for p in parts), parts[0]["seconds"])
 
 
-def first_budget_steps(run: Run, progress: RunState, budget: Budget, step_s: float, crop: int) -> int:
+def first_budget_steps(run: Run, progress: Progress, budget: Budget, step_s: float, crop: int) -> int:
     """The first plan of a time budget, in steps, from the first steps' time and the compute
     measured at the sizes training will see."""
     largest = run.cfg.img_size if run.cfg.img_size != crop else run.eval_size
@@ -83,7 +83,7 @@ def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
     scaler.update()
 
 
-def take_step(run: Run, progress: RunState, batch: D.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def take_step(run: Run, progress: Progress, batch: D.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on `batch` at the schedule's learning rate: (loss, logits, labels)."""
     for g in run.optimizer.param_groups:  # fine-tuning's stages at their own share of the rate (`lr_scale`)
         g["lr"] = run.lr(progress) * lr_scale(g, progress.epoch, run.cfg.freeze_epochs)
@@ -96,14 +96,14 @@ def take_step(run: Run, progress: RunState, batch: D.Batch) -> tuple[torch.Tenso
     return loss, logits, y
 
 
-def save_mid_epoch(run: Run, progress: RunState, budget: Budget | None, sums: EpochSums) -> None:
+def save_mid_epoch(run: Run, progress: Progress, budget: Budget | None, sums: EpochSums) -> None:
     """last.pt in the middle of an epoch, with the sums of every rank so far (a resumed run goes on
     counting the epoch from them)."""
     progress.partial = asdict(sums.over_ranks())
     save(run, run.out / "last.pt", progress, budget, {})
 
 
-def train_epoch(run: Run, progress: RunState, budget: Budget | None, signals: list[int] | None = None) -> EpochSums:
+def train_epoch(run: Run, progress: Progress, budget: Budget | None, signals: list[int] | None = None) -> EpochSums:
     """One epoch (or the rest of one, when resumed mid-epoch), updating `progress` step by step.
     With a budget not yet planned, the plan is made after the first `FIRST_FIT_STEPS` steps.
     `signals`: those `stop_at_a_step` received; one (on any rank) ends the run after this step."""
@@ -180,7 +180,7 @@ class ValScores(NamedTuple):
 NO_SCORES = ValScores(float("nan"), float("nan"), float("nan"), float("nan"))
 
 
-def validate(run: Run, progress: RunState) -> ValScores:
+def validate(run: Run, progress: Progress) -> ValScores:
     """`ValScores` on the validation set, through the one inference path. Each rank scores its
     own slice with rank 0's weights, and the confusion matrices are summed."""
     if run.val_loader is None:
@@ -204,7 +204,7 @@ def validate(run: Run, progress: RunState) -> ValScores:
     return ValScores(sum(part.loss for part in parts) / n, float(np.trace(confusion)) / n, *class_scores(confusion))
 
 
-def end_epoch(run: Run, progress: RunState, sums: EpochSums, val: ValScores, crop: int,
+def end_epoch(run: Run, progress: Progress, sums: EpochSums, val: ValScores, crop: int,
               seconds: float) -> tuple[dict, bool]:
     """Record the finished epoch in `progress`: (its metrics row, whether it is the best so far by
     the run's `select` key)."""
@@ -221,7 +221,7 @@ def end_epoch(run: Run, progress: RunState, sums: EpochSums, val: ValScores, cro
     return row, improved
 
 
-def should_stop(run: Run, progress: RunState, budget: Budget | None, last_epoch_s: float) -> bool:
+def should_stop(run: Run, progress: Progress, budget: Budget | None, last_epoch_s: float) -> bool:
     """Whether to stop now, decided on rank 0 and shared (ranks that disagreed would wait on each
     other forever), with a budget's plan refitted into `progress`. Stops on --patience, or when the
     budget cannot take another epoch; a budget refits the plan every epoch (larger crops are only
@@ -247,13 +247,13 @@ def should_stop(run: Run, progress: RunState, budget: Budget | None, last_epoch_
     return bool(stop)
 
 
-def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[RunState, Budget | None]:
+def begin(run: Run, state: dict[str, Any] | None, started: float) -> tuple[Progress, Budget | None]:
     """Where the run starts (from `state` when resumed), its time budget, and the files that
     describe it (train.csv, val.csv, config.json, the first lines)."""
-    progress = RunState(epochs=run.cfg.epochs, skipped=dict(run.split.skipped))
+    progress = Progress(epochs=run.cfg.epochs, skipped=dict(run.split.skipped))
     if state is not None:
         restore_run(state, run.model, run.optimizer, run.scaler)
-        progress = RunState.restore(run.cfg.epochs, state)
+        progress = Progress.restore(run.cfg.epochs, state)
         progress.skipped.update(run.split.skipped)
     ddp.same_on_all_ranks("the step to start from (resuming needs --out on a file system all nodes share)",
                           progress.step)
@@ -305,7 +305,7 @@ def signal_received(signals: list[int], device: torch.device) -> int:
     return ddp.largest(signals[0] if signals else 0, device)
 
 
-def interrupted(run: Run, progress: RunState, signum: int) -> Interrupted:
+def interrupted(run: Run, progress: Progress, signum: int) -> Interrupted:
     """What a signal ended: said once every rank stands at the same step and last.pt holds it."""
     ddp.barrier()  # no rank leaves (and has torchrun stop the others) before rank 0 has saved
     last = run.out / "last.pt"
@@ -351,7 +351,7 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
     return summary(run, progress, started)
 
 
-def run_epochs(run: Run, progress: RunState, budget: Budget | None, board, signals: list[int]) -> None:
+def run_epochs(run: Run, progress: Progress, budget: Budget | None, board, signals: list[int]) -> None:
     """The epochs, until the plan's last, an early stop, or a signal."""
     while progress.epoch < progress.epochs:
         crop = run.crop_at(progress.epoch, progress.epochs)

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import run_state, save_checkpoint
+from ..checkpoint import training_checkpoint, save_checkpoint
 from ..constants import LOG_EVERY_S
 from ..outputs import replace_atomically
 from .budget import Budget, now
-from .run import Run, RunState
+from .run import Run, Progress
 
 
 def tensorboard_writer(out: Path):
@@ -39,8 +39,8 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     replace_atomically(path, write)
 
 
-def save(run: Run, path: Path, progress: RunState, budget: Budget | None, metrics: dict) -> None:
-    """A checkpoint of the run as it stands (main process only), in `checkpoint.run_state`'s layout."""
+def save(run: Run, path: Path, progress: Progress, budget: Budget | None, metrics: dict) -> None:
+    """A checkpoint of the run as it stands (main process only), in `checkpoint.training_checkpoint`'s layout."""
     if not run.main:
         return
     cfg = run.cfg
@@ -48,10 +48,10 @@ def save(run: Run, path: Path, progress: RunState, budget: Budget | None, metric
     state = {"config": asdict(cfg), "progress": asdict(progress), "precision": run.precision.record(),
              "scheduler": {"step": progress.step, "total_steps": progress.total_steps(run.steps_per_epoch)},
              "plan": run.plan_lines, "size_reason": run.size_reason, "budget": budget.state() if budget else None}
-    save_checkpoint(path, run_state(run.model, run.optimizer, run.scaler, card, state))
+    save_checkpoint(path, training_checkpoint(run.model, run.optimizer, run.scaler, card, state))
 
 
-def announce(run: Run, progress: RunState) -> None:
+def announce(run: Run, progress: Progress) -> None:
     cfg = run.cfg
     first = run.crop_at(progress.epoch, progress.epochs)
     sizes = f"{first} -> {cfg.img_size}" if first != cfg.img_size else str(first)
@@ -113,7 +113,7 @@ def epochs_fit(steps: int, steps_per_epoch: int) -> str:
     return f"{whole} epochs" + (f" and {tail} of {steps_per_epoch} steps of one more" if tail else "")
 
 
-def record_epoch(run: Run, progress: RunState, budget: Budget | None, board, row: dict, improved: bool,
+def record_epoch(run: Run, progress: Progress, budget: Budget | None, board, row: dict, improved: bool,
                  name: str = "") -> None:
     """The finished epoch in metrics.csv, TensorBoard, last.pt (and best.pt), and one line (led by
     `name` where several networks train side by side)."""
@@ -131,7 +131,7 @@ def record_epoch(run: Run, progress: RunState, budget: Budget | None, board, row
                f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f}s")
 
 
-def summary(run: Run, progress: RunState, started: float) -> dict[str, Any]:
+def summary(run: Run, progress: Progress, started: float) -> dict[str, Any]:
     """The run's result. best.pt is the epoch that scored best on the validation set by the run's
     `select` key (balanced accuracy where its classes are imbalanced), which that choice flatters:
     the final weights' score is reported beside it."""

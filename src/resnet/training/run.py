@@ -1,5 +1,5 @@
 """A training run's set-up: everything that lives for the whole run (`Run`) and where it stands
-(`RunState`), built once by `set_up` — device, data, precision, model, optimiser — with every check
+(`Progress`), built once by `set_up` — device, data, precision, model, optimiser — with every check
 that can fail on the user's input run before the expensive work."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 @dataclass
-class RunState:
+class Progress:
     """Where the run stands; saved in every checkpoint and restored on resume."""
 
     epochs: int                       # the plan: epochs in the whole run (the last maybe cut short)
@@ -62,7 +62,7 @@ class RunState:
     steps: int | None = None          # a time budget's plan in steps, which may end mid-epoch
 
     @classmethod
-    def restore(cls, epochs: int, state: dict[str, Any]) -> "RunState":
+    def restore(cls, epochs: int, state: dict[str, Any]) -> "Progress":
         """From a checkpoint's `state` (`checkpoint.migrate`d), for a run of `epochs`."""
         saved = dict(state["progress"])
         if saved.get("epochs") != epochs:  # --epochs given anew: whole epochs, as many as it says
@@ -114,7 +114,7 @@ class Run:
     def crop_at(self, epoch: int, epochs: int) -> int:
         return crop_size_at(epoch, epochs, self.cfg.img_size, self.cfg.min_img_size)
 
-    def lr(self, progress: RunState) -> float:
+    def lr(self, progress: Progress) -> float:
         # Linear scaling rule (Goyal et al.) on the global batch, whatever the number of processes.
         peak = self.cfg.lr * self.cfg.batch_size / 256
         total = progress.total_steps(self.steps_per_epoch)
