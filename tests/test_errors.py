@@ -448,7 +448,8 @@ def package_imports() -> dict[str, set[str]]:
 def test_the_package_has_no_import_circle():
     """export and predict once imported each other; any cycle would be found here, with its path."""
     graph = package_imports()
-    assert graph["inference.exports"] and "inference.predict" not in graph["inference.exports"]  # the graph is really read
+    exports = graph["inference.exports"]
+    assert exports and "inference.predict" not in exports  # the graph is really read
 
     def visit(node: str, path: list[str]) -> None:
         assert node not in path, " -> ".join(path[path.index(node):] + [node])

@@ -114,7 +114,7 @@ def test_shifted_views_count_half_as_airbench_scores_them(clf):
 def test_import_resnet_does_not_load_the_training_loop():
     """`import resnet` loads none of the training modules; `resnet.train` then does (so the names
     checked are modules that exist: a renamed module would fail here, not pass unseen)."""
-    training = ("resnet.training.loop", "resnet.training.run", "resnet.training.records", "resnet.training.budget", "resnet.training.recipe")
+    training = tuple(f"resnet.training.{m}" for m in ("loop", "run", "records", "budget", "recipe"))
     code = (f"import sys, resnet; print(sorted(m for m in {training} if m in sys.modules)); resnet.train; "
             f"import resnet.api; print(sorted(m for m in {training} if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

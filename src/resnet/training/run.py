@@ -253,10 +253,11 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     precision = run_precision(cfg, device, batch, len(split.classes), (state or {}).get("precision"))
     size_reason = state["size_reason"] if resuming else None  # a resumed run keeps the size it chose
     if cfg.max_minutes and recipe is not None:
-        # A size given is the one rung timed: its epochs are still what the plan below needs.
-        ladder = recipe if cfg.fit_size else replace(recipe, ladder=((cfg.width, cfg.img_size),))
-        sized, why, epochs = size_for_budget(cfg, ladder, split, device, batch, world, precision.dtype)
-        cfg, size_reason = (sized, why) if cfg.fit_size else (cfg, size_reason)
+        # A size given is the one rung timed, and kept: the epochs it buys still decide the plan below.
+        timed = recipe if cfg.fit_size else replace(recipe, ladder=((cfg.width, cfg.img_size),))
+        sized, why, epochs = size_for_budget(cfg, timed, split, device, batch, world, precision.dtype)
+        if cfg.fit_size:
+            cfg, size_reason = sized, why
         # Planned again from the epochs the budget buys: the choices that depend on them (TrivialAugment)
         cfg, recipe, recipe_lines = apply_recipe(cfg, stats, epochs)
     plan_lines = state["plan"] if resuming else [*recipe_lines, *split.notes, *balance_lines]
