@@ -194,10 +194,10 @@ def engine_clock(monkeypatch):
     """`pin(name)`: `--engine auto` finds engine `name` the fastest (fake timings, no clock), so
     that what a test sees never depends on which engine a loaded machine happened to time faster
     (int8 kernels of onnxruntime and OpenVINO round differently)."""
-    from resnet.inference import policy
+    from resnet.inference import runtime
 
     def pin(name: str) -> None:
-        monkeypatch.setattr(policy, "net_seconds", lambda net, *a: 0.1 if getattr(net, "name", "torch") == name else 0.2)
+        monkeypatch.setattr(runtime, "net_seconds", lambda net, *a: 0.1 if getattr(net, "name", "torch") == name else 0.2)
 
     return pin
 

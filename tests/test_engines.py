@@ -48,7 +48,7 @@ def test_where_each_engine_runs_and_what_auto_decides_untimed():
         assert policy.choose_engine(engine, CPU, False, 1, False).name == engine  # asked for
         for device, compile in ((cuda, False), (CPU, True)):
             with pytest.raises(ConfigError, match=engine):
-                policy.choose_engine(engine, device, compile, math.inf, True)
+                policy.check_engine(engine, device, compile)
     for device, compile in ((cuda, False), (CPU, True)):
         assert policy.choose_engine("auto", device, compile, math.inf, True).name == "torch"
         with pytest.raises(ConfigError, match="ONNX file"):
@@ -66,6 +66,12 @@ def test_where_each_engine_runs_and_what_auto_decides_untimed():
     assert policy.onnx_engines(FP32) == ("onnxruntime", "openvino")
     assert policy.onnx_engines(BF16) == ("openvino",)  # onnxruntime would compute it in fp32
     assert policy.onnx_engines(replace(BF16, int8=True)) == ("onnxruntime", "openvino")
+    # Asked for by name, onnxruntime runs a bf16 model's fp32 export, and says so; the others keep it.
+    assert policy.precision_on(BF16, "onnxruntime").name == "fp32" and "fp32 export" in policy.precision_on(
+        BF16, "onnxruntime").reason
+    assert policy.precision_on(BF16, "openvino") == policy.precision_on(BF16, "torch") == BF16
+    assert policy.precision_on(FP32, "onnxruntime") == FP32
+    assert policy.precision_on(replace(BF16, int8=True), "onnxruntime").name == "int8"
     assert policy.export_too_dear(2000, 0.023).name == "torch"  # ResNet-18 at 224 px: ~46 s
     assert policy.export_too_dear(5000, 0.023) is None  # ~115 s: the export pays
     fast = policy.faster_engine({"torch": 0.2, "onnxruntime": 0.15, "openvino": 0.1}, 16, ["x left out: y"])
@@ -81,7 +87,7 @@ def test_auto_takes_the_engine_the_timings_say_among_those_of_the_models_precisi
     of its two engines. The export is made once and found again (no second export)."""
     _, run = trained
     fp32 = with_precision(run, tmp_path, "fp32")
-    monkeypatch.setattr(policy, "net_seconds", lambda net, *a: 0.1 if engine_of(net) == fastest else 0.2)
+    monkeypatch.setattr(predict.runtime, "net_seconds", lambda net, *a: 0.1 if engine_of(net) == fastest else 0.2)
     clf = Classifier.from_checkpoint(fp32, images=math.inf)
     assert clf.engine.name == fastest == engine_of(clf.net) and "measured here" in clf.engine.reason
     assert clf.precision.name == "fp32" and clf.describe()["engine"] == fastest
@@ -97,7 +103,7 @@ def test_auto_takes_the_engine_the_timings_say_among_those_of_the_models_precisi
     monkeypatch.undo()
     int8 = X.quantize_onnx(X.export_onnx(fp32, tmp_path / "m.onnx"), tmp_path / "m.int8.onnx",
                            [str(p) for p in sorted(trained[0].rglob("*.png"))])
-    monkeypatch.setattr(policy, "net_seconds", lambda net, *a: 0.1 if engine_of(net) == fastest else 0.2)
+    monkeypatch.setattr(predict.runtime, "net_seconds", lambda net, *a: 0.1 if engine_of(net) == fastest else 0.2)
     q = Classifier.load(int8)
     assert q.precision.name == "int8"
     if fastest != "torch":
@@ -107,7 +113,7 @@ def test_auto_takes_the_engine_the_timings_say_among_those_of_the_models_precisi
 def test_an_engine_that_fails_or_computes_something_else_is_left_out(trained, tmp_path, monkeypatch):
     _, run = trained
     fp32 = with_precision(run, tmp_path, "fp32")
-    monkeypatch.setattr(policy, "net_seconds", lambda net, *a: 0.2 if engine_of(net) == "torch" else 0.1)
+    monkeypatch.setattr(predict.runtime, "net_seconds", lambda net, *a: 0.2 if engine_of(net) == "torch" else 0.1)
     real_open = predict.open_onnx
 
     def broken(path, engine, bf16=False):

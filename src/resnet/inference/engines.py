@@ -138,6 +138,6 @@ def openvino_core() -> Any:
 
 
 def open_onnx(path: str | Path, engine: str, bf16: bool = False) -> OnnxRuntimeNet | OpenVinoNet:
-    """The ONNX file at `path` on `engine`: OpenVINO in bf16 where told, else f32; onnxruntime,
-    whose CPU provider has no bf16 kernels, always as the file is (fp32 or int8)."""
+    """The ONNX file at `path` on `engine`: OpenVINO in bf16 where told, else f32; onnxruntime as
+    the file is (fp32 or int8: `policy.BF16_ENGINES`)."""
     return OpenVinoNet(path, bf16) if engine == "openvino" else OnnxRuntimeNet(path)

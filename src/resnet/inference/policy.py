@@ -1,29 +1,29 @@
 """Which precision and which engine a model runs in, and why: each decision is returned with its
 reason, which travels to the run's first lines, config.json, checkpoints, `evaluate`'s JSON and
-`serve`'s /info. The loaders (`run.set_up`, `Classifier.from_checkpoint`) only load what these
+`serve`'s /info. The loaders (`run.set_up`, `Classifier.from_model`) only load what these
 functions decide.
 
 Precision: one per run, one per model. A training run chooses once (`choose_precision`, timed
 where the CPU has bf16 kernels) and keeps its choice (`kept_precision`); a stored model runs in
 the precision it recorded wherever the device runs it natively (`model_precision`, never timed).
 Engine: PyTorch, or onnxruntime or OpenVINO on the model's ONNX export, where that computes the
-model in its own precision, is faster and pays (`choose_engine`, then `engine_for` times them on the
-work); an ONNX file on the faster of its two engines (`onnx_engine_for`).
+model in its own precision, is faster and pays (`choose_engine`, or the timings of those it leaves
+open); an ONNX file on the faster of its two engines (`choose_onnx_engine`). Decisions only: the
+nets they decide between are built and timed by `predict`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from ..constants import ENGINE_CHECK_RTOL, ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED, PROBE_BATCH
-from ..errors import CheckpointError, ConfigError, first_line
+from ..constants import ONNX_EXPORT_SECONDS, ONNX_MIN_IMAGES, ONNX_TIME_SAVED
+from ..errors import ConfigError
 from ..options import ENGINES, ONNX_ENGINES, PRECISIONS
-from .runtime import Net, TorchNet, memory_format, net_seconds, precision_name
+from .runtime import precision_name
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -161,11 +161,27 @@ class Engine:
     reason: str
 
 
+# The engines with bf16 kernels: onnxruntime's CPU provider has none, and computes a bf16 model's
+# fp32 export.
+BF16_ENGINES = ("torch", "openvino")
+
+
 def onnx_engines(precision: Precision) -> tuple[str, ...]:
-    """The ONNX engines that compute a model in its own `precision`: OpenVINO in fp32 or bf16 (told
-    which), onnxruntime in fp32 only (its CPU provider has no bf16 kernels). An int8 file is int8 on
-    both."""
-    return ONNX_ENGINES if precision.int8 or precision.dtype is None else ("openvino",)
+    """The ONNX engines that compute a model in its own `precision` (OpenVINO told which): all of
+    them for fp32, and for an int8 file, whose quantized layers are int8 on both; those of
+    `BF16_ENGINES` for bf16."""
+    if precision.int8 or precision.dtype is None:
+        return ONNX_ENGINES
+    return tuple(e for e in ONNX_ENGINES if e in BF16_ENGINES)
+
+
+def precision_on(precision: Precision, engine: str) -> Precision:
+    """What a model of `precision` computes in on `engine`: its own, or fp32 on an engine without
+    bf16 kernels (asked for by name only: `auto` never takes a bf16 model there)."""
+    if precision.dtype is None or engine in BF16_ENGINES:
+        return precision
+    return Precision(None, f"{engine} runs the fp32 export, not the model's {precision_name(precision.dtype)}",
+                     precision.int8)
 
 
 def check_engine(engine: str, device: torch.device, compile: bool, onnx_file: bool = False) -> None:
@@ -189,8 +205,8 @@ def choose_engine(engine: str, device: torch.device, compile: bool, images: floa
     --compile (`check_engine`), and `auto` considers them only where the model's export (made once
     and kept) is already there or the work may be long enough to pay for making it: `images` to
     score (`math.inf` for a long-lived classifier, as `serve` holds) against `ONNX_MIN_IMAGES`,
-    then, for a job of known length, `export_too_dear` on timed PyTorch batches."""
-    check_engine(engine, device, compile)
+    then, for a job of known length, `export_too_dear` on timed PyTorch batches. The caller has
+    checked `engine` (`check_engine`)."""
     if engine != "auto":
         return Engine(engine, f"--engine {engine}")
     if device.type != "cpu":
@@ -222,68 +238,10 @@ def faster_engine(seconds: dict[str, float], images: int, left_out: Sequence[str
     return Engine(name, "; ".join([f"measured here: {timings} per {images} images", *left_out]))
 
 
-def engine_for(requested: str, net: TorchNet, size: int, compile: bool, images: float, exported: bool,
-               precision: Precision, make_net: Callable[[str], Net], source: str) -> tuple[Engine, Net]:
-    """(the engine, the `Net` that runs it) for a model already loaded as `net` (in `precision`):
-    `choose_engine`'s answer where it needs no timing; else, for a job of known length, whether an
-    export pays (`export_too_dear` on a timed PyTorch batch), and then whichever of PyTorch and
-    the ONNX engines that compute the model in its precision (`onnx_engines`; `make_net(name)`
-    runs the export, made once and cached) scores probe batches fastest — each provided it
-    computes what the model does. An engine that fails is left out, saying why, unless it was
-    asked for by name."""
-    chosen = choose_engine(requested, net.device, compile, images, exported)
-    torch_s = None
-    if chosen is None and not exported and images < math.inf:
-        torch_s = net_seconds(net, size, PROBE_BATCH)
-        chosen = export_too_dear(images, torch_s / PROBE_BATCH)
-    if chosen is not None and chosen.name == "torch":
-        return chosen, net
-    if chosen is not None:  # asked for by name: it runs, in the model's precision, or it is an error
-        try:
-            return chosen, make_net(chosen.name)
-        except Exception as e:  # noqa: BLE001 - the exporter and the engines raise many unrelated types
-            raise CheckpointError(f"cannot run {source} on {chosen.name}: {first_line(e)}") from e
-    nets, left_out = matching_nets(net, size, precision, make_net)
-    seconds = {"torch": torch_s if torch_s is not None else net_seconds(net, size, PROBE_BATCH)}
-    seconds |= {name: net_seconds(other, size, PROBE_BATCH) for name, other in nets.items()}
-    chosen = faster_engine(seconds, PROBE_BATCH, left_out)
-    return chosen, nets.get(chosen.name, net)
-
-
-def matching_nets(torch_net: TorchNet, size: int, precision: Precision, make_net: Callable[[str], Net]
-                  ) -> tuple[dict[str, Net], list[str]]:
-    """The ONNX engines that run the model in its `precision` and compute what PyTorch computes —
-    their logits on a random batch within `ENGINE_CHECK_RTOL` of fp32 PyTorch's (relative to their
-    scale; bf16 rounds more) — and a reason for each engine left out."""
-    x = torch.randn(PROBE_BATCH, 3, size, size)
-    reference = replace(torch_net, dtype=None)(
-        x.to(torch_net.device, memory_format=memory_format(torch_net.channels_last))).float().cpu()
-    tolerance = ENGINE_CHECK_RTOL[precision.name] * max(1.0, float(reference.abs().max()))
-    nets, left_out = {}, []
-    for name in onnx_engines(precision):
-        try:
-            candidate = make_net(name)
-        except Exception as e:  # noqa: BLE001 - the exporter and the engines raise many unrelated types
-            left_out.append(f"{name} left out: {first_line(e)}")
-            continue
-        gap = float((candidate(x) - reference).abs().max())
-        if gap > tolerance:
-            left_out.append(f"{name} left out: its logits differ from PyTorch's by {gap:.2g}")
-        else:
-            nets[name] = candidate
-    return nets, left_out
-
-
-def onnx_engine_for(requested: str, precision: Precision, size: int, make_net: Callable[[str], Net]
-                    ) -> tuple[Engine, Net]:
-    """(the engine, the `Net`) for an ONNX file: as asked, or for `auto` the faster on probe batches
-    of the engines that compute it in `precision` (`onnx_engines`). No PyTorch model to check it
-    against: the file is the model."""
+def choose_onnx_engine(requested: str, precision: Precision) -> Engine | None:
+    """An ONNX file's engine where no timing decides it: as asked, or the only one that computes it
+    in `precision` (`onnx_engines`); None when the candidates are left to be timed."""
     if requested != "auto":
-        return Engine(requested, f"--engine {requested}"), make_net(requested)
+        return Engine(requested, f"--engine {requested}")
     names = onnx_engines(precision)
-    if len(names) == 1:
-        return Engine(names[0], f"the only engine that runs it in {precision.name}"), make_net(names[0])
-    nets = {name: make_net(name) for name in names}
-    chosen = faster_engine({name: net_seconds(n, size, PROBE_BATCH) for name, n in nets.items()}, PROBE_BATCH)
-    return chosen, nets[chosen.name]
+    return Engine(names[0], f"the only engine that runs it in {precision.name}") if len(names) == 1 else None

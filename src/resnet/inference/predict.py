@@ -12,6 +12,7 @@ exception.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -23,9 +24,10 @@ from PIL import Image
 
 from .. import data as D
 from ..checkpoint import CARD_KEYS, eval_transform, load_checkpoint
+from ..constants import ENGINE_CHECK_RTOL, PROBE_BATCH
 from ..data.transforms import normalize
 from ..device import pick_device
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 from . import policy, runtime
 from .engines import open_onnx, read_card, trained_precision
 from .exports import cached_onnx, onnx_cache_path, onnx_key, sample_images
@@ -102,14 +104,10 @@ class Classifier:
         eager = net.model
         if compile:
             net.model = runtime.compile_for_inference(eager)
-
-        def make_net(name: str) -> runtime.Net:
-            # The model in memory (its BatchNorms folded: the same function), not the file read again.
-            return open_onnx(cached_onnx(eager, meta, key, cache_dir), name, precision.dtype == torch.bfloat16)
-
-        chosen, runs = policy.engine_for(engine, net, int(meta["eval_size"]), compile, images, exported, precision,
-                                         make_net, str(path))
-        return cls(runs, meta, str(path), eager, _on_engine(precision, chosen.name), chosen)
+        # The model in memory (its BatchNorms folded: the same function), not the file read again.
+        export = OnnxExport(eager, meta, key, cache_dir, precision.dtype == torch.bfloat16)
+        chosen, runs = _engine_and_net(engine, net, export, precision, compile, images, exported, str(path))
+        return cls(runs, meta, str(path), eager, policy.precision_on(precision, chosen.name), chosen)
 
     @classmethod
     def from_onnx(cls, path: str | Path, amp: str = "auto", engine: str = "auto") -> "Classifier":
@@ -119,12 +117,17 @@ class Classifier:
         card, meta = read_card(path)
         precision = policy.model_precision(amp, torch.device("cpu"), trained_precision(path, meta))
         precision = replace(precision, int8=meta.get("precision") == "int8")
-
-        def make_net(name: str) -> runtime.Net:
-            return open_onnx(path, name, precision.dtype == torch.bfloat16)
-
-        chosen, net = policy.onnx_engine_for(engine, precision, int(card["eval_size"]), make_net)
-        return cls(net, card, str(path), precision=_on_engine(precision, chosen.name), engine=chosen)
+        bf16 = precision.dtype == torch.bfloat16
+        chosen = policy.choose_onnx_engine(engine, precision)
+        if chosen is not None:
+            net = open_onnx(path, chosen.name, bf16)
+        else:
+            nets = {name: open_onnx(path, name, bf16) for name in policy.onnx_engines(precision)}
+            size = int(card["eval_size"])
+            chosen = policy.faster_engine({n: runtime.net_seconds(x, size, PROBE_BATCH) for n, x in nets.items()},
+                                          PROBE_BATCH)
+            net = nets[chosen.name]
+        return cls(net, card, str(path), precision=policy.precision_on(precision, chosen.name), engine=chosen)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", amp: str = "auto", compile: bool = False,
@@ -248,13 +251,72 @@ class Classifier:
         return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR, box=box))
 
 
-def _on_engine(precision: policy.Precision, engine: str) -> policy.Precision:
-    """The precision a model computes in on `engine`: its own, except on onnxruntime, which has no
-    bf16 kernels and runs the fp32 export (asked for by name only: `auto` never takes it there)."""
-    if engine == "onnxruntime" and precision.dtype is not None:
-        return policy.Precision(None, f"onnxruntime runs the fp32 export, not the model's {runtime.precision_name(precision.dtype)}",
-                                precision.int8)
-    return precision
+@dataclass(frozen=True)
+class OnnxExport:
+    """A checkpoint's ONNX export as an engine opens it: made from `model` once and cached under
+    `key` (`exports.cached_onnx`), only when an engine is tried."""
+
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    key: str | None
+    cache_dir: str | Path | None
+    bf16: bool
+
+    def open(self, engine: str) -> runtime.Net:
+        assert self.key is not None, "an ONNX engine runs on the CPU only, where the export has its key"
+        return open_onnx(cached_onnx(self.model, self.meta, self.key, self.cache_dir), engine, self.bf16)
+
+
+def _engine_and_net(requested: str, net: runtime.TorchNet, export: OnnxExport, precision: policy.Precision,
+                    compile: bool, images: float, exported: bool, source: str) -> tuple[policy.Engine, runtime.Net]:
+    """(the engine, the `Net` that runs it) for a model loaded as `net`: `policy.choose_engine`'s
+    answer where it needs no timing; else, for a job of known length, whether an export pays
+    (`policy.export_too_dear` on a timed PyTorch batch), and then whichever of PyTorch and the ONNX
+    engines that compute the model in its precision (`policy.onnx_engines`) scores probe batches
+    fastest, each provided it computes what the model does. An engine that fails is left out,
+    saying why, unless it was asked for by name."""
+    size = int(export.meta["eval_size"])
+    chosen = policy.choose_engine(requested, net.device, compile, images, exported)
+    torch_s = None
+    if chosen is None and not exported and images < math.inf:
+        torch_s = runtime.net_seconds(net, size, PROBE_BATCH)
+        chosen = policy.export_too_dear(images, torch_s / PROBE_BATCH)
+    if chosen is not None and chosen.name == "torch":
+        return chosen, net
+    if chosen is not None:  # asked for by name: it runs, in the model's precision, or it is an error
+        try:
+            return chosen, export.open(chosen.name)
+        except Exception as e:  # noqa: BLE001 - the exporter and the engines raise many unrelated types
+            raise CheckpointError(f"cannot run {source} on {chosen.name}: {first_line(e)}") from e
+    nets, left_out = _matching_nets(net, size, precision, export)
+    seconds = {"torch": torch_s if torch_s is not None else runtime.net_seconds(net, size, PROBE_BATCH)}
+    seconds |= {name: runtime.net_seconds(other, size, PROBE_BATCH) for name, other in nets.items()}
+    chosen = policy.faster_engine(seconds, PROBE_BATCH, left_out)
+    return chosen, nets.get(chosen.name, net)
+
+
+def _matching_nets(torch_net: runtime.TorchNet, size: int, precision: policy.Precision, export: OnnxExport
+                   ) -> tuple[dict[str, runtime.Net], list[str]]:
+    """The ONNX engines that run the model in its `precision` and compute what PyTorch computes —
+    their logits on a random batch within `ENGINE_CHECK_RTOL` of fp32 PyTorch's (relative to their
+    scale; bf16 rounds more) — and a reason for each engine left out."""
+    x = torch.randn(PROBE_BATCH, 3, size, size)
+    reference = replace(torch_net, dtype=None)(
+        x.to(torch_net.device, memory_format=runtime.memory_format(torch_net.channels_last))).float().cpu()
+    tolerance = ENGINE_CHECK_RTOL[precision.name] * max(1.0, float(reference.abs().max()))
+    nets, left_out = {}, []
+    for name in policy.onnx_engines(precision):
+        try:
+            candidate = export.open(name)
+        except Exception as e:  # noqa: BLE001 - the exporter and the engines raise many unrelated types
+            left_out.append(f"{name} left out: {first_line(e)}")
+            continue
+        gap = float((candidate(x) - reference).abs().max())
+        if gap > tolerance:
+            left_out.append(f"{name} left out: its logits differ from PyTorch's by {gap:.2g}")
+        else:
+            nets[name] = candidate
+    return nets, left_out
 
 
 def _name(item: D.ImageInput) -> str:
