@@ -58,7 +58,7 @@ class Clock:
 def test_a_refit_shrinks_as_soon_as_the_plan_overruns_and_grows_only_with_a_margin_to_spare():
     clock = Clock()
     budget = Budget(600, RunShape(20, 640, 64, 64, crop_at=lambda e, n: 64), clock=clock)
-    budget.plan(0, step_s=0.3, compute_s=0.25, size=64, p=2.0)
+    budget.first_fit(0, step_s=0.3, compute_s=0.25, size=64, p=2.0)
     epoch_s = budget.epoch_at(64)
     clock.t += 0.97 * 600 - 10.5 * epoch_s  # an epoch as predicted, then time passed: 10.5 epochs left
     history = [{"seconds": epoch_s, "img_size": 64}]

@@ -211,8 +211,8 @@ def test_int8_calibrates_on_the_runs_own_images_and_records_its_check(trained, t
     assert main(["export", str(run / "best.pt"), "--quantize", "int8", "--output", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"calibrated on 19 images ({run / 'train.csv'})" in text and "on 5 validation images" in text
-    _, meta = engines.read_card(out)
-    check = json.loads(meta["int8_check"])
+    _, metadata = engines.read_card(out)
+    check = json.loads(metadata["int8_check"])
     assert check["images"] == 5 and check["calibration_images"] == 19 and check["engine"] == "openvino"
     alone, _, _ = evaluate(out, run / "val.csv", workers=0, engine="openvino")  # the file scored by itself
     assert (alone["num_images"], alone["accuracy"]) == (5, check["accuracy"])

@@ -375,14 +375,14 @@ def test_a_budget_plans_again_from_the_epochs_its_size_buys(tiny_folder, tmp_pat
 def test_a_budget_that_ends_mid_epoch_stops_there_annealed(tiny_folder, tmp_path, monkeypatch):
     """A plan of two epochs and one step: the third epoch is that one step, and the schedule is laid
     over the steps planned, not over three whole epochs."""
-    planned, real_plan = [], TB.Budget.plan
+    planned, real_plan = [], TB.Budget.first_fit
 
     def plan(self, *args) -> int:
         real_plan(self, *args)  # the step model it measures
         planned.append(2 * self.shape.steps_per_epoch + 1)
         return planned[0]
 
-    monkeypatch.setattr(TB.Budget, "plan", plan)
+    monkeypatch.setattr(TB.Budget, "first_fit", plan)
     monkeypatch.setattr(TB.Budget, "refit", lambda self, history, done, steps: steps)
     TL.train(quick(tiny_folder, tmp_path / "run", epochs=10, max_minutes=10, warmup_epochs=0.0))
     last = read_checkpoint(tmp_path / "run" / "last.pt")
@@ -513,7 +513,11 @@ def test_resume_under_a_time_budget_keeps_the_time_spent(tiny_folder, tmp_path, 
     killed_before_epoch(monkeypatch, lambda: TL.train(quick(tiny_folder, tmp_path / "run", max_minutes=10)), 3)
     before = read_checkpoint(tmp_path / "run" / "last.pt")
     assert before["budget"]["spent_s"] == pytest.approx(6 * step_clock.step_s)  # 2 epochs of 3 steps
-    assert before["budget"]["model"] is not None
+    assert before["budget"]["step_time"] is not None
+    # The same checkpoint as schema 2 wrote it (the step-time model under "model") reads as the current.
+    older = {**before, "schema": 2, "budget": {"spent_s": before["budget"]["spent_s"],
+                                               "model": before["budget"]["step_time"]}}
+    assert migrate(older)["budget"] == before["budget"] and migrate(older).keys() == before.keys()
     cfg, state = TC.resume_config(tmp_path / "run" / "last.pt")
     assert cfg.max_minutes == 10 and cfg.epochs == before["progress"]["epochs"] > 100  # the plan goes on
     killed_before_epoch(monkeypatch, lambda: TL.train(cfg, state), 5)

@@ -74,8 +74,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 #   1: that place in `progress` (a `run.Progress`); a run from before `--class-balance` has none
 #      in its `config` (it trained with none); `plan`, `size_reason`, `budget`, `scaler`,
 #      `precision` maybe absent (a precision absent is chosen again);
-#   2: `schema` itself, and every key below always written.
-CHECKPOINT_SCHEMA = 2
+#   2: `schema` itself, and every key below always written; a budget's step-time model under
+#      `budget["model"]`;
+#   3: that model under `budget["step_time"]` (`budget.Budget.state`), not to be taken for the weights.
+CHECKPOINT_SCHEMA = 3
 
 
 def training_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -104,6 +106,10 @@ def migrate(state: dict[str, Any], source: str | Path = "") -> dict[str, Any]:
         state["config"] = {"class_balance": "none", **state["config"]}
         for key, empty in (("plan", []), ("size_reason", None), ("budget", None), ("scaler", {}), ("precision", None)):
             state[key] = state.get(key) or empty
+    if version <= 2 and state["budget"] and "model" in state["budget"]:
+        budget = dict(state["budget"])
+        budget["step_time"] = budget.pop("model")
+        state["budget"] = budget
     return {**state, "schema": CHECKPOINT_SCHEMA}
 
 

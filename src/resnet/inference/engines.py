@@ -35,19 +35,19 @@ def read_card(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises its own, unrelated types
         raise CheckpointError(f"cannot read ONNX model {path}: {e}") from e
-    meta = {p.key: p.value for p in model.metadata_props}
-    card = card_from_strings(meta, path)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    card = card_from_strings(metadata, path)
     missing = [k for k in ("classes", "eval_size", "mean", "std") if k not in card]
     if missing:
         raise CheckpointError(f"{path}: ONNX file without resnet metadata (missing: {', '.join(missing)})")
     check_card(path, card)  # as a checkpoint's card is checked: one line naming the field
-    return card, meta
+    return card, metadata
 
 
-def trained_precision(path: str | Path, meta: dict[str, str]) -> dict[str, str]:
+def trained_precision(path: str | Path, metadata: dict[str, str]) -> dict[str, str]:
     """The precision record of the model an export was made from; a file that records none (an
     older export) is what it holds, fp32."""
-    raw = meta.get("trained_precision", "null")
+    raw = metadata.get("trained_precision", "null")
     try:
         record = json.loads(raw)
     except json.JSONDecodeError:

@@ -160,8 +160,8 @@ def cache_damage(path: Path, key: str) -> str | None:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - protobuf raises its own, unrelated types
         return "not a readable ONNX file"
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get(CACHE_KEY) != key or "classes" not in meta or not len(model.graph.node):
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if metadata.get(CACHE_KEY) != key or "classes" not in metadata or not len(model.graph.node):
         return "incomplete"
     return None
 
@@ -233,7 +233,7 @@ def quantize_onnx(fp32: str | Path, output: str | Path, calib: Sequence[str],
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    card, meta = read_card(fp32)
+    card, metadata = read_card(fp32)
     batches = calibration_batches(card, calib)
 
     class Reader(CalibrationDataReader):
@@ -257,7 +257,7 @@ def quantize_onnx(fp32: str | Path, output: str | Path, calib: Sequence[str],
                             reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
         model = onnx.load(str(tmp))
-        carried = {k: meta[k] for k in ("trained_precision",) if k in meta}
+        carried = {k: metadata[k] for k in ("trained_precision",) if k in metadata}
         _set_metadata(model, card, "int8", {**carried, **(extra or {})})
         onnx.save_model(model, str(tmp))
 

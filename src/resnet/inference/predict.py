@@ -114,9 +114,9 @@ class Classifier:
         """An exported ONNX file (fp32 or int8) on OpenVINO or onnxruntime (`engine`; auto: the
         faster here of those that compute it in the model's own precision, the one it trained in,
         as for a checkpoint)."""
-        card, meta = read_card(path)
-        precision = policy.model_precision(amp, torch.device("cpu"), trained_precision(path, meta))
-        precision = replace(precision, int8=meta.get("precision") == "int8")
+        card, metadata = read_card(path)
+        precision = policy.model_precision(amp, torch.device("cpu"), trained_precision(path, metadata))
+        precision = replace(precision, int8=metadata.get("precision") == "int8")
         bf16 = precision.dtype == torch.bfloat16
         chosen = policy.choose_onnx_engine(engine, precision)
         if chosen is not None:

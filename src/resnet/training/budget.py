@@ -143,9 +143,9 @@ def now() -> float:
 
 class Budget:
     def __init__(self, seconds: float, shape: RunShape, spent_s: float = 0.0,
-                 model: StepModel | None = None, clock: Callable[[], float] = now,
+                 step_time: StepModel | None = None, clock: Callable[[], float] = now,
                  started: float | None = None):
-        self.seconds, self.shape, self.model, self.clock = seconds, shape, model, clock
+        self.seconds, self.shape, self.step_time, self.clock = seconds, shape, step_time, clock
         self.started = clock() if started is None else started  # this process's share starts here
         self.spent_before = spent_s
 
@@ -154,34 +154,34 @@ class Budget:
         return self.spent_before + self.clock() - self.started
 
     def state(self) -> dict[str, Any]:
-        return {"spent_s": self.elapsed(), "model": asdict(self.model) if self.model else None}
+        return {"spent_s": self.elapsed(), "step_time": asdict(self.step_time) if self.step_time else None}
 
     @classmethod
     def restore(cls, seconds: float, shape: RunShape, state: dict[str, Any] | None,
                 clock: Callable[[], float] = now, started: float | None = None) -> "Budget":
         """A budget that goes on from a checkpoint's `state()` (None: a fresh one)."""
         state = state or {}
-        model = StepModel(**state["model"]) if state.get("model") else None
-        return cls(seconds, shape, state.get("spent_s", 0.0), model, clock, started)
+        step_time = StepModel(**state["step_time"]) if state.get("step_time") else None
+        return cls(seconds, shape, state.get("spent_s", 0.0), step_time, clock, started)
 
     def val_s(self) -> float:
         """Predicted seconds of a validation pass."""
         s = self.shape
-        return s.val_images / (VAL_BATCH_FACTOR * s.batch_size) * VAL_BATCH_COST * self.model.compute_at(s.eval_size)
+        return s.val_images / (VAL_BATCH_FACTOR * s.batch_size) * VAL_BATCH_COST * self.step_time.compute_at(s.eval_size)
 
     def epoch_at(self, size: int) -> float:
         """Predicted seconds of an epoch whose training crops are `size` px, validation included."""
-        return self.shape.steps_per_epoch * self.model.step_at(size) + self.val_s()
+        return self.shape.steps_per_epoch * self.step_time.step_at(size) + self.val_s()
 
     def steps_fit(self, epochs_done: int, k: float = 1.0, extra_s: float = 0.0) -> int:
         """`fit_steps` with every prediction scaled by `k`, `extra_s` more seconds spent."""
         return fit_steps(self.seconds, self.elapsed() + extra_s, epochs_done, self.shape.steps_per_epoch,
                          lambda e, n: k * self.epoch_at(self.shape.crop_at(e, n)), k * self.val_s())
 
-    def plan(self, epochs_done: int, step_s: float, compute_s: float, size: int, p: float) -> int:
+    def first_fit(self, epochs_done: int, step_s: float, compute_s: float, size: int, p: float) -> int:
         """The first plan, in steps, from the first steps' time (`step_s` each, of which
         `compute_s` is forward + backward at crop `size`, growing as size ** p)."""
-        self.model = StepModel(overhead=max(0.0, step_s - compute_s), compute=min(compute_s, step_s),
+        self.step_time = StepModel(overhead=max(0.0, step_s - compute_s), compute=min(compute_s, step_s),
                                size=size, p=p)
         return self.steps_fit(epochs_done)
 
@@ -264,7 +264,7 @@ def size_for_budget(cfg: TrainConfig, recipe: Recipe, split: DataSplit, device: 
         compute, p = compute_time_by_size(model_at(width), (first, size), device, dtype, cfg.channels_last, batch)
         eval_size = size if fixed else eval_size_for(size)
         budget = Budget(cfg.max_minutes * 60, RunShape(steps, val_images, batch, eval_size, crop_at))
-        return budget.plan(0, compute, compute, first, p) // steps  # whole epochs
+        return budget.first_fit(0, compute, compute, first, p) // steps  # whole epochs
 
     index, counts = largest_that_fits(ladder, epochs_at, enough)
     # Ranks time differently and may stop at different sizes: all take rank 0's choice and figures

@@ -56,9 +56,9 @@ def first_budget_steps(run: Run, progress: Progress, budget: Budget, step_s: flo
     largest = run.cfg.img_size if run.cfg.img_size != crop else run.eval_size
     compute, p = compute_time_by_size(run.model, (crop, largest), run.device, run.dtype, run.cfg.channels_last,
                                       run.batch)
-    steps = ddp.from_rank0([budget.plan(progress.epoch, step_s, compute, crop, p)], run.device)[0]
+    steps = ddp.from_rank0([budget.first_fit(progress.epoch, step_s, compute, crop, p)], run.device)[0]
     tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs_fit(steps, run.steps_per_epoch)} fit"
-               f" (forward + backward measured to grow as crop size ** {budget.model.p:.2f})")
+               f" (forward + backward measured to grow as crop size ** {budget.step_time.p:.2f})")
     return steps
 
 
@@ -87,7 +87,7 @@ def take_step(run: Run, progress: Progress, batch: D.Batch) -> tuple[torch.Tenso
     """One optimiser step on `batch` at the schedule's learning rate: (loss, logits, labels)."""
     for g in run.optimizer.param_groups:  # fine-tuning's stages at their own share of the rate (`lr_scale`)
         g["lr"] = run.lr(progress) * lr_scale(g, progress.epoch, run.cfg.freeze_epochs)
-    loss, logits, y = forward_loss(run.net, run.criterion, batch, run.device, run.dtype, run.cfg.channels_last)
+    loss, logits, y = forward_loss(run.wrapped, run.criterion, batch, run.device, run.dtype, run.cfg.channels_last)
     if not torch.isfinite(loss):
         raise TrainingError(f"loss is {loss.item()} at epoch {progress.epoch + 1}, step {progress.step + 1}: "
                             f"stopped; the last good checkpoint is {run.out / 'last.pt'}")
@@ -115,7 +115,7 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None, signals: li
     sums = EpochSums(**progress.partial) if start_in_epoch else EpochSums()
     if not run.main:
         sums = EpochSums(seconds=sums.seconds)
-    run.net.train()
+    run.wrapped.train()
     if run.cfg.freeze:  # a linear probe: the pretrained body's BatchNorm statistics kept, not re-estimated
         for m in run.model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -138,7 +138,7 @@ def train_epoch(run: Run, progress: Progress, budget: Budget | None, signals: li
                         img_s=f"{sums.seen * run.world / max(sums.seconds, 1e-9):.0f}")
         if done_here == UNTIMED_STEPS:
             t_timed = now()
-        if budget and budget.model is None and done_here == min(FIRST_FIT_STEPS, steps):
+        if budget and budget.step_time is None and done_here == min(FIRST_FIT_STEPS, steps):
             step_s = (now() - t_timed) / max(1, done_here - UNTIMED_STEPS)
             progress.replan(first_budget_steps(run, progress, budget, step_s, crop), steps)
             bar.set_description(f"epoch {progress.epoch + 1}/{progress.epochs}")
@@ -232,7 +232,7 @@ def should_stop(run: Run, progress: Progress, budget: Budget | None, last_epoch_
     if run.cfg.patience and progress.bad_epochs >= run.cfg.patience:
         tqdm.write(f"no improvement for {run.cfg.patience} epochs: stopping early")
         stop = True
-    if budget and budget.model is not None and progress.epoch < progress.epochs:
+    if budget and budget.step_time is not None and progress.epoch < progress.epochs:
         planned = budget.refit(progress.history, progress.epoch, progress.total_steps(spe))
         next_part = min(spe, planned - progress.epoch * spe) / spe  # the last epoch may be part of one
         if budget.cannot_fit(last_epoch_s * next_part):
@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
         finally:
             if board is not None:
                 board.close()
-            run.net = run.model  # the DDP wrapper (its reducer holds the group) goes before the group
+            run.wrapped = run.model  # the DDP wrapper (its reducer holds the group) goes before the group
             ddp.stop(together)
     return summary(run, progress, started)
 

@@ -93,7 +93,7 @@ class Run:
     val_loader: torch.utils.data.DataLoader | None
     workers: int
     model: nn.Module                  # what checkpoints save
-    net: nn.Module                    # what trains: `model`, maybe DDP-wrapped and compiled
+    wrapped: nn.Module                # what trains: `model`, maybe DDP-wrapped and compiled
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     criterion: nn.Module
@@ -272,7 +272,7 @@ def set_up(cfg: TrainConfig, state: dict[str, Any] | None) -> Run:
     model, net = build_model(cfg, options, len(split.classes), weights, device, world, sample)
     return Run(cfg=cfg, out=out, device=device, precision=precision, plan_lines=plan_lines, size_reason=size_reason,
                split=split, card=card, train_loader=train_loader, val_loader=val_loader, workers=workers, model=model,
-               net=net, optimizer=make_optimizer(model, cfg),
+               wrapped=net, optimizer=make_optimizer(model, cfg),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16),
                criterion=make_criterion(cfg, counts, device), select=selection_key(split, history), world=world,
                batch=batch, main=rank == 0, steps_per_epoch=len(train_loader))
