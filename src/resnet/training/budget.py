@@ -1,8 +1,8 @@
 """`--max-minutes`: how many steps fit a time budget, measured rather than guessed.
 
-The `Budget` measures (a step-time model from the first steps, each epoch's real time), plans (how
+The `Budget` measures (a step-time model from the first steps, each epoch's real time), targets (how
 many steps fit: whole epochs, with progressive resizing making later epochs dearer, then part of
-one more) and refits the plan every epoch. It returns plans; the training loop decides what to do
+one more) and refits the target every epoch. It returns targets; the training loop decides what to do
 with them, and the run's configuration is never rewritten. Its state (time already spent, the step
 model) travels in the checkpoint, so a resumed run keeps the budget it was given. Before a run
 whose size is left open, `largest_that_fits` picks the largest network the budget still trains for
@@ -106,10 +106,10 @@ def recent(epochs: Sequence[T], done: int) -> Sequence[T]:
 
 
 def steady(planned: int, fit_with: Callable[[float], int], grow_s: float, shrink_s: float) -> int:
-    """A plan refitted with hysteresis, so noise in the timings does not shake the schedule (whose
-    decay points are fractions of the plan): it grows only to what still fits with `grow_s` more
+    """A target refitted with hysteresis, so noise in the timings does not shake the schedule (whose
+    decay points are fractions of the target): it grows only to what still fits with `grow_s` more
     seconds spent, and shrinks only to what fits with `shrink_s` fewer. `fit_with(extra_s)` is the
-    plan were `extra_s` more seconds spent."""
+    target were `extra_s` more seconds spent."""
     cautious = fit_with(grow_s)
     if cautious > planned:
         return cautious
@@ -119,7 +119,7 @@ def steady(planned: int, fit_with: Callable[[float], int], grow_s: float, shrink
 
 def steady_fit(budget_s: float, spent_s: float, epochs_done: int, planned: int,
                epoch_s: Callable[[int, int], float]) -> int:
-    """`fit` again for a run that has a plan of `planned` whole epochs: the count moves only when
+    """`fit` again for a run that has a target of `planned` whole epochs: the count moves only when
     it would with half an epoch to spare either way."""
     half = epoch_s(epochs_done, planned) / 2
     return steady(planned, lambda extra_s: fit(budget_s, spent_s + extra_s, epochs_done, epoch_s), half, half)
@@ -179,14 +179,14 @@ class Budget:
                          lambda e, n: k * self.epoch_at(self.shape.crop_at(e, n)), k * self.val_s())
 
     def first_fit(self, epochs_done: int, step_s: float, compute_s: float, size: int, p: float) -> int:
-        """The first plan, in steps, from the first steps' time (`step_s` each, of which
+        """The first target, in steps, from the first steps' time (`step_s` each, of which
         `compute_s` is forward + backward at crop `size`, growing as size ** p)."""
         self.step_time = StepModel(overhead=max(0.0, step_s - compute_s), compute=min(compute_s, step_s),
                                size=size, p=p)
         return self.steps_fit(epochs_done)
 
     def refit(self, history: list[dict], epochs_done: int, planned: int) -> int:
-        """The plan of `planned` steps again, from whole epochs: predictions are scaled by the
+        """The target of `planned` steps again, from whole epochs: predictions are scaled by the
         median ratio of measured to predicted time over the last `REFIT_WINDOW` epochs (the first
         epoch, which starts the workers, left out once there are two). It grows only when it would
         with `GROW_MARGIN` of an epoch to spare, so noise in the timings does not shake the

@@ -51,7 +51,7 @@ class EpochSums:
 
 
 def first_budget_steps(run: Run, progress: Progress, budget: Budget, step_s: float, crop: int) -> int:
-    """The first plan of a time budget, in steps, from the first steps' time and the compute
+    """The first target of a time budget, in steps, from the first steps' time and the compute
     measured at the sizes training will see."""
     largest = run.cfg.img_size if run.cfg.img_size != crop else run.eval_size
     compute, p = compute_time_by_size(run.model, (crop, largest), run.device, run.dtype, run.cfg.channels_last,
@@ -105,7 +105,7 @@ def save_mid_epoch(run: Run, progress: Progress, budget: Budget | None, sums: Ep
 
 def train_epoch(run: Run, progress: Progress, budget: Budget | None, signals: list[int] | None = None) -> EpochSums:
     """One epoch (or the rest of one, when resumed mid-epoch), updating `progress` step by step.
-    With a budget not yet planned, the plan is made after the first `FIRST_FIT_STEPS` steps.
+    With a budget not yet fitted, the target is set after the first `FIRST_FIT_STEPS` steps.
     `signals`: those `stop_at_a_step` received; one (on any rank) ends the run after this step."""
     cfg, steps = run.cfg, run.steps_per_epoch
     start_in_epoch = progress.step - progress.epoch * steps
@@ -223,9 +223,9 @@ def end_epoch(run: Run, progress: Progress, sums: EpochSums, val: ValScores, cro
 
 def should_stop(run: Run, progress: Progress, budget: Budget | None, last_epoch_s: float) -> bool:
     """Whether to stop now, decided on rank 0 and shared (ranks that disagreed would wait on each
-    other forever), with a budget's plan refitted into `progress`. Stops on --patience, or when the
-    budget cannot take another epoch; a budget refits the plan every epoch (larger crops are only
-    measured once the ramp reaches them, and a shorter plan still ends with the schedule annealed,
+    other forever), with a budget's target refitted into `progress`. Stops on --patience, or when the
+    budget cannot take another epoch; a budget refits the target every epoch (larger crops are only
+    measured once the ramp reaches them, and a shorter target still ends with the schedule annealed,
     where stopping early would not)."""
     spe = run.steps_per_epoch
     stop, planned = False, progress.steps
@@ -352,7 +352,7 @@ def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, An
 
 
 def run_epochs(run: Run, progress: Progress, budget: Budget | None, board, signals: list[int]) -> None:
-    """The epochs, until the plan's last, an early stop, or a signal."""
+    """The epochs, until the last one the run targets, an early stop, or a signal."""
     while progress.epoch < progress.epochs:
         crop = run.crop_at(progress.epoch, progress.epochs)
         sums = train_epoch(run, progress, budget, signals)

@@ -51,7 +51,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 class Progress:
     """Where the run stands; saved in every checkpoint and restored on resume."""
 
-    epochs: int                       # the plan: epochs in the whole run (the last maybe cut short)
+    epochs: int                       # epochs in the whole run (the last maybe cut short)
     epoch: int = 0                    # epochs finished
     step: int = 0                     # optimiser steps taken
     best_acc: float = -1.0
@@ -59,7 +59,7 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     partial: dict[str, float] = field(default_factory=dict)  # sums of an epoch interrupted mid-way
-    steps: int | None = None          # a time budget's plan in steps, which may end mid-epoch
+    steps: int | None = None          # a time budget's target in steps, which may end mid-epoch
 
     @classmethod
     def restore(cls, epochs: int, state: dict[str, Any]) -> "Progress":
