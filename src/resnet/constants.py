@@ -77,33 +77,9 @@ VAL_BATCH_COST = VAL_BATCH_FACTOR / 3
 # torchvision's 224 px.
 SIZE_LADDER = ((0.5, 96), (0.5, 128), (0.75, 128), (1.0, 128), (1.0, 160), (1.0, 192), (1.0, 224))
 
-# Screened by epochs and not taken (benchmarks/screen.py, imagenette-3k, 16 epochs, seeds 0 / 1,
-# final weights; the default 67.56 / 65.89 %, one run's noise ~2 points; docs/benchmarks.md):
-# ResNet-D for the photo network (`resnet18d`) 68.73 / 63.38 %, and 1.15x the step time;
-# zero-init of each block's last BN 66.72 / 63.55 % (lower in both, as on the digits); label
-# smoothing 0.2 69.57 / 64.55 %; `scale_min` 0.35 67.89 / 68.06 / 69.57 % against 67.56 % in
-# seed 2 (higher in all three at 16 epochs)...
-# ...but not at the epochs a budget buys: at the 67 epochs of width 0.5 @ 128 px that 10 minutes
-# of the development CPU train (benchmarks/gpu_screen.sh, bf16 on a GPU; the default 76.76 /
-# 74.75 / 77.59 % in seeds 0 / 1 / 2), `scale_min` 0.35 scored 74.92 / 71.91 % (lower in both:
-# 67 epochs on 2,388 photos want their crops varied, not milder), 0.15 and 0.08 (with flat-cos)
-# 75.59 / 75.75 and 76.25 / 75.59 %, label smoothing 0.2 78.26 / 72.58 % (with flat-cos 76.59 /
-# 77.26 %); `--schedule flat-cos` 78.09 / 78.09 / 76.59 %, and in seed 3 (on the CPU) 78.09 % against
-# 76.25 %: +1.33 / +3.34 / -1.00 / +1.84, +1.38 on average, taken (recipe.py). Screen at the epochs
-# the budget buys: a 16-epoch lead reversed at 67.
-# Weight decay 2e-4 (on the CPU, same epochs): 74.41 / 75.25 %, lower on average (the default's
-# 5e-5 stays).
-# Later, on the CPU at the same 67 epochs (seed 0, one core each; final weights at 144 / 160 px):
-# today's recipe 77.26 / 78.26 %, CutMix (alpha 1) 77.93 / 76.42 %, mixup (alpha 0.2) 78.26 / 78.26 %,
-# `resnet18d` 78.09 / 78.09 % at 1.15x the step time; an average of the weights (EMA 0.99-0.999) -0.34
-# to -0.17 on today's, 0 to +1.17 on resnet18d's. None taken: within one run's noise.
-# Anti-aliased downsampling (`resnetblur18`, Zhang 2019; the same 67 epochs, final weights at 160 px,
-# seeds 0 / 1; today's 78.26 / 78.93 %): 79.77 / 76.76 %, and 1.9x the bf16 step time here (1.3x in
-# fp32: a per-channel filter and mirrored padding have no fast bf16 kernels); at the 36 epochs of
-# the same compute, 76.76 % (seed 0). Blurring only the stem's max-pool (fastai's MaxBlurPool):
-# 77.76 % (seed 0) at 1.15x. Not taken.
-# GELU for ReLU in the photo network (as in ResNet-9): 79.26 / 78.76 % (+1.00 / -0.17) at 1.06x the
-# bf16 step. Not taken.
+# Screened for the photo recipe and not taken (ResNet-D, zero-init BN, label smoothing 0.2,
+# scale_min, weight decay 2e-4, CutMix, mixup, EMA, blur pooling, GELU), and how flat-cos was
+# taken: docs/training.md, "Screened and not kept".
 # TrivialAugment Wide after each crop (`--auto-augment ta_wide`, transforms.trivial_augment;
 # Müller & Hutter 2021, torchvision's reference recipe): 81.27 / 81.44 % (+3.01 / +2.51), and
 # 82.78 / 80.77 % in seeds 2 / 3 (seed 3's default 78.76 %), the training accuracy ending at 78-81 %
@@ -195,11 +171,8 @@ SMALL_IMAGE_MAX = 64
 # two), flip TTA 90.00 / 90.30 / 89.70 %, with the shifted pairs 90.14 / 90.54 / 90.14 %: +0.27
 # points, in 3 of 3. Not with a time budget: validation then takes 3x the forward passes (~22 %
 # of a CIFAR-10 epoch's compute instead of ~7 %), ~12 % of the epochs, worth more than the views.
-# Screened on the same runs and not kept: an exponential moving average of the weights (BatchNorm
-# statistics included), decay 0.99 / 0.997 / 0.999 a step: 90.02 / 89.88 / 89.84 % and 90.32 /
-# 90.12 / 90.16 % with flip TTA, against the final weights' 90.00 / 90.30 % (a schedule that
-# anneals to zero has already averaged its last steps). Pairs shifted 2 px instead of 1, the three
-# 10-epoch GELU runs (below) re-scored: 90.68 / 90.64 / 90.72 % against 90.62 / 90.74 / 90.78 %.
+# Screened and not kept (an EMA of the weights, pairs shifted 2 px): docs/training.md, "Screened
+# and not kept".
 TTA_SHIFT = 1
 
 # ResNet-9 applies GELU where Page's had ReLU (models.ResNet9 `act`, airbench's nonlinearity; a
@@ -210,18 +183,8 @@ TTA_SHIFT = 1
 # the shifted pairs, higher in 3 of 3 seeds (one view, seed 2: 89.34 -> 90.48 %), for 1.06x the
 # half-width bf16 step (one thread: 355-359 against 376-386 ms). CELU(0.3) had lost at 3 epochs
 # (below), and so GELU was screened where the runs end, not where they start.
-# Screened the same way and not kept (seed 0, flip / shifted pairs, against ReLU's 90.00 / 90.14):
-# the peak learning rate halved (0.4 per 256), 90.16 / 90.32 (and 90.06 / 90.42 on top of GELU,
-# against GELU's 90.46 / 90.62); more width at the peer's compute an epoch (1.4x half width's
-# step), uniformly (width 0.5625) 90.24 / 90.50 or in the middle as airbench has it (widths 32,
-# 64, 256, 256: 2.0M parameters, the peer's 1.97M) 90.54 / 90.74: less than GELU's gain for 1.4x
-# the compute, which a time budget would pay in epochs.
-# Airbench's alternating flips (each image mirrored in every other epoch, its first mirroring drawn
-# once, instead of a fresh coin each epoch; Jordan 2024), on top of GELU, screened the same way
-# where they had been at 2 epochs (below): seed 0 89.96 / 90.28 %, seed 1 90.50 / 90.72 %, against
-# GELU's 90.46 / 90.62 and 90.34 / 90.74: -0.18 on average, not kept. Nor, the same way, capacity
-# moved from the last stage to the middle at the same compute (widths 32, 64, 192, 192: 1.03x the
-# step, 1.20M parameters against 1.65M): 90.26 / 90.30 and 90.28 / 90.62 %.
+# Screened and not kept (a halved peak rate, more width, alternating flips, capacity moved to the
+# middle): docs/training.md, "Screened and not kept".
 SMALL_RECIPE = dict(arch="resnet9", width=0.5, augment="pad-crop", padding=2, padding_mode="reflect",
                     batch_size=128, lr=0.8, momentum=0.9, nesterov=True, weight_decay=5e-4, label_smoothing=0.2,
                     warmup_epochs=2.0, tta=True, whiten=True)
@@ -230,17 +193,8 @@ SMALL_RECIPE = dict(arch="resnet9", width=0.5, augment="pad-crop", padding=2, pa
 # the paper's 4 zeros, which it used for 182 epochs; a budget of minutes buys 5 to 15, where
 # milder crops and no black border pay. 3 epochs of the recipe on CIFAR-10 (45,000 images,
 # held-out 5,000 with flip TTA, seed 0): 4 zeros 83.24 %, 2 zeros 84.28 %, 2 mirrored 85.12 %.
-# Screened the same way and not kept: airbench's identity (dirac) start of each convolution
-# (83.74 % alone, 85.32 % with the mirrored 2: within a run's noise, for one more option), its
-# frozen BatchNorm scales with 64x the learning rate for the shifts (82.96 %) and its momentum 0.85
-# (83.20 %). Later, with ResNet-9 pooling first (85.78 % the same way): a linear decay of the
-# learning rate to zero (Page's and airbench's) in place of the cosine, 85.76 %.
-# Screened the same way and not kept, ghost BatchNorm (statistics over 32 images at a time, Page's
-# "bag of tricks"): 86.06 % at 0.9x the images a second; CELU(0.3) for ReLU: 85.66 % at 0.9x.
-# For the 30-minute budget (16 epochs here, 90.36 % with this recipe), where the training accuracy
-# ends 5.6 points above the held-out one: 4 px mirrored padding scored 90.10 % (best epoch 90.34)
-# and a cutout of 8 px (`--cutout`, DeVries & Taylor) 90.44 %, within one run's noise: the run is
-# not short of regularisation, so neither is planned.
+# Screened and not kept (dirac start, frozen BN scales, momentum 0.85, linear decay, ghost BN,
+# CELU, 4 px padding and cutout at 30 minutes): docs/training.md, "Screened and not kept".
 
 # The whitened stem (`--whiten`, models.whiten_conv, in the small-image recipe): 2 epochs of the
 # recipe on CIFAR-10 (45,000 images, held-out 5,000 with flip TTA) scored 80.44 and 80.66 % with it
