@@ -173,14 +173,13 @@ class StepClock:
 
         set_attr(budget, "time", SimpleNamespace(monotonic=self.now))
         set_attr(loop, "compute_time_by_size", self.compute)
-        real = loop.normalize
+        real = loop.forward_loss
 
-        def normalize(*args, **kwargs):
-            if "device" in kwargs:  # a training step's batch
-                self.t += self.step_s * (args[0].shape[-1] / 24) ** self.power
-            return real(*args, **kwargs)
+        def forward_loss(net, criterion, batch, *args):  # a training step's
+            self.t += self.step_s * (batch.images.shape[-1] / 24) ** self.power
+            return real(net, criterion, batch, *args)
 
-        set_attr(loop, "normalize", normalize)
+        set_attr(loop, "forward_loss", forward_loss)
         return self
 
 

@@ -94,18 +94,18 @@ def train(cfg, state=None, _orig=TL.train):
     return summary
 
 
-def terminated_at_step(n: int, _orig=TL.normalize):
-    """`normalize` that sends this process SIGTERM during its n-th training step (a batch bound
-    for the device), as a scheduler would, mid-step."""
+def terminated_at_step(n: int, _orig=TL.forward_loss):
+    """`forward_loss` that sends this process SIGTERM during its n-th training step, as a
+    scheduler would, mid-step."""
     steps = [0]
 
-    def normalize(*args, **kwargs):
-        steps[0] += "device" in kwargs
+    def forward_loss(*args):
+        steps[0] += 1
         if steps[0] == n:
             os.kill(os.getpid(), signal.SIGTERM)
-        return _orig(*args, **kwargs)
+        return _orig(*args)
 
-    return normalize
+    return forward_loss
 
 
 def uneven_compute(model, sizes, *args):
@@ -116,7 +116,7 @@ D.ImageDataset.__getitem__ = getitem
 D.DecodedCache.build = build
 TL.train_epoch, TL.should_stop, TL.train, TR.make_loaders = train_epoch, should_stop, train, make_loaders
 if os.environ.get("RESNET_TEST_SIGTERM_AT_STEP") and RANK == 1 and ATTEMPT == 0:
-    TL.normalize = terminated_at_step(int(os.environ["RESNET_TEST_SIGTERM_AT_STEP"]))
+    TL.forward_loss = terminated_at_step(int(os.environ["RESNET_TEST_SIGTERM_AT_STEP"]))
 if os.environ.get("RESNET_TEST_UNEVEN_TIMING"):
     StepClock().install()  # the budget's time passes with the steps, not the wall clock
     TB.compute_time_by_size = uneven_compute

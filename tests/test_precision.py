@@ -63,8 +63,13 @@ def one_epoch(data, out, **options) -> TC.TrainConfig:
 def autocasts(monkeypatch) -> list:
     """The autocast dtype of every training step, in order."""
     used = []
-    real_autocast = TL.autocast
-    monkeypatch.setattr(TL, "autocast", lambda device, dtype: used.append(dtype) or real_autocast(device, dtype))
+    real = TL.forward_loss
+
+    def forward_loss(net, criterion, batch, device, dtype, *args):
+        used.append(dtype)
+        return real(net, criterion, batch, device, dtype, *args)
+
+    monkeypatch.setattr(TL, "forward_loss", forward_loss)
     return used
 
 

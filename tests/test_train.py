@@ -91,18 +91,18 @@ def test_two_runs_of_one_deterministic_command_are_bit_identical(tiny_folder, tm
 def test_resume_mid_epoch_from_a_step_checkpoint(tiny_folder, tmp_path, monkeypatch):
     TL.train(quick(tiny_folder, tmp_path / "straight", epochs=1))
     calls = {"n": 0}
-    real = TL.normalize
+    real = TL.forward_loss
 
-    def dies_at_step_3(*a, **kw):
-        calls["n"] += "device" in kw  # a training step's batch (not the whitened stem's sample)
+    def dies_at_step_3(*a):
+        calls["n"] += 1  # a training step
         if calls["n"] == 3:  # the third of the epoch's 3 steps, after the step-2 checkpoint
             raise KeyboardInterrupt
-        return real(*a, **kw)
+        return real(*a)
 
-    monkeypatch.setattr(TL, "normalize", dies_at_step_3)
+    monkeypatch.setattr(TL, "forward_loss", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         TL.train(quick(tiny_folder, tmp_path / "resumed", epochs=1, save_every=2))
-    monkeypatch.setattr(TL, "normalize", real)
+    monkeypatch.setattr(TL, "forward_loss", real)
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["scheduler"]["step"] == 2
     TL.train(*TC.resume_config(tmp_path / "resumed" / "last.pt"))
     a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt")
@@ -122,15 +122,15 @@ def test_sigterm_mid_epoch_2_saves_that_step_exits_143_and_resumes_bit_identical
     args = ["train", str(tiny_folder), "--arch", "resnet20", "--img-size", "24", "--epochs", "3", "--batch-size",
             "8", "--workers", "0", "--deterministic", "--seed", "3", "--val-split", "0.25"]
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
-    real, steps = TL.normalize, [0]
+    real, steps = TL.forward_loss, [0]
 
-    def terminated_in_step_5(*a, **kw):
-        steps[0] += "device" in kw  # a training step's batch
+    def terminated_in_step_5(*a):
+        steps[0] += 1  # a training step
         if steps[0] == 5:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, as a scheduler's does
-        return real(*a, **kw)
+        return real(*a)
 
-    monkeypatch.setattr(TL, "normalize", terminated_in_step_5)
+    monkeypatch.setattr(TL, "forward_loss", terminated_in_step_5)
     sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     out = tmp_path / "stopped"
     try:
@@ -138,7 +138,7 @@ def test_sigterm_mid_epoch_2_saves_that_step_exits_143_and_resumes_bit_identical
         assert signal.getsignal(signal.SIGINT) is sigint and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, sigterm)
-    monkeypatch.setattr(TL, "normalize", real)
+    monkeypatch.setattr(TL, "forward_loss", real)
     last = read_checkpoint(out / "last.pt")
     assert (last["scheduler"]["step"], last["progress"]["epoch"], steps[0]) == (5, 1, 5)
     assert main(["train", "--resume", str(out / "last.pt")]) == 0

@@ -23,7 +23,7 @@ from .models import create_model
 from .options import BENCHMARKS
 from .training.budget import step_seconds
 from .training.config import TrainConfig, check_range
-from .training.loop import apply_gradients, forward_loss
+from .training.step import apply_gradients, forward_loss
 from .training.optim import make_optimizer
 
 

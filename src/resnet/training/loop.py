@@ -22,10 +22,9 @@ from tqdm import tqdm
 from .. import data as D
 from ..checkpoint import restore_run
 from ..constants import FIRST_FIT_STEPS, UNTIMED_STEPS
-from ..data.transforms import normalize
 from ..device import is_out_of_memory, out_of_memory, pick_device
 from ..errors import Interrupted, TrainingError
-from ..inference.runtime import TorchNet, autocast, run_eval
+from ..inference.runtime import TorchNet, run_eval
 from ..metrics import class_scores
 from ..outputs import write_text_atomically
 from . import distributed as ddp
@@ -34,6 +33,7 @@ from .config import TrainConfig
 from .optim import lr_scale
 from .records import announce, epoch_bar, epochs_fit, record_epoch, save, summary, tensorboard_writer
 from .run import Run, Progress, set_up
+from .step import apply_gradients, forward_loss
 
 
 @dataclass
@@ -60,27 +60,6 @@ def first_budget_steps(run: Run, progress: Progress, budget: Budget, step_s: flo
     tqdm.write(f"--max-minutes {run.cfg.max_minutes}: {epochs_fit(steps, run.steps_per_epoch)} fit"
                f" (forward + backward measured to grow as crop size ** {budget.step_time.p:.2f})")
     return steps
-
-
-def forward_loss(net: nn.Module, criterion: nn.Module, batch: D.Batch, device: torch.device,
-                 dtype: torch.dtype | None, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A training step's forward: the uint8 batch normalised on the device, the network under
-    autocast, the loss in fp32: (loss, logits, labels). Shared with `resnet benchmark train`, so
-    that it times the step a run takes."""
-    x = normalize(batch.images, device=device, channels_last=channels_last)
-    y = batch.labels.to(device, non_blocking=True)
-    with autocast(device, dtype):
-        logits = net(x)
-        loss = criterion(logits.float(), y)
-    return loss, logits, y
-
-
-def apply_gradients(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
-    """A training step's backward and update, through the loss scaler (a no-op but for fp16)."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
 
 
 def take_step(run: Run, progress: Progress, batch: D.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
