@@ -127,12 +127,17 @@ def test_compute_time_by_size_measures_how_time_grows(power, monkeypatch):
 
     from resnet.inference import runtime
 
-    clock = [0.0]
+    from resnet.training import budget
+
+    clock, steps = [0.0], []
     monkeypatch.setattr(runtime, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    real = budget.forward_loss
+    monkeypatch.setattr(budget, "forward_loss", lambda *a: steps.append(a[2].images.dtype) or real(*a))
     model = Sleepy(power, clock)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seconds, p = compute_time_by_size(model, (16, 32), torch.device("cpu"), None, False, 4)
     assert p == pytest.approx(power) and seconds == pytest.approx(0.02)
+    assert steps == [torch.uint8] * 8  # the training step's own forward, on uint8 batches: 2 sizes, 4 rounds
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched
     assert all(q.grad is None for q in model.parameters()) and model.training

@@ -21,13 +21,15 @@ import torch
 from torch import nn
 
 from ..constants import BUDGET_RESERVE, GROW_MARGIN, MIN_TAIL, REFIT_WINDOW, VAL_BATCH_COST, VAL_BATCH_FACTOR
+from .. import data as D
 from ..data import DataSplit
-from ..inference.runtime import autocast, fastest_seconds, memory_format, tta_views
+from ..inference.runtime import fastest_seconds, memory_format, tta_views
 from ..models import create_model
 from . import distributed as ddp
 from .config import TrainConfig
 from .recipe import Recipe, eval_size_for
 from .schedule import crop_size_at
+from .step import forward_loss
 
 T = TypeVar("T")
 
@@ -212,21 +214,26 @@ def step_seconds(model: nn.Module, size: int, device: torch.device, channels_las
 def compute_time_by_size(model: nn.Module, sizes: tuple[int, int], device: torch.device,
                          dtype: torch.dtype | None, channels_last: bool, batch_size: int
                          ) -> tuple[float, float]:
-    """(seconds of forward + backward for a batch at the smaller size, p) with that time growing as
-    size ** p: timed on random images at both sizes. Compute grows with pixels (p = 2) only in
-    theory: fixed per-layer costs and kernel choices bend it (about 1.65 between 64 and 96 px on
-    the development CPU). Eval mode, so BatchNorm statistics are untouched; gradients are dropped.
-    With a single size, p is taken as 2."""
+    """(seconds of a training step's forward and backward for a batch at the smaller size, p) with
+    that time growing as size ** p: timed on random images at both sizes through the step's own
+    halves (`step.forward_loss`, the backward of `apply_gradients`; the update is in the overhead
+    the first real steps measure). Compute grows with pixels (p = 2) only in theory: fixed
+    per-layer costs and kernel choices bend it (about 1.65 between 64 and 96 px on the development
+    CPU). Eval mode, so BatchNorm statistics are untouched; gradients are dropped. With a single
+    size, p is taken as 2."""
     small, large = sorted(sizes)
     was_training = model.training
     model.eval()
+    criterion = nn.CrossEntropyLoss()
 
-    def step(size: int) -> None:
-        x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format(channels_last))
-        with autocast(device, dtype):
-            model(x).float().sum().backward()
+    def random_batch(size: int) -> D.Batch:
+        images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+        return D.Batch(images, torch.zeros(batch_size, dtype=torch.long), torch.arange(batch_size), [])
 
-    best = fastest_seconds({size: functools.partial(step, size) for size in (small, large)}, device)
+    def step(batch: D.Batch) -> None:
+        forward_loss(model, criterion, batch, device, dtype, channels_last)[0].backward()
+
+    best = fastest_seconds({size: functools.partial(step, random_batch(size)) for size in (small, large)}, device)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     if small == large:
