@@ -13,7 +13,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 from resnet.training import config as TC, loop as TL
 from resnet import data as D
 from resnet.cli import main
-from resnet.metrics import class_scores, headline, imbalanced, most_confused
+from resnet.metrics import balanced_accuracy_error, class_scores, headline, imbalanced, most_confused
 from resnet.training.recipe import class_balance_for
 from resnet.training.run import LogitAdjustedLoss, make_criterion, selection_key
 
@@ -123,9 +123,11 @@ def test_an_imbalanced_folder_is_trained_balanced_and_scored_by_balanced_accurac
     data, run, text = imbalanced_run
     assert "plan: imbalanced classes (40 to 8 images a class, 5.0:1): each class drawn equally often" in text
     last = text.strip().splitlines()[-1]
-    assert last.startswith("best validation balanced accuracy (the mean per-class recall: the classes are imbalanced)")
+    assert last.startswith("best.pt's validation balanced accuracy (the mean per-class recall: the classes are "
+                           "imbalanced)")
     config = json.loads((run / "config.json").read_text())
-    assert config["class_balance"] == "sampler"
+    assert config["class_balance"] == "sampler" and config["tta"] is True
+    assert torch.load(run / "best.pt", weights_only=True)["tta"] is True  # scored so wherever it is loaded
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[6:9] == ["val_acc", "val_balanced_acc", "val_macro_f1"]
     assert main(["evaluate", str(run / "best.pt"), str(data), "--json", str(run / "e.json"),
@@ -150,6 +152,49 @@ def test_best_pt_is_chosen_by_balanced_accuracy_where_the_classes_are_imbalanced
                                           batch_size=8, workers=0, out=str(root / "run")))
         assert summary["best_epoch"] == best, layout
         assert torch.load(root / "run" / "best.pt", weights_only=True)["epoch"] == best
+
+
+def test_best_pt_is_the_latest_epoch_within_a_standard_error_of_the_highest_where_classes_are_imbalanced(
+        tmp_path, monkeypatch):
+    """Balanced accuracies 0.70, 0.80, 0.77, 0.70 with a standard error of 0.05: best.pt is epoch 3
+    (0.77 is within 0.05 of 0.80, and later), not epoch 4 (0.70 is not); the summary says both. On
+    a balanced set, chosen by accuracy, the highest stays best.pt whatever the error."""
+    scores = {1: (0.70, 0.70), 2: (0.80, 0.80), 3: (0.77, 0.77), 4: (0.70, 0.70)}
+    monkeypatch.setattr(TL, "validate", lambda run, progress: TL.ValScores(1.0, *scores[progress.epoch + 1],
+                                                                           0.5, 0.05))
+    for layout, best in (({"common": 50, "rare": 10}, 3), ({"a": 30, "b": 30}, 2)):
+        root = tmp_path / str(best)
+        write_classes(root / "data", layout)
+        summary = TL.train(TC.make_config(data=str(root / "data"), arch="resnet20", img_size=24, epochs=4,
+                                          batch_size=8, workers=0, out=str(root / "run")))
+        assert torch.load(root / "run" / "best.pt", weights_only=True)["epoch"] == best, layout
+        assert (summary["best_epoch"], summary["best_acc"]) == (best, scores[best][0])
+        assert (summary["highest_epoch"], summary["highest_acc"]) == (2, 0.80)
+
+
+def test_imbalanced_classes_are_scored_with_flip_tta_unless_told_otherwise():
+    """Planned where the training classes are imbalanced, with its line; not where they are
+    balanced, nor where --tta / --no-tta was given, nor for a run without mirror images."""
+    from resnet.training.run import with_class_balance
+
+    photos = TC.make_config(data="x")
+    assert photos.tta is False
+    cfg, lines = with_class_balance(photos, [3200, 160], resuming=False)
+    assert cfg.tta is True and cfg.class_balance == "sampler"
+    assert lines[1].startswith("imbalanced classes scored with flip TTA") and "--no-tta" in lines[1]
+    assert with_class_balance(photos, [300, 290], resuming=False)[0].tta is False
+    for given in (TC.make_config(data="x", tta=False), TC.make_config(data="x", hflip=False)):
+        cfg, lines = with_class_balance(given, [3200, 160], resuming=False)
+        assert cfg.tta is False and len(lines) == 1
+    assert with_class_balance(photos, [3200, 160], resuming=True) == (photos, [])  # kept as it began
+
+
+def test_the_balanced_accuracy_error_is_each_recall_a_binomial_share_of_its_class():
+    confusion = np.array([[28, 12], [160, 640]])  # 40 cats at recall 0.7, 800 dogs at 0.8
+    expected = math.sqrt(0.7 * 0.3 / 40 + 0.8 * 0.2 / 800) / 2
+    assert balanced_accuracy_error(confusion) == pytest.approx(expected)  # ~0.037: the 40 cats' noise
+    assert balanced_accuracy_error(np.array([[28, 12, 0], [160, 640, 0], [0, 0, 0]])) == pytest.approx(expected)
+    assert math.isnan(balanced_accuracy_error(np.zeros((2, 2))))
 
 
 def test_selection_follows_the_validation_classes():

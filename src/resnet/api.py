@@ -44,8 +44,10 @@ def train(data: str | Path | None = None, *, preset: str | None = None, resume: 
     writes into a folder that holds one. Afterwards, with a validation set, best.pt is scored on
     it and the report written beside it (`report=False`: not).
 
-    Returns the run's summary: `best_acc`, `best_epoch`, `final_acc`, `epochs`, `out`, `classes`,
-    `model` (the final weights), and `evaluation` / `report` where scored."""
+    Returns the run's summary: `best_acc` and `best_epoch` (best.pt's), `highest_acc` and
+    `highest_epoch` (the highest score, where best.pt is a later epoch within a standard error of
+    it), `final_acc`, `epochs`, `out`, `classes`, `model` (the final weights), and `evaluation` /
+    `report` where scored."""
     check_options({k: v for k, v in {"data": data, "preset": preset, **options}.items() if v is not None})
     if resume and resume != "auto":
         folder = check_checkpoint_file(resume).resolve().parent  # a resumed run goes on in its own folder

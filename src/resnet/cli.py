@@ -35,9 +35,12 @@ def cmd_train(a: argparse.Namespace) -> int:
     if summary["skipped"]:
         print(f"skipped {summary['skipped']} unreadable files: {out / 'skipped.txt'}")
     what = ("no validation set (--val-split 0): best training accuracy" if not summary["validated"]
-            else "best validation balanced accuracy (the mean per-class recall: the classes are imbalanced)"
+            else "best.pt's validation balanced accuracy (the mean per-class recall: the classes are imbalanced)"
             if summary["selected_by"] == "val_balanced_acc" else "best validation accuracy")
     final = f"; final weights: {summary['final_acc']:.4f} -> {out / 'last.pt'}" if summary["final_acc"] is not None else ""
+    if summary["highest_epoch"] != summary["best_epoch"]:  # the latest within a standard error of the highest
+        final += (f" (the highest, {summary['highest_acc']:.4f} at epoch {summary['highest_epoch']}, is within a "
+                  "standard error of it: the later epoch is kept)")
     print(f"{what}: {summary['best_acc']:.4f} at epoch {summary['best_epoch']} of {summary['epochs']} "
           f"({summary['seconds'] / 60:.1f} min) -> {out / 'best.pt'}{final}")
     return 0

@@ -33,6 +33,19 @@ def class_scores(confusion: np.ndarray) -> tuple[float, float]:
     return float(recall.mean()), float(f1.mean())
 
 
+def balanced_accuracy_error(confusion: np.ndarray) -> float:
+    """The standard error of a confusion matrix's balanced accuracy, each class's recall a binomial
+    share of its own images: sqrt(sum r (1 - r) / n) / classes. A class of 40 images at recall 0.7
+    alone puts ~3.6 points of noise on a two-class balanced accuracy, however many the other has."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    support, hits = confusion.sum(1), np.diag(confusion)
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    recall = hits[present] / support[present]
+    return float(np.sqrt(np.sum(recall * (1 - recall) / support[present])) / present.sum())
+
+
 def headline(counts: Sequence[int]) -> str:
     """The figure a score of a set with these class counts leads with: "balanced_accuracy" where
     they are imbalanced (accuracy then mostly counts the largest class), else "accuracy"."""

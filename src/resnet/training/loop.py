@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from .. import data as D
 from ..checkpoint import restore_run
-from ..constants import FIRST_FIT_STEPS, UNTIMED_STEPS
+from ..constants import FIRST_FIT_STEPS, SELECTION_STANDARD_ERRORS, UNTIMED_STEPS
 from ..device import is_out_of_memory, out_of_memory, pick_device
 from ..errors import Interrupted, TrainingError
 from ..inference.runtime import TorchNet, run_eval
-from ..metrics import class_scores
+from ..metrics import balanced_accuracy_error, class_scores
 from ..outputs import write_text_atomically
 from . import distributed as ddp
 from .budget import Budget, RunShape, compute_time_by_size, now, val_forwards
@@ -148,12 +148,14 @@ class ValSums(NamedTuple):
 
 class ValScores(NamedTuple):
     """Validation's figures (NaN without a validation set): the loss, accuracy, balanced accuracy
-    (the mean per-class recall) and macro-F1, over every rank's images."""
+    (the mean per-class recall), macro-F1 and the balanced accuracy's standard error, over every
+    rank's images."""
 
     loss: float
     acc: float
     balanced_acc: float
     macro_f1: float
+    balanced_error: float = float("nan")
 
 
 NO_SCORES = ValScores(float("nan"), float("nan"), float("nan"), float("nan"))
@@ -180,13 +182,16 @@ def validate(run: Run, progress: Progress) -> ValScores:
     n = int(confusion.sum())
     if not n:
         return NO_SCORES
-    return ValScores(sum(part.loss for part in parts) / n, float(np.trace(confusion)) / n, *class_scores(confusion))
+    return ValScores(sum(part.loss for part in parts) / n, float(np.trace(confusion)) / n, *class_scores(confusion),
+                     balanced_accuracy_error(confusion))
 
 
 def end_epoch(run: Run, progress: Progress, sums: EpochSums, val: ValScores, crop: int,
               seconds: float) -> tuple[dict, bool]:
-    """Record the finished epoch in `progress`: (its metrics row, whether it is the best so far by
-    the run's `select` key)."""
+    """Record the finished epoch in `progress`: (its metrics row, whether it becomes best.pt). By
+    accuracy, the best so far; by balanced accuracy (imbalanced classes), the latest epoch within
+    `SELECTION_STANDARD_ERRORS` of the best so far, its rarest classes' recall being measured on
+    few images (the one-standard-error rule)."""
     progress.epoch += 1
     row = {"epoch": progress.epoch, "img_size": crop, "lr": run.optimizer.param_groups[0]["lr"],
            "train_loss": sums.loss / max(sums.seen, 1), "train_acc": sums.correct / max(sums.seen, 1),
@@ -197,7 +202,11 @@ def end_epoch(run: Run, progress: Progress, sums: EpochSums, val: ValScores, cro
     improved = score > progress.best_acc
     progress.best_acc = max(progress.best_acc, score)
     progress.bad_epochs = 0 if improved else progress.bad_epochs + 1
-    return row, improved
+    margin = SELECTION_STANDARD_ERRORS * val.balanced_error
+    within = run.select == "val_balanced_acc" and score >= progress.best_acc - margin
+    if improved or within:
+        progress.best_epoch = progress.epoch
+    return row, improved or within
 
 
 def should_stop(run: Run, progress: Progress, budget: Budget | None, last_epoch_s: float) -> bool:

@@ -133,12 +133,16 @@ def record_epoch(run: Run, progress: Progress, budget: Budget | None, board, row
 
 def summary(run: Run, progress: Progress, started: float) -> dict[str, Any]:
     """The run's result. best.pt is the epoch that scored best on the validation set by the run's
-    `select` key (balanced accuracy where its classes are imbalanced), which that choice flatters:
-    the final weights' score is reported beside it."""
+    `select` key, which that choice flatters (the final weights' score is reported beside it), or
+    by balanced accuracy (imbalanced classes) the latest within a standard error of the highest
+    (`loop.end_epoch`), which is reported beside it."""
     key = run.select
     final = progress.history[-1] if progress.history else {}
-    best_epoch = next((r["epoch"] for r in progress.history if r.get(key) == progress.best_acc), None)
-    return {"best_acc": progress.best_acc, "best_epoch": best_epoch, "final_acc": final.get(key), "selected_by": key,
+    highest = next((r["epoch"] for r in progress.history if r.get(key) == progress.best_acc), None)
+    best_epoch = progress.best_epoch or highest
+    best_acc = next((r[key] for r in progress.history if r["epoch"] == best_epoch), progress.best_acc)
+    return {"best_acc": best_acc, "best_epoch": best_epoch, "highest_acc": progress.best_acc, "highest_epoch": highest,
+            "final_acc": final.get(key), "selected_by": key,
             "epochs": progress.epoch, "out": str(run.out), "classes": run.split.classes,
             "skipped": len(progress.skipped), "validated": bool(run.split.val),
             "final_train_acc": final.get("train_acc"), "seconds": now() - started,

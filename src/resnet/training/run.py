@@ -33,7 +33,7 @@ from . import distributed as ddp
 from .budget import size_for_budget, step_seconds
 from .config import TrainConfig
 from .optim import make_optimizer
-from .recipe import apply_recipe, class_balance_for, eval_size_for, plan_finetune, recipe_applies
+from .recipe import apply_recipe, class_balance_for, eval_size_for, imbalanced_tta, plan_finetune, recipe_applies
 from .schedule import crop_size_at, lr_at
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class Progress:
     epochs: int                       # epochs in the whole run (the last maybe cut short)
     epoch: int = 0                    # epochs finished
     step: int = 0                     # optimiser steps taken
-    best_acc: float = -1.0
+    best_acc: float = -1.0            # the best score by the run's `select` key
+    best_epoch: int | None = None     # the epoch best.pt holds (None: a checkpoint from before it was kept)
     bad_epochs: int = 0               # epochs since the best one (--patience)
     history: list[dict] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -293,12 +294,17 @@ def fitted_to(cfg: TrainConfig, weights: dict[str, torch.Tensor]) -> TrainConfig
 
 
 def with_class_balance(cfg: TrainConfig, counts: list[int], resuming: bool) -> tuple[TrainConfig, list[str]]:
-    """(the configuration with what `--class-balance auto` chose for these training `counts`, the
-    plan's line for it). The choice is recorded (config.json, the checkpoint) and kept on resume."""
+    """(the configuration with what `--class-balance auto` chose for these training `counts`, and
+    flip TTA where they are imbalanced (`recipe.imbalanced_tta`), the plan's lines for them). The
+    choices are recorded (config.json, the checkpoint) and kept on resume."""
     if resuming:
         return cfg, []
     balance, why = class_balance_for(counts, cfg.class_balance)
-    return replace(cfg, class_balance=balance), [why] if why else []
+    cfg = replace(cfg, class_balance=balance)
+    tta_why = imbalanced_tta(cfg, counts)
+    if tta_why:
+        cfg = replace(cfg, tta=True)
+    return cfg, [line for line in (why, tta_why) if line]
 
 
 def class_counts(samples: list[D.Sample], num_classes: int) -> list[int]:
