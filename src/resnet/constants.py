@@ -274,20 +274,15 @@ CLASS_BALANCE_PLANNED = "sampler"
 # The logit-adjusted loss's tau (`--class-balance logit-adjust`): Menon et al. 2021's 1.
 LOGIT_ADJUST_TAU = 1.0
 # Where the classes are imbalanced, best.pt is the latest epoch whose balanced accuracy is within
-# this many standard errors of the highest so far (`metrics.balanced_accuracy_error`: the
-# one-standard-error rule). The rarest class's recall is measured on few images (a 1:20 folder's
-# 40 validation cats: ~3.6 points of noise), so the highest epoch is mostly the luckiest, and the
-# annealed final weights the better model. Dogs vs. cats at 1:20 (2,000 balanced held-out photos),
-# the highest epoch's weights against the final ones: 0.636 / 0.731, 0.699 / 0.717, 0.758 / 0.762
-# (43 epochs), 0.607 / 0.708, 0.568 / 0.652, 0.568 / 0.621 (one core, 22 epochs), never above; at
-# 1:5 0.785 / 0.796, 0.846 / 0.848; long-tail Imagenette (150 held out) 0.533 / 0.527, 0.487 /
-# 0.473, within its noise. The rule takes the last epoch in every one of these runs.
+# this many standard errors of the highest so far (`metrics.balanced_accuracy_error`; the
+# one-standard-error rule): the rarest class's recall is measured on few images (40 cats at 1:20:
+# ~3.7 points of noise), so the highest epoch is mostly the luckiest. Dogs vs. cats at 1:20, the
+# highest epoch's weights / the final ones on 2,000 held-out photos: 0.636 / 0.731, 0.699 / 0.717,
+# 0.758 / 0.762, 0.607 / 0.708, 0.568 / 0.652, 0.568 / 0.621, never above; 1:5 0.785 / 0.796.
 SELECTION_STANDARD_ERRORS = 1.0
-# ...and imbalanced classes are scored with flip TTA (each image averaged with its mirror; the saved
-# model keeps it), where it is not given: the same final weights one view / two, dogs vs. cats at
-# 1:20 0.755 / 0.779, 0.731 / 0.740, 0.746 / 0.778, 0.748 / 0.760, 0.762 / 0.781 (5 runs, seeds 0
-# and 1), at 1:5 0.848 / 0.857; long-tail Imagenette 0.527 / 0.527, 0.473 / 0.473. One more
-# forward pass of the validation images, which a time budget pays for (`budget.val_forwards`).
+# ...and scored with flip TTA where not given (the saved model keeps it): the same final weights,
+# one view / two, at 1:20 0.755 / 0.779, 0.731 / 0.740, 0.746 / 0.778, 0.748 / 0.760, 0.762 /
+# 0.781, at 1:5 0.848 / 0.857, long-tail Imagenette level (docs/benchmarks.md, "Imbalanced folders").
 IMBALANCED_TTA = True
 # The report draws the confusion matrix as a grid up to this many classes; beyond, a grid is
 # unreadable, and it lists the most confused pairs instead (these many).
