@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from conftest import photo, write_broken
 from resnet import Classifier
 from resnet.cli import main
+from resnet.errors import ConfigError
 from resnet.inference.evaluate import evaluate
 
 
@@ -250,6 +251,8 @@ def test_onnx_export_matches_pytorch_and_labels_alike(trained, tmp_path, capsys,
     a, b = ckpt.predict(files, batch_size=7), onnx.predict(files, batch_size=5)
     assert [r["label"] for r in a] == [r["label"] for r in b]
     assert max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b)) < 1e-5
+    with pytest.raises(ConfigError, match="--engine torch runs checkpoints"):  # from Python too, not run as onnxruntime
+        Classifier.from_onnx(onnx_path, engine="torch")
     # the command reads ONNX as it reads checkpoints
     assert main(["predict", str(onnx_path), str(root), "--output", str(tmp_path / "o.csv")]) == 0
     assert main(["predict", str(run / "best.pt"), str(root), "--output", str(tmp_path / "c.csv")]) == 0

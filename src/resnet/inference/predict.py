@@ -110,10 +110,12 @@ class Classifier:
         return cls(runs, meta, str(path), eager, policy.precision_on(precision, chosen.name), chosen)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, amp: str = "auto", engine: str = "auto") -> "Classifier":
+    def from_onnx(cls, path: str | Path, amp: str = "auto", engine: str = "auto", device: str = "auto",
+                  compile: bool = False) -> "Classifier":
         """An exported ONNX file (fp32 or int8) on OpenVINO or onnxruntime (`engine`; auto: the
         faster here of those that compute it in the model's own precision, the one it trained in,
-        as for a checkpoint)."""
+        as for a checkpoint). On the CPU, without `compile` (`policy.check_engine`)."""
+        policy.check_engine(engine, torch.device("cpu" if device == "auto" else device), compile, onnx_file=True)
         card, metadata = read_card(path)
         precision = policy.model_precision(amp, torch.device("cpu"), trained_precision(path, metadata))
         precision = replace(precision, int8=metadata.get("precision") == "int8")
@@ -134,8 +136,7 @@ class Classifier:
              engine: str = "auto", images: float = 0) -> "Classifier":
         """Whatever `path` holds: ONNX by its suffix, otherwise a checkpoint."""
         if str(path).lower().endswith(".onnx"):
-            policy.check_engine(engine, torch.device("cpu" if device == "auto" else device), compile, onnx_file=True)
-            return cls.from_onnx(path, amp, engine)
+            return cls.from_onnx(path, amp, engine, device, compile)
         return cls.from_checkpoint(path, device, amp, compile=compile, engine=engine, images=images)
 
     def describe(self) -> dict[str, Any]:
