@@ -18,15 +18,22 @@ def imbalanced(counts: Sequence[int]) -> bool:
     return len(present) > 1 and max(present) > IMBALANCE_RATIO * min(present)
 
 
+def _recalls(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the confusion matrix in float64, which classes have images in it, their recalls): a class
+    absent from the set has no recall to count."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    support = confusion.sum(1)
+    present = support > 0
+    return confusion, present, np.diag(confusion)[present] / support[present]
+
+
 def class_scores(confusion: np.ndarray) -> tuple[float, float]:
     """(balanced accuracy, macro-F1) of a confusion matrix (rows: true class, columns: predicted),
-    over the classes that have images in it: a class absent from the set has no recall to count."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    support, predicted, hits = confusion.sum(1), confusion.sum(0), np.diag(confusion)
-    present = support > 0
+    over the classes that have images in it."""
+    confusion, present, recall = _recalls(confusion)
     if not present.any():
         return float("nan"), float("nan")
-    recall = hits[present] / support[present]
+    predicted, hits = confusion.sum(0), np.diag(confusion)
     precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)[present]
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(recall),
                    where=precision + recall > 0)
@@ -37,13 +44,10 @@ def balanced_accuracy_error(confusion: np.ndarray) -> float:
     """The standard error of a confusion matrix's balanced accuracy, each class's recall a binomial
     share of its own images: sqrt(sum r (1 - r) / n) / classes. A class of 40 images at recall 0.7
     alone puts ~3.6 points of noise on a two-class balanced accuracy, however many the other has."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    support, hits = confusion.sum(1), np.diag(confusion)
-    present = support > 0
+    confusion, present, recall = _recalls(confusion)
     if not present.any():
         return float("nan")
-    recall = hits[present] / support[present]
-    return float(np.sqrt(np.sum(recall * (1 - recall) / support[present])) / present.sum())
+    return float(np.sqrt(np.sum(recall * (1 - recall) / confusion.sum(1)[present])) / len(recall))
 
 
 def headline(counts: Sequence[int]) -> str:
