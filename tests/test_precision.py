@@ -300,6 +300,4 @@ def test_the_cpu_device_keeps_freed_tensor_memory_for_the_next_step():
     unset = faults("none")
     if unset < 3 * 9_216:  # one 38 MB activation is 9,216 pages; fewer: this kernel maps huge pages itself
         pytest.skip(f"glibc's default faulted only {unset} pages here")
-    # The heap may still grow a few times (9,216 faults an activation; 36,864 seen with a second suite's
-    # memory pressure) against ~500,000 when every step maps its activations afresh.
-    assert faults("cpu") * 10 < unset
+    assert faults("cpu") * 20 < unset  # the heap may still grow once: 9,216 faults against ~500,000
