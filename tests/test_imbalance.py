@@ -16,6 +16,7 @@ from resnet.cli import main
 from resnet.metrics import balanced_accuracy_error, class_scores, headline, imbalanced, most_confused
 from resnet.training.recipe import class_balance_for
 from resnet.training.run import LogitAdjustedLoss, make_criterion, selection_key
+from resnet.training import threshold as TH
 
 from conftest import photo
 
@@ -127,7 +128,11 @@ def test_an_imbalanced_folder_is_trained_balanced_and_scored_by_balanced_accurac
                            "imbalanced)")
     config = json.loads((run / "config.json").read_text())
     assert config["class_balance"] == "sampler" and config["tta"] is True
-    assert torch.load(run / "best.pt", weights_only=True)["tta"] is True  # scored so wherever it is loaded
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["tta"] is True  # scored so wherever it is loaded
+    assert best["logit_adjustment"]["tau"] >= 0  # the threshold moved (or not) on the validation images
+    assert "best.pt's threshold moved toward the rarer classes: logits - " in text
+    assert "logit_adjustment" not in torch.load(run / "last.pt", weights_only=True)  # what resumes is as trained
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[6:9] == ["val_acc", "val_balanced_acc", "val_macro_f1"]
     assert main(["evaluate", str(run / "best.pt"), str(data), "--json", str(run / "e.json"),
@@ -234,3 +239,48 @@ def test_a_hundred_and_twenty_classes_of_few_photos_each_train_by_default(tmp_pa
     f1s = [float(cells[4]) for cells in rows if len(cells) == 7]  # the per-class table, not the pairs
     assert f1s == sorted(f1s) and len(f1s) == 120
     assert len(result["most_confused"]) <= 15 and "top5_accuracy" in result
+
+
+def test_the_threshold_moves_toward_the_rare_class_by_the_middle_of_the_taus_that_score_highest():
+    """Rare images (label 1) score 0.5 below the common class, common ones 2.0 above the rare: the
+    rare class wins once tau x log(0.8 / 0.2) passes 0.5, the common class loses past 2.0, and tau
+    is the middle of that span; where any move would cost a common image, tau stays 0 (never
+    toward the common class)."""
+    log_prior = np.log([0.8, 0.2])
+    log_probs = np.array([[0.0, -0.5]] * 10 + [[0.0, -2.0]] * 10)
+    labels = np.array([1] * 10 + [0] * 10)
+    tau, before, after = TH.choose_tau(log_probs, labels, log_prior)
+    gap = math.log(4)
+    span = [t for t in TH.POSTHOC_TAUS if 0.5 < t * gap < 2.0]
+    assert (before, after) == (0.5, 1.0) and tau == pytest.approx(float(np.median(span)))
+    tight = np.array([[0.0, 0.5]] * 10 + [[0.0, -0.01]] * 10)  # every image right at tau 0, one the edge
+    assert TH.choose_tau(tight, labels, log_prior) == (0.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet9"])  # resnet9 scales its last layer's output
+def test_moving_the_threshold_shifts_best_pts_logits_by_tau_times_the_log_shares_once(arch, tmp_path, monkeypatch):
+    from resnet.checkpoint import load_checkpoint, model_card, save_checkpoint
+    from resnet.models import create_model
+
+    write_classes(tmp_path / "train", {"common": 8, "rare": 2})
+    write_classes(tmp_path / "val", {"common": 2, "rare": 2})
+    card = model_card(arch, {}, ["common", "rare"], 32, 1.0, False)
+    save_checkpoint(tmp_path / "best.pt", {**card, "model": create_model(arch, num_classes=2).state_dict()})
+    before, _ = load_checkpoint(tmp_path / "best.pt")
+    monkeypatch.setattr(TH, "choose_tau", lambda *args: (0.5, 0.5, 0.75))
+    moved = TH.move_threshold(tmp_path / "best.pt", tmp_path / "val", tmp_path / "train", workers=0)
+    assert moved == {"tau": 0.5, "val_balanced_acc": 0.5, "val_balanced_acc_adjusted": 0.75}
+    again = TH.move_threshold(tmp_path / "best.pt", tmp_path / "val", tmp_path / "train", workers=0)
+    after, state = load_checkpoint(tmp_path / "best.pt")
+    assert again == moved and state["logit_adjustment"] == moved
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        shift = after(x) - before(x)
+    expected = torch.tensor(-0.5 * np.log([0.8, 0.2]), dtype=torch.float32).expand(3, 2)
+    torch.testing.assert_close(shift, expected, atol=1e-5, rtol=0)
+
+
+def test_a_balanced_run_keeps_its_threshold(trained):
+    """Balanced classes: best.pt is the epoch's weights as trained, nothing moved."""
+    _, run = trained
+    assert "logit_adjustment" not in torch.load(run / "best.pt", weights_only=True)

@@ -25,6 +25,7 @@ from .options import EXPORT_FORMATS, QUANTIZE
 from .outputs import check_output_dir, check_output_file, sole_writer, write_rows
 from .training import loop
 from .training.config import TrainConfig, check_options, make_config, resume_config
+from .training.threshold import move_threshold
 
 if TYPE_CHECKING:
     import torch
@@ -42,12 +43,14 @@ def train(data: str | Path | None = None, *, preset: str | None = None, resume: 
     given. `resume`: a run's last.pt to continue as it was (its data, folder and settings;
     `epochs` extends it), or "auto": OUT/last.pt where it exists, else a new run. A new run never
     writes into a folder that holds one. Afterwards, with a validation set, best.pt is scored on
-    it and the report written beside it (`report=False`: not).
+    it and the report written beside it (`report=False`: not); where its classes are imbalanced
+    and were balanced, best.pt's threshold is first moved toward the rarer ones
+    (`threshold.move_threshold`).
 
     Returns the run's summary: `best_acc` and `best_epoch` (best.pt's), `highest_acc` and
     `highest_epoch` (the highest score, where best.pt is a later epoch within a standard error of
-    it), `final_acc`, `epochs`, `out`, `classes`, `model` (the final weights), and `evaluation` /
-    `report` where scored."""
+    it), `final_acc`, `epochs`, `out`, `classes`, `class_balance`, `model` (the final weights),
+    `logit_adjustment` where the threshold was moved, and `evaluation` / `report` where scored."""
     check_options({k: v for k, v in {"data": data, "preset": preset, **options}.items() if v is not None})
     if resume and resume != "auto":
         folder = check_checkpoint_file(resume).resolve().parent  # a resumed run goes on in its own folder
@@ -69,7 +72,11 @@ def train(data: str | Path | None = None, *, preset: str | None = None, resume: 
                                      data=str(data), **options), None
         summary = loop.train(cfg, state)
         out = Path(summary["out"])
-        if report and summary["main_process"] and summary["validated"] and (out / "best.pt").is_file():
+        scored = summary["main_process"] and summary["validated"] and (out / "best.pt").is_file()
+        if scored and summary["selected_by"] == "val_balanced_acc" and summary["class_balance"] != "none":
+            summary["logit_adjustment"] = move_threshold(out / "best.pt", out / "val.csv", out / "train.csv",
+                                                         workers=cfg.workers, device=cfg.device)
+        if report and scored:
             summary["evaluation"], summary["report"] = evaluate_model(
                 out / "best.pt", out / "val.csv", json=out / "evaluation.json", report=out / "report",
                 workers=cfg.workers, device=cfg.device)

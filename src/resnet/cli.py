@@ -34,6 +34,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         print("best.pt on the validation images: " + "; ".join(headline_lines(summary["evaluation"])))
     if summary["skipped"]:
         print(f"skipped {summary['skipped']} unreadable files: {out / 'skipped.txt'}")
+    if summary.get("logit_adjustment"):
+        moved = summary["logit_adjustment"]
+        print(f"best.pt's threshold moved toward the rarer classes: logits - {moved['tau']:.2f} x log(class share) "
+              f"(post-hoc logit adjustment, chosen on the validation images, which it flatters: balanced accuracy "
+              f"{moved['val_balanced_acc']:.4f} -> {moved['val_balanced_acc_adjusted']:.4f})")
     what = ("no validation set (--val-split 0): best training accuracy" if not summary["validated"]
             else "best.pt's validation balanced accuracy (the mean per-class recall: the classes are imbalanced)"
             if summary["selected_by"] == "val_balanced_acc" else "best validation accuracy")

@@ -142,7 +142,7 @@ def summary(run: Run, progress: Progress, started: float) -> dict[str, Any]:
     best_epoch = progress.best_epoch or highest
     best_acc = next((r[key] for r in progress.history if r["epoch"] == best_epoch), progress.best_acc)
     return {"best_acc": best_acc, "best_epoch": best_epoch, "highest_acc": progress.best_acc, "highest_epoch": highest,
-            "final_acc": final.get(key), "selected_by": key,
+            "final_acc": final.get(key), "selected_by": key, "class_balance": run.cfg.class_balance,
             "epochs": progress.epoch, "out": str(run.out), "classes": run.split.classes,
             "skipped": len(progress.skipped), "validated": bool(run.split.val),
             "final_train_acc": final.get("train_acc"), "seconds": now() - started,
