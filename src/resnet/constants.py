@@ -276,13 +276,14 @@ LOGIT_ADJUST_TAU = 1.0
 # Where the classes are imbalanced, best.pt is the latest epoch whose balanced accuracy is within
 # this many standard errors of the highest so far (`metrics.balanced_accuracy_error`; the
 # one-standard-error rule): the rarest class's recall is measured on few images (40 cats at 1:20:
-# ~3.7 points of noise), so the highest epoch is mostly the luckiest. Dogs vs. cats at 1:20, the
+# ~3.6 points of noise), so the highest epoch is mostly the luckiest. Dogs vs. cats at 1:20, the
 # highest epoch's weights / the final ones on 2,000 held-out photos: 0.636 / 0.731, 0.699 / 0.717,
 # 0.758 / 0.762, 0.607 / 0.708, 0.568 / 0.652, 0.568 / 0.621, never above; 1:5 0.785 / 0.796.
 SELECTION_STANDARD_ERRORS = 1.0
 # ...and scored with flip TTA where not given (the saved model keeps it): the same final weights,
 # one view / two, at 1:20 0.755 / 0.779, 0.731 / 0.740, 0.746 / 0.778, 0.748 / 0.760, 0.762 /
 # 0.781, at 1:5 0.848 / 0.857, long-tail Imagenette level (docs/benchmarks.md, "Imbalanced folders").
+# One more forward pass of the validation images, which a time budget pays for (`budget.val_forwards`).
 IMBALANCED_TTA = True
 # ...and best.pt's decision moved toward the rarer classes after training (`training/threshold.py`):
 # its logits minus tau x the log of each class's share of the training images (Menon et al.
